@@ -1,0 +1,42 @@
+//! host-gw: a plain route to each peer's subnet via the peer's node IP, on the
+//! underlay interface. Every node must share one L2 network.
+
+use ipnet::Ipv4Net;
+
+use super::Backend;
+use crate::error::LeaseFault;
+use crate::model::{Lease, LocalNode, UnderlayFacts};
+use crate::state::{Dev, Entries, Route, VxlanDevice, ROUTE_PROTOCOL};
+
+/// The host-gw backend.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HostGw;
+
+impl Backend for HostGw {
+    fn kind(&self) -> &'static str {
+        "host-gw"
+    }
+
+    fn device(&self, _: &LocalNode, _: &UnderlayFacts, _: Ipv4Net) -> Option<VxlanDevice> {
+        None
+    }
+
+    fn peer(
+        &self,
+        lease: &Lease,
+        underlay: &UnderlayFacts,
+        out: &mut Entries,
+    ) -> Result<(), (&'static str, LeaseFault)> {
+        if !underlay.is_on_link(lease.public_ip) {
+            return Err(("public-ip", LeaseFault::NotOnLink(lease.public_ip)));
+        }
+        out.put_route(Route {
+            dst: lease.subnet,
+            via: lease.public_ip,
+            dev: Dev::Underlay,
+            onlink: false,
+            protocol: ROUTE_PROTOCOL,
+        });
+        Ok(())
+    }
+}

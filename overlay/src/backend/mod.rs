@@ -1,0 +1,43 @@
+//! Backends: how a peer's lease becomes routes, neighbours and FDB entries.
+//! One file per backend, behind one small trait.
+
+mod host_gw;
+mod vxlan;
+
+pub use host_gw::HostGw;
+pub use vxlan::{Vxlan, VxlanBackendData};
+
+use crate::error::LeaseFault;
+use crate::model::{BackendConfig, Lease, LocalNode, UnderlayFacts};
+use crate::state::{Entries, VxlanDevice};
+
+/// A data plane for pod traffic between nodes.
+pub trait Backend {
+    /// The `backend-type` this backend publishes and accepts.
+    fn kind(&self) -> &'static str;
+
+    /// The device this backend needs on this node, if any.
+    fn device(
+        &self,
+        local: &LocalNode,
+        underlay: &UnderlayFacts,
+        network: ipnet::Ipv4Net,
+    ) -> Option<VxlanDevice>;
+
+    /// Adds what one peer needs to `out`. An `Err` names the field at fault;
+    /// nothing is added then.
+    fn peer(
+        &self,
+        lease: &Lease,
+        underlay: &UnderlayFacts,
+        out: &mut Entries,
+    ) -> Result<(), (&'static str, LeaseFault)>;
+}
+
+/// The backend for a configuration.
+pub fn for_config(config: &BackendConfig) -> Box<dyn Backend + Send + Sync> {
+    match config {
+        BackendConfig::Vxlan(v) => Box::new(Vxlan::new(v.clone())),
+        BackendConfig::HostGw => Box::new(HostGw),
+    }
+}

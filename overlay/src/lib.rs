@@ -1,0 +1,37 @@
+//! weft's overlay subsystem.
+//!
+//! It programs, for every other node of the cluster, what flannel programs:
+//! with VXLAN a device `flannel.<VNI>`, and per peer a route
+//! `subnet via subnet.0 dev flannel.1 onlink`, a PERMANENT neighbour
+//! `subnet.0 → VTEP MAC` and an FDB entry `VTEP MAC → node IP self permanent`;
+//! with host-gw (or VXLAN DirectRouting for peers on the same L2 network) a
+//! plain route `subnet via node IP`.
+//!
+//! The shape is a reconciler: [`desired`] (pure) turns configuration and
+//! leases into an [`OverlayState`]; [`diff`] (pure) compares it with what the
+//! kernel holds and yields the smallest [`Plan`]; [`kernel::Kernel`] (the only
+//! rtnetlink user) observes and applies; [`Reconciler`] runs the loop, fed by
+//! lease changes, a netlink monitor and a resync tick.
+
+pub mod backend;
+pub mod desired;
+pub mod diff;
+pub mod error;
+pub mod kernel;
+pub mod mac;
+pub mod model;
+pub mod reconciler;
+pub mod state;
+
+pub use backend::{Backend, VxlanBackendData};
+pub use desired::{desired, Desired};
+pub use diff::{diff, Changes, DeviceOp, Plan};
+pub use error::{KernelError, LeaseError, LeaseFault};
+pub use kernel::Kernel;
+pub use mac::MacAddr;
+pub use model::{BackendConfig, Lease, LocalNode, OverlayConfig, UnderlayFacts, VxlanConfig};
+pub use reconciler::{Input, Options, Reconciler, ReconcilerHandle, Report, Stats};
+pub use state::{
+    Dev, Entries, FdbEntry, Neighbour, Observed, ObservedDevice, OverlayState, Route, VxlanDevice,
+    ROUTE_PROTOCOL,
+};

@@ -1,0 +1,100 @@
+//! Ethernet MAC addresses as flannel writes them (`aa:bb:cc:dd:ee:ff`).
+
+use std::fmt;
+use std::str::FromStr;
+
+/// A 48-bit Ethernet address.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MacAddr(pub [u8; 6]);
+
+/// Why a MAC address text was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a MAC address (want six hex pairs separated by ':')")]
+pub struct BadMac(pub String);
+
+impl MacAddr {
+    /// The address as a byte slice, as netlink wants it.
+    pub fn octets(&self) -> [u8; 6] {
+        self.0
+    }
+
+    /// Builds an address from netlink bytes; `None` unless exactly six.
+    pub fn from_bytes(b: &[u8]) -> Option<MacAddr> {
+        <[u8; 6]>::try_from(b).ok().map(MacAddr)
+    }
+
+    /// True for a unicast address (I/G bit clear) that is not all zeros.
+    pub fn is_unicast(&self) -> bool {
+        self.0[0] & 1 == 0 && self.0 != [0; 6]
+    }
+}
+
+impl FromStr for MacAddr {
+    type Err = BadMac;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut out = [0u8; 6];
+        let mut parts = s.split(':');
+        for byte in out.iter_mut() {
+            let part = parts.next().ok_or_else(|| BadMac(s.to_string()))?;
+            if part.len() != 2 {
+                return Err(BadMac(s.to_string()));
+            }
+            *byte = u8::from_str_radix(part, 16).map_err(|_| BadMac(s.to_string()))?;
+        }
+        if parts.next().is_some() {
+            return Err(BadMac(s.to_string()));
+        }
+        Ok(MacAddr(out))
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
+    }
+}
+
+impl fmt::Debug for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_prints_flannel_form() {
+        let m: MacAddr = "5a:11:99:ab:8c:22".parse().unwrap();
+        assert_eq!(m.to_string(), "5a:11:99:ab:8c:22");
+        assert_eq!("5A:11:99:AB:8C:22".parse::<MacAddr>().unwrap(), m);
+        assert!(m.is_unicast());
+    }
+
+    #[test]
+    fn refuses_malformed() {
+        for bad in [
+            "",
+            "5a:11:99:ab:8c",
+            "5a:11:99:ab:8c:22:00",
+            "zz:11:99:ab:8c:22",
+            "5a-11-99-ab-8c-22",
+            "5:11:99:ab:8c:22",
+        ] {
+            assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn multicast_and_zero_are_not_unicast() {
+        assert!(!"01:00:5e:00:00:01".parse::<MacAddr>().unwrap().is_unicast());
+        assert!(!"00:00:00:00:00:00".parse::<MacAddr>().unwrap().is_unicast());
+    }
+}

@@ -1,0 +1,462 @@
+//! The overlay's reconcile loop.
+//!
+//! One task owns the kernel view. It wakes on a new input (leases or
+//! configuration), on a netlink event (link, address, route, neighbour and FDB
+//! groups), on a retry after a refused write, or on the slow resync tick; it
+//! then computes the desired state, diffs it against its view of the kernel
+//! and applies the smallest plan. The view is a full dump at start, after a
+//! socket overrun, after a link change and at every resync tick, kept current
+//! in between by the applied plans and the monitor's events, so a change of
+//! one peer costs one diff and a few writes, and a restart on a programmed
+//! node costs no write at all.
+
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::channel::mpsc::UnboundedReceiver;
+use futures::StreamExt;
+use ipnet::Ipv4Net;
+use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
+use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use rtnetlink::MulticastGroup;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use crate::desired::desired;
+use crate::diff::diff;
+use crate::error::{KernelError, LeaseError};
+use crate::kernel::{self, Kernel, Scope};
+use crate::mac::MacAddr;
+use crate::model::{Lease, LocalNode, OverlayConfig};
+use crate::state::Observed;
+
+/// Everything the desired state is computed from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Input {
+    /// Cluster configuration.
+    pub config: OverlayConfig,
+    /// This node.
+    pub local: LocalNode,
+    /// The other nodes' leases, oldest first.
+    pub leases: Vec<Lease>,
+}
+
+/// Loop timing.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Full re-read of the kernel, whatever the events said.
+    pub resync_every: Duration,
+    /// First wait before retrying after a refused write (doubles up to 30 s).
+    pub retry_after: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            resync_every: Duration::from_secs(30),
+            retry_after: Duration::from_millis(200),
+        }
+    }
+}
+
+/// The outcome of one reconcile.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// Kernel writes sent.
+    pub writes: usize,
+    /// The plan, summarised.
+    pub plan: String,
+    /// Whether the kernel view was re-read first.
+    pub resynced: bool,
+    /// Leases skipped for bad data.
+    pub rejected: Vec<LeaseError>,
+    /// Refused writes and failed reads.
+    pub errors: Vec<String>,
+    /// The device's MAC after the reconcile (what to publish).
+    pub vtep_mac: Option<MacAddr>,
+}
+
+/// Counters since start.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Reconciles run.
+    pub reconciles: AtomicU64,
+    /// Kernel writes sent.
+    pub writes: AtomicU64,
+    /// Full kernel re-reads.
+    pub resyncs: AtomicU64,
+    /// Reconciles that ended with an error.
+    pub failures: AtomicU64,
+}
+
+enum Command {
+    ReconcileNow(oneshot::Sender<Report>),
+}
+
+/// Controls a running [`Reconciler`] from anywhere.
+#[derive(Clone)]
+pub struct ReconcilerHandle {
+    input: Arc<watch::Sender<(u64, Arc<Input>)>>,
+    commands: mpsc::Sender<Command>,
+    stats: Arc<Stats>,
+    applied: watch::Receiver<u64>,
+    last: Arc<Mutex<Report>>,
+}
+
+impl ReconcilerHandle {
+    /// Replaces the input; returns its generation number.
+    pub fn update(&self, input: Input) -> u64 {
+        let mut generation = 0;
+        self.input.send_modify(|(g, i)| {
+            *g += 1;
+            generation = *g;
+            *i = Arc::new(input);
+        });
+        generation
+    }
+
+    /// Replaces only the leases; returns the generation number.
+    pub fn set_leases(&self, leases: Vec<Lease>) -> u64 {
+        let mut next = (*self.input.borrow().1).clone();
+        next.leases = leases;
+        self.update(next)
+    }
+
+    /// The current input.
+    pub fn input(&self) -> Arc<Input> {
+        self.input.borrow().1.clone()
+    }
+
+    /// Waits until a reconcile of generation `generation` (or later) has
+    /// been applied without error.
+    pub async fn wait_applied(&self, generation: u64) {
+        let mut rx = self.applied.clone();
+        let _ = rx.wait_for(|g| *g >= generation).await;
+    }
+
+    /// Runs one reconcile now and returns its report.
+    pub async fn reconcile_now(&self) -> Option<Report> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::ReconcileNow(tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// The last reconcile's report.
+    pub fn last_report(&self) -> Report {
+        self.last.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+}
+
+type Events = UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, netlink_sys::SocketAddr)>;
+
+/// The loop. Build it with [`Reconciler::start`] inside the network namespace
+/// it programs, then `run()` it there.
+pub struct Reconciler {
+    kernel: Kernel,
+    events: Events,
+    input: watch::Receiver<(u64, Arc<Input>)>,
+    commands: mpsc::Receiver<Command>,
+    options: Options,
+    stats: Arc<Stats>,
+    applied: watch::Sender<u64>,
+    last: Arc<Mutex<Report>>,
+    scope: Option<Scope>,
+    observed: Observed,
+    view_valid: bool,
+}
+
+impl Reconciler {
+    /// Opens the netlink connections (request and monitor) in the current
+    /// network namespace; must be called on the tokio runtime that will run it.
+    pub fn start(
+        input: Input,
+        options: Options,
+    ) -> Result<(Reconciler, ReconcilerHandle), KernelError> {
+        let kernel = Kernel::connect()?;
+        let (mut conn, _monitor_handle, events) = rtnetlink::new_multicast_connection(&[
+            MulticastGroup::Link,
+            MulticastGroup::Ipv4Ifaddr,
+            MulticastGroup::Ipv4Route,
+            MulticastGroup::Neigh,
+        ])
+        .map_err(KernelError::Socket)?;
+        // A bigger buffer makes overruns (and the full re-read they cost) rare.
+        let _ =
+            netlink_sys::AsyncSocket::socket_mut(conn.socket_mut()).set_rx_buf_sz(8 * 1024 * 1024);
+        tokio::spawn(conn);
+        let (input_tx, input_rx) = watch::channel((1, Arc::new(input)));
+        let (cmd_tx, cmd_rx) = mpsc::channel(16);
+        let (applied_tx, applied_rx) = watch::channel(0);
+        let stats = Arc::new(Stats::default());
+        let last = Arc::new(Mutex::new(Report::default()));
+        let handle = ReconcilerHandle {
+            input: Arc::new(input_tx),
+            commands: cmd_tx,
+            stats: stats.clone(),
+            applied: applied_rx,
+            last: last.clone(),
+        };
+        let reconciler = Reconciler {
+            kernel,
+            events,
+            input: input_rx,
+            commands: cmd_rx,
+            options,
+            stats,
+            applied: applied_tx,
+            last,
+            scope: None,
+            observed: Observed::default(),
+            view_valid: false,
+        };
+        Ok((reconciler, handle))
+    }
+
+    /// Runs until every handle is dropped.
+    pub async fn run(mut self) {
+        let mut dirty = true;
+        let mut retry_wait = self.options.retry_after;
+        let mut retry_at: Option<Instant> = None;
+        let mut resync = tokio::time::interval(self.options.resync_every);
+        resync.tick().await;
+        loop {
+            if dirty {
+                dirty = false;
+                let report = self.reconcile().await;
+                if report.errors.is_empty() {
+                    retry_at = None;
+                    retry_wait = self.options.retry_after;
+                } else {
+                    retry_at = Some(Instant::now() + retry_wait);
+                    retry_wait = (retry_wait * 2).min(Duration::from_secs(30));
+                }
+            }
+            let retry = async {
+                match retry_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                changed = self.input.changed() => {
+                    if changed.is_err() && self.commands.is_closed() {
+                        return;
+                    }
+                    dirty = true;
+                }
+                cmd = self.commands.recv() => match cmd {
+                    Some(Command::ReconcileNow(reply)) => {
+                        self.drain_events();
+                        let report = self.reconcile().await;
+                        let _ = reply.send(report);
+                    }
+                    None => {
+                        if self.input.has_changed().is_err() {
+                            return;
+                        }
+                    }
+                },
+                event = self.events.next() => {
+                    let Some((msg, _)) = event else { return };
+                    dirty |= self.on_event(msg);
+                    dirty |= self.drain_events();
+                }
+                _ = resync.tick() => {
+                    self.view_valid = false;
+                    dirty = true;
+                }
+                _ = retry => {
+                    self.view_valid = false;
+                    dirty = true;
+                }
+            }
+        }
+    }
+
+    /// Handles every event already queued; true if any concerned weft.
+    fn drain_events(&mut self) -> bool {
+        let mut dirty = false;
+        while let Ok((msg, _)) = self.events.try_recv() {
+            dirty |= self.on_event(msg);
+        }
+        dirty
+    }
+
+    /// Folds one kernel event into the view; true when a reconcile is due.
+    fn on_event(&mut self, msg: NetlinkMessage<RouteNetlinkMessage>) -> bool {
+        let Some(scope) = self.scope else {
+            return true;
+        };
+        let entries = &mut self.observed.entries;
+        match msg.payload {
+            NetlinkPayload::Overrun(_) => {
+                tracing::warn!("netlink monitor overrun: re-reading the kernel");
+                self.view_valid = false;
+                true
+            }
+            NetlinkPayload::InnerMessage(m) => match m {
+                RouteNetlinkMessage::NewLink(l) | RouteNetlinkMessage::DelLink(l) => {
+                    let ours = Some(l.header.index) == scope.overlay
+                        || l.header.index == scope.underlay
+                        || self
+                            .input
+                            .borrow()
+                            .1
+                            .config
+                            .backend
+                            .device_name()
+                            .is_some_and(|n| kernel::link_name(&l) == Some(n.as_str()));
+                    if ours {
+                        // A device going down or away takes its routes with it, silently.
+                        self.view_valid = false;
+                    }
+                    ours
+                }
+                RouteNetlinkMessage::NewAddress(a) | RouteNetlinkMessage::DelAddress(a) => {
+                    Some(a.header.index) == scope.overlay || a.header.index == scope.underlay
+                }
+                RouteNetlinkMessage::NewRoute(r) => match kernel::route_of(&r, &scope) {
+                    Some(route) => entries.routes.insert(route.dst, route) != Some(route),
+                    None => route_key(&r).is_some_and(|k| entries.routes.remove(&k).is_some()),
+                },
+                RouteNetlinkMessage::DelRoute(r) => {
+                    route_key(&r).is_some_and(|k| entries.routes.remove(&k).is_some())
+                }
+                RouteNetlinkMessage::NewNeighbour(n) => {
+                    if let Some(nb) = kernel::neighbour_of(&n, &scope) {
+                        entries.neighbours.insert(nb.ip, nb) != Some(nb)
+                    } else if let Some(f) = kernel::fdb_of(&n, &scope) {
+                        entries.fdb.insert(f.mac, f) != Some(f)
+                    } else {
+                        forget_neighbour(entries, &n, &scope)
+                    }
+                }
+                RouteNetlinkMessage::DelNeighbour(n) => forget_neighbour(entries, &n, &scope),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
+    /// One pass: observe, compute, diff, apply.
+    async fn reconcile(&mut self) -> Report {
+        self.stats.reconciles.fetch_add(1, Ordering::Relaxed);
+        let (generation, input) = self.input.borrow().clone();
+        let mut report = match self.pass(&input).await {
+            Ok(r) => r,
+            Err(e) => Report {
+                errors: vec![e.to_string()],
+                ..Report::default()
+            },
+        };
+        report.vtep_mac = self.observed.device.as_ref().and_then(|d| d.mac);
+        if report.errors.is_empty() {
+            let _ = self.applied.send(generation);
+        } else {
+            self.stats.failures.fetch_add(1, Ordering::Relaxed);
+            self.view_valid = false;
+            for e in &report.errors {
+                tracing::error!(error = %e, "overlay reconcile");
+            }
+        }
+        if let Ok(mut last) = self.last.lock() {
+            *last = report.clone();
+        }
+        report
+    }
+
+    async fn pass(&mut self, input: &Input) -> Result<Report, KernelError> {
+        let mut report = Report::default();
+        let underlay = self.kernel.underlay(&input.local.underlay).await?;
+        self.observed.device = match input.config.backend.device_name() {
+            Some(name) => self.kernel.device(&name).await?,
+            None => None,
+        };
+        let scope = Scope {
+            network: input.config.network,
+            overlay: self.observed.device.as_ref().map(|d| d.ifindex),
+            underlay: underlay.ifindex,
+        };
+        if !self.view_valid || self.scope != Some(scope) {
+            self.observed.entries = self.kernel.entries(&scope).await?;
+            self.view_valid = true;
+            report.resynced = true;
+            self.stats.resyncs.fetch_add(1, Ordering::Relaxed);
+        }
+        self.scope = Some(scope);
+        let want = desired(&input.config, &input.local, &underlay, &input.leases);
+        report.rejected = want.rejected;
+        let plan = diff(&want.state, &self.observed);
+        report.plan = plan.to_string();
+        if plan.is_empty() {
+            return Ok(report);
+        }
+        let (after, applied) = self.kernel.apply(&plan, &scope).await;
+        report.writes = applied.writes;
+        self.stats
+            .writes
+            .fetch_add(applied.writes as u64, Ordering::Relaxed);
+        tracing::info!(plan = %report.plan, writes = applied.writes, errors = applied.errors.len(), "overlay applied");
+        report.errors = applied.errors.iter().map(ToString::to_string).collect();
+        if applied.errors.is_empty() {
+            plan.apply_to(&mut self.observed.entries);
+            if after != scope {
+                // A new device: read it back (its MAC, its index).
+                self.observed.device = match input.config.backend.device_name() {
+                    Some(name) => self.kernel.device(&name).await?,
+                    None => None,
+                };
+            }
+            self.scope = Some(after);
+        }
+        Ok(report)
+    }
+}
+
+/// The destination of a main-table IPv4 route event, whoever owns it.
+fn route_key(r: &RouteMessage) -> Option<Ipv4Net> {
+    if r.header.address_family != AddressFamily::Inet {
+        return None;
+    }
+    r.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Destination(RouteAddress::Inet(ip)) => {
+            Ipv4Net::new(*ip, r.header.destination_prefix_length).ok()
+        }
+        _ => None,
+    })
+}
+
+/// Drops a neighbour or FDB entry on the overlay device from the view when an
+/// event says it changed into something weft does not manage or went away.
+fn forget_neighbour(
+    entries: &mut crate::state::Entries,
+    n: &NeighbourMessage,
+    scope: &Scope,
+) -> bool {
+    if Some(n.header.ifindex) != scope.overlay {
+        return false;
+    }
+    let mut ip: Option<Ipv4Addr> = None;
+    let mut mac: Option<MacAddr> = None;
+    for a in &n.attributes {
+        match a {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => ip = Some(*v),
+            NeighbourAttribute::LinkLayerAddress(b) => mac = MacAddr::from_bytes(b),
+            _ => {}
+        }
+    }
+    match n.header.family {
+        AddressFamily::Inet => ip.is_some_and(|ip| entries.neighbours.remove(&ip).is_some()),
+        AddressFamily::Bridge => mac.is_some_and(|m| entries.fdb.remove(&m).is_some()),
+        _ => false,
+    }
+}

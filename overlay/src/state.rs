@@ -1,0 +1,176 @@
+//! Overlay state: what the kernel should hold (desired) and what it holds
+//! (observed), in one vocabulary so the two can be diffed.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+
+use crate::mac::MacAddr;
+
+/// The route protocol number weft writes on its routes (`ip route` shows
+/// `proto 119`; `/etc/iproute2/rt_protos.d/weft.conf` can name it). Routes with
+/// another protocol are never deleted, except flannel's leftovers on the
+/// overlay device, which weft adopts.
+pub const ROUTE_PROTOCOL: u8 = 119;
+/// `RTPROT_KERNEL`: routes the kernel made for an address; never weft's.
+pub const RTPROT_KERNEL: u8 = 2;
+
+/// The device a route leaves through, relative to the overlay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Dev {
+    /// The VXLAN device `flannel.<VNI>`.
+    Overlay,
+    /// The underlay interface (host-gw and DirectRouting routes).
+    Underlay,
+    /// Any other interface, by index (only ever observed, never desired).
+    Other(u32),
+}
+
+/// A route to another node's pod subnet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Route {
+    /// The remote pod subnet.
+    pub dst: Ipv4Net,
+    /// The gateway: the subnet's network address (VXLAN) or the node's IP (direct).
+    pub via: Ipv4Addr,
+    /// The outgoing device.
+    pub dev: Dev,
+    /// `onlink`: the gateway is not on any connected network (VXLAN).
+    pub onlink: bool,
+    /// The route protocol; [`ROUTE_PROTOCOL`] for every route weft wants.
+    pub protocol: u8,
+}
+
+/// A PERMANENT neighbour on the overlay device: remote subnet's network address → VTEP MAC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Neighbour {
+    /// The remote subnet's network address (the route's gateway).
+    pub ip: Ipv4Addr,
+    /// The remote VTEP MAC.
+    pub mac: MacAddr,
+}
+
+/// A VXLAN forwarding entry on the overlay device: VTEP MAC → node IP (`self permanent`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FdbEntry {
+    /// The remote VTEP MAC.
+    pub mac: MacAddr,
+    /// The remote node's underlay address.
+    pub dst: Ipv4Addr,
+}
+
+/// Per-peer kernel objects, keyed the way the kernel keys them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Entries {
+    /// Routes by destination.
+    pub routes: BTreeMap<Ipv4Net, Route>,
+    /// Neighbours on the overlay device by IP.
+    pub neighbours: BTreeMap<Ipv4Addr, Neighbour>,
+    /// FDB entries on the overlay device by MAC.
+    pub fdb: BTreeMap<MacAddr, FdbEntry>,
+}
+
+impl Entries {
+    /// Number of objects in all three tables.
+    pub fn len(&self) -> usize {
+        self.routes.len() + self.neighbours.len() + self.fdb.len()
+    }
+
+    /// True when all three tables are empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Records a route (replacing any with the same destination).
+    pub fn put_route(&mut self, r: Route) {
+        self.routes.insert(r.dst, r);
+    }
+
+    /// Records a neighbour.
+    pub fn put_neighbour(&mut self, n: Neighbour) {
+        self.neighbours.insert(n.ip, n);
+    }
+
+    /// Records an FDB entry.
+    pub fn put_fdb(&mut self, f: FdbEntry) {
+        self.fdb.insert(f.mac, f);
+    }
+
+    /// Forgets everything that lives on the overlay device (it is gone or being recreated).
+    pub fn forget_overlay(&mut self) {
+        self.neighbours.clear();
+        self.fdb.clear();
+        self.routes.retain(|_, r| r.dev != Dev::Overlay);
+    }
+}
+
+/// The VXLAN device as weft wants it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanDevice {
+    /// `flannel.<VNI>`.
+    pub name: String,
+    /// VXLAN network identifier.
+    pub vni: u32,
+    /// Source address of the encapsulated packets: this node's IP.
+    pub local: Ipv4Addr,
+    /// UDP destination port.
+    pub port: u16,
+    /// Underlay interface index.
+    pub underlay: u32,
+    /// Source-MAC learning (flannel: off).
+    pub learning: bool,
+    /// Device MTU (underlay MTU − 50).
+    pub mtu: u32,
+    /// The MAC to keep, if one is known; `None`: whatever the device has.
+    pub mac: Option<MacAddr>,
+    /// The own subnet's network address as /32.
+    pub address: Ipv4Net,
+    /// The cluster network: other addresses inside it on the device are stale and removed.
+    pub network: Ipv4Net,
+}
+
+/// The VXLAN device as the kernel has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedDevice {
+    /// Interface index.
+    pub ifindex: u32,
+    /// False when a device of that name exists but is not VXLAN.
+    pub is_vxlan: bool,
+    /// VNI, if VXLAN.
+    pub vni: Option<u32>,
+    /// Source address.
+    pub local: Option<Ipv4Addr>,
+    /// UDP port.
+    pub port: Option<u16>,
+    /// Underlay interface index.
+    pub underlay: Option<u32>,
+    /// Learning flag.
+    pub learning: Option<bool>,
+    /// MTU.
+    pub mtu: u32,
+    /// MAC address.
+    pub mac: Option<MacAddr>,
+    /// Administratively up.
+    pub up: bool,
+    /// Its IPv4 addresses.
+    pub addresses: Vec<Ipv4Net>,
+}
+
+/// Everything weft wants the kernel to hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OverlayState {
+    /// The VXLAN device (none for host-gw).
+    pub device: Option<VxlanDevice>,
+    /// Routes, neighbours and FDB entries for the other nodes.
+    pub entries: Entries,
+}
+
+/// What the kernel holds of weft's (and adoptable) objects.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// The device of the configured name, if any.
+    pub device: Option<ObservedDevice>,
+    /// Managed routes and the overlay device's neighbours and FDB entries.
+    pub entries: Entries,
+}
