@@ -1,0 +1,36 @@
+# weft — run `just` to list the recipes.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+export PATH := justfile_directory() + "/.tools/just/bin:" + env_var("PATH")
+
+# List the recipes.
+default:
+    @just --list --unsorted
+
+# The lab: three nodes in network namespaces, programmed by weft's overlay; prints node 3's tables and a ping matrix, then cleans up.
+lab *args: deps
+    cargo build --release -q -p weft-integration --bin weft-lab
+    target/release/weft-lab {{args}}
+
+# Every check: formatting, clippy, pure and network-namespace tests (the latter need root; they skip without).
+test: deps lint
+    cargo test --workspace --all-targets
+
+# Formatting and clippy.
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -q -- -D warnings
+
+# Benchmarks (release build, fresh namespaces): prints figures for docs/performance.md.
+bench: deps
+    cargo build --release -q -p weft-integration --bin weft-bench
+    target/release/weft-bench
+
+# Install missing Debian packages and just (no-op when all are there).
+deps:
+    @bash .ci/deps
+
+# Delete network namespaces that weft runs left behind (only `weft-*` ones).
+clean-netns:
+    @for ns in $(ip netns list | awk '{print $1}' | grep '^weft-' || true); do ip netns del "$ns" && echo "deleted $ns"; done

@@ -1,0 +1,8 @@
+//! weft's lab, end-to-end harness and benchmarks: clusters built out of
+//! network namespaces (never the machine's own), programmed by weft.
+
+pub mod overlay_agent;
+pub mod topology;
+
+pub use overlay_agent::OverlayAgent;
+pub use topology::{seed_nodes, Cluster, Node, NodeSpec};
