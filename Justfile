@@ -15,7 +15,7 @@ lab *args: deps
 
 # Every check: formatting, clippy, pure and network-namespace tests (the latter need root; they skip without).
 test: deps lint
-    cargo test --workspace --all-targets
+    cargo test --workspace --all-targets -- --nocapture
 
 # Formatting and clippy.
 lint:

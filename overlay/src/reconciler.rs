@@ -66,6 +66,8 @@ impl Default for Options {
 /// The outcome of one reconcile.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
+    /// The input generation this reconcile worked from.
+    pub generation: u64,
     /// Kernel writes sent.
     pub writes: usize,
     /// The plan, summarised.
@@ -103,7 +105,7 @@ pub struct ReconcilerHandle {
     input: Arc<watch::Sender<(u64, Arc<Input>)>>,
     commands: mpsc::Sender<Command>,
     stats: Arc<Stats>,
-    applied: watch::Receiver<u64>,
+    applied: watch::Receiver<(u64, Report)>,
     last: Arc<Mutex<Report>>,
 }
 
@@ -131,11 +133,13 @@ impl ReconcilerHandle {
         self.input.borrow().1.clone()
     }
 
-    /// Waits until a reconcile of generation `generation` (or later) has
-    /// been applied without error.
-    pub async fn wait_applied(&self, generation: u64) {
+    /// Waits until input generation `generation` (or a later one) has been
+    /// applied without error, and returns the report of the reconcile that
+    /// applied it first (`None` if the reconciler stopped).
+    pub async fn wait_applied(&self, generation: u64) -> Option<Report> {
         let mut rx = self.applied.clone();
-        let _ = rx.wait_for(|g| *g >= generation).await;
+        let seen = rx.wait_for(|(g, _)| *g >= generation).await.ok()?;
+        Some(seen.1.clone())
     }
 
     /// Runs one reconcile now and returns its report.
@@ -167,7 +171,7 @@ pub struct Reconciler {
     commands: mpsc::Receiver<Command>,
     options: Options,
     stats: Arc<Stats>,
-    applied: watch::Sender<u64>,
+    applied: watch::Sender<(u64, Report)>,
     last: Arc<Mutex<Report>>,
     scope: Option<Scope>,
     observed: Observed,
@@ -195,7 +199,7 @@ impl Reconciler {
         tokio::spawn(conn);
         let (input_tx, input_rx) = watch::channel((1, Arc::new(input)));
         let (cmd_tx, cmd_rx) = mpsc::channel(16);
-        let (applied_tx, applied_rx) = watch::channel(0);
+        let (applied_tx, applied_rx) = watch::channel((0, Report::default()));
         let stats = Arc::new(Stats::default());
         let last = Arc::new(Mutex::new(Report::default()));
         let handle = ReconcilerHandle {
@@ -359,8 +363,17 @@ impl Reconciler {
             },
         };
         report.vtep_mac = self.observed.device.as_ref().and_then(|d| d.mac);
+        report.generation = generation;
         if report.errors.is_empty() {
-            let _ = self.applied.send(generation);
+            // The first clean reconcile of a generation is the one that applied it.
+            self.applied.send_if_modified(|(g, r)| {
+                let newer = generation > *g;
+                if newer {
+                    *g = generation;
+                    *r = report.clone();
+                }
+                newer
+            });
         } else {
             self.stats.failures.fetch_add(1, Ordering::Relaxed);
             self.view_valid = false;

@@ -1,5 +1,7 @@
 //! Pure tests of the overlay's desired state and diff: no root, no kernel.
 
+#![allow(clippy::unwrap_used)] // tests may unwrap
+
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;

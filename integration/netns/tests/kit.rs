@@ -1,6 +1,8 @@
 //! End-to-end tests of the namespace kit. They need root (CAP_SYS_ADMIN) and
 //! are skipped with a message otherwise.
 
+#![allow(clippy::unwrap_used)] // tests may unwrap
+
 use std::os::unix::fs::MetadataExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
