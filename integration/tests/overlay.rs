@@ -423,6 +423,14 @@ fn reconciling_again_and_restarting_send_no_writes() {
     );
     agent.stop().unwrap();
 
+    // An independent witness: `ip monitor` prints every change the kernel makes.
+    let mut monitor = node
+        .ns
+        .command(&["ip", "monitor", "link", "address", "route", "neigh"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
     let again = OverlayAgent::start(
         &node.ns,
         input(&node.spec, &specs, &config),
@@ -430,6 +438,14 @@ fn reconciling_again_and_restarting_send_no_writes() {
     )
     .unwrap();
     let first = block(again.handle.wait_applied(1)).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    monitor.kill().unwrap();
+    let seen = monitor.wait_with_output().unwrap();
+    let seen = String::from_utf8_lossy(&seen.stdout);
+    assert!(
+        seen.trim().is_empty(),
+        "the kernel changed during the restart:\n{seen}"
+    );
     assert!(first.resynced && first.errors.is_empty());
     assert_eq!(
         first.writes, 0,
