@@ -1,0 +1,206 @@
+//! Which NAT mode this host uses.
+//!
+//! `EnableNFTables` in `net-conf.json` selects native nftables, and an explicit
+//! mode overrides everything. Otherwise weft follows the host, as Kubernetes'
+//! iptables-wrapper does: the flavor holding kubelet's or kube-proxy's hint
+//! chains wins; else the one holding more rules; on a tie (a fresh host)
+//! iptables-nft where its binaries work, iptables-legacy otherwise.
+
+use std::time::Duration;
+
+use crate::iptables::run;
+use crate::NatMode;
+
+/// The chosen mode and why, for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Detection {
+    /// The mode.
+    pub mode: NatMode,
+    /// Why it was chosen.
+    pub reason: String,
+}
+
+/// What one iptables flavor shows on this host.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FlavorFacts {
+    /// Its binaries run.
+    pub works: bool,
+    /// Rules (`-A` lines) in its tables.
+    pub rules: usize,
+    /// It holds `KUBE-IPTABLES-HINT` or `KUBE-KUBELET-CANARY`.
+    pub kube_hint: bool,
+}
+
+/// Decides from the facts (pure).
+pub fn choose(
+    enable_nftables: bool,
+    forced: Option<NatMode>,
+    legacy: &FlavorFacts,
+    nft: &FlavorFacts,
+) -> Detection {
+    let pick = |mode: NatMode, reason: String| Detection { mode, reason };
+    if let Some(mode) = forced {
+        return pick(mode, "set explicitly".into());
+    }
+    if enable_nftables {
+        return pick(
+            NatMode::Nftables,
+            "EnableNFTables is true in net-conf.json".into(),
+        );
+    }
+    match (legacy.works, nft.works) {
+        (false, false) => {
+            return pick(
+                NatMode::Nftables,
+                "no working iptables binaries; using native nftables".into(),
+            )
+        }
+        (true, false) => {
+            return pick(
+                NatMode::IptablesLegacy,
+                "only iptables-legacy works here".into(),
+            )
+        }
+        (false, true) => return pick(NatMode::IptablesNft, "only iptables-nft works here".into()),
+        (true, true) => {}
+    }
+    match (legacy.kube_hint, nft.kube_hint) {
+        (true, false) => {
+            return pick(
+                NatMode::IptablesLegacy,
+                "kubelet's hint chains are in iptables-legacy".into(),
+            )
+        }
+        (false, true) => {
+            return pick(
+                NatMode::IptablesNft,
+                "kubelet's hint chains are in iptables-nft".into(),
+            )
+        }
+        _ => {}
+    }
+    if legacy.rules > nft.rules {
+        pick(
+            NatMode::IptablesLegacy,
+            format!(
+                "the host's rules are in iptables-legacy ({} rules vs {} in iptables-nft)",
+                legacy.rules, nft.rules
+            ),
+        )
+    } else if nft.rules > 0 {
+        pick(
+            NatMode::IptablesNft,
+            format!(
+                "the host's rules are in iptables-nft ({} rules vs {} in iptables-legacy)",
+                nft.rules, legacy.rules
+            ),
+        )
+    } else {
+        pick(
+            NatMode::IptablesNft,
+            "no iptables rules yet; iptables-nft is the default of current distributions".into(),
+        )
+    }
+}
+
+/// Reads one flavor's facts: one `*-save`, plus the `iptables` crate's chain probe for the hint chains.
+pub fn facts(mode: NatMode) -> FlavorFacts {
+    let (save, cmd) = match mode {
+        NatMode::IptablesLegacy => ("iptables-legacy-save", "iptables-legacy"),
+        _ => ("iptables-nft-save", "iptables-nft"),
+    };
+    let Ok(text) = run(save, &[], None, Duration::from_secs(10), mode) else {
+        return FlavorFacts::default();
+    };
+    let rules = text.lines().filter(|l| l.starts_with("-A ")).count();
+    let kube_hint = match iptables::new(false) {
+        Ok(mut ipt) => {
+            ipt.cmd = cmd;
+            ["KUBE-IPTABLES-HINT", "KUBE-KUBELET-CANARY"]
+                .iter()
+                .any(|c| ipt.chain_exists("mangle", c).unwrap_or(false))
+        }
+        Err(_) => text.contains(":KUBE-IPTABLES-HINT") || text.contains(":KUBE-KUBELET-CANARY"),
+    };
+    FlavorFacts {
+        works: true,
+        rules,
+        kube_hint,
+    }
+}
+
+/// Detects the mode on this host (in the current network namespace).
+pub fn detect(enable_nftables: bool, forced: Option<NatMode>) -> Detection {
+    if forced.is_some() || enable_nftables {
+        return choose(
+            enable_nftables,
+            forced,
+            &FlavorFacts::default(),
+            &FlavorFacts::default(),
+        );
+    }
+    choose(
+        false,
+        None,
+        &facts(NatMode::IptablesLegacy),
+        &facts(NatMode::IptablesNft),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(works: bool, rules: usize, kube_hint: bool) -> FlavorFacts {
+        FlavorFacts {
+            works,
+            rules,
+            kube_hint,
+        }
+    }
+
+    #[test]
+    fn explicit_and_net_conf_win() {
+        assert_eq!(
+            choose(
+                true,
+                Some(NatMode::IptablesLegacy),
+                &f(true, 0, false),
+                &f(true, 9, true)
+            )
+            .mode,
+            NatMode::IptablesLegacy
+        );
+        assert_eq!(
+            choose(true, None, &f(true, 50, true), &f(true, 0, false)).mode,
+            NatMode::Nftables
+        );
+    }
+
+    #[test]
+    fn follows_the_host() {
+        assert_eq!(
+            choose(false, None, &f(true, 30, false), &f(true, 2, false)).mode,
+            NatMode::IptablesLegacy
+        );
+        assert_eq!(
+            choose(false, None, &f(true, 0, false), &f(true, 2, false)).mode,
+            NatMode::IptablesNft
+        );
+        assert_eq!(
+            choose(false, None, &f(true, 1, true), &f(true, 90, false)).mode,
+            NatMode::IptablesLegacy,
+            "hint chains beat counts"
+        );
+        assert_eq!(
+            choose(false, None, &f(true, 0, false), &f(true, 0, false)).mode,
+            NatMode::IptablesNft
+        );
+        assert_eq!(
+            choose(false, None, &f(true, 0, false), &f(false, 0, false)).mode,
+            NatMode::IptablesLegacy
+        );
+        let d = choose(false, None, &f(true, 30, false), &f(true, 2, false));
+        assert!(d.reason.contains("30 rules"), "{}", d.reason);
+    }
+}

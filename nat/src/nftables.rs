@@ -1,0 +1,902 @@
+//! Native nftables backend: table `ip flannel-ipv4` with chains `postrtg`
+//! (nat, postrouting, srcnat) and `forward` (filter, forward, filter), as
+//! flannel's `EnableNFTables` mode has them.
+//!
+//! Every write is one netlink batch built with rustables: add the table
+//! (creating it if missing), delete it, add it again (so it is empty), add the
+//! chains and every rule. The kernel applies the batch as one transaction: on
+//! any refusal the previous table stays as it was. rustables cannot express
+//! masquerade flags, so `fully-random` is added to the finalized batch by
+//! [`crate::masq_flags`] (which also sends it).
+//!
+//! Every rule carries nft's comment (`comment "weft: … 1a2b3c4d"`, see
+//! [`render::nft_comment`]), a fingerprint of its exact text. Reading back,
+//! weft compares the table, the chains (type, hook, priority, policy) and the
+//! comments of the rules in order; a rule without a comment shows up as a
+//! foreign rule with its expression names.
+
+use std::collections::BTreeMap;
+use std::error::Error as _;
+use std::io;
+use std::time::Instant;
+
+use rustables::error::{DecodeError, QueryError};
+use rustables::expr::{
+    Bitwise, Cmp, CmpOp, HighLevelPayload, IPv4HeaderField, Immediate, Masquerade, Meta, MetaType,
+    NetworkHeaderField, VerdictKind,
+};
+use rustables::{
+    list_tables, Batch, Chain, ChainPolicy, ChainType, Hook, HookClass, MsgType, ProtocolFamily,
+    Rule, Table,
+};
+
+use crate::error::NatError;
+use crate::masq_flags::{self, NF_NAT_RANGE_PROTO_RANDOM_FULLY};
+use crate::render::{self, NFT_FORWARD, NFT_POSTRTG, NFT_TABLE};
+use crate::rules::{self, Addr, RuleSet, Verdict};
+use crate::{NatBackend, NatMode, Snapshot};
+
+/// flannel's IPv6 table, removed together with the IPv4 one.
+pub const NFT_TABLE6: &str = "flannel-ipv6";
+
+/// `NFTNL_UDATA_RULE_COMMENT`: the user-data TLV nft prints as `comment "…"`.
+const UDATA_RULE_COMMENT: u8 = 0;
+
+/// How a chain is hooked.
+#[derive(Debug, Clone, Copy)]
+struct ChainSpec {
+    name: &'static str,
+    kind: ChainType,
+    hook: HookClass,
+    priority: i32,
+}
+
+/// `type nat hook postrouting priority srcnat; policy accept;`
+const POSTRTG: ChainSpec = ChainSpec {
+    name: NFT_POSTRTG,
+    kind: ChainType::Nat,
+    hook: HookClass::PostRouting,
+    priority: 100,
+};
+/// `type filter hook forward priority filter; policy accept;`
+const FORWARD: ChainSpec = ChainSpec {
+    name: NFT_FORWARD,
+    kind: ChainType::Filter,
+    hook: HookClass::Forward,
+    priority: 0,
+};
+
+impl ChainSpec {
+    /// The snapshot line, as [`DumpedChain::line`] prints an observed chain.
+    fn line(&self) -> String {
+        format!(
+            "chain {} {} {} {} accept",
+            self.name,
+            chain_type_name(self.kind),
+            hook_name(self.hook as u32),
+            self.priority
+        )
+    }
+}
+
+fn chain_type_name(t: ChainType) -> &'static str {
+    match t {
+        ChainType::Filter => "filter",
+        ChainType::Route => "route",
+        ChainType::Nat => "nat",
+    }
+}
+
+fn hook_name(hook: u32) -> String {
+    match hook {
+        0 => "prerouting".into(),
+        1 => "input".into(),
+        2 => "forward".into(),
+        3 => "output".into(),
+        4 => "postrouting".into(),
+        n => format!("hook{n}"),
+    }
+}
+
+/// Native nftables, through rustables and one netlink batch per write.
+#[derive(Debug, Clone, Default)]
+pub struct NftablesBackend {
+    masq_flags_override: Option<u32>,
+}
+
+/// A finalized, patched batch and what each message is, by sequence number.
+struct Built {
+    bytes: Vec<u8>,
+    what: BTreeMap<u32, String>,
+}
+
+/// Numbers messages as rustables does: batch-begin is 0, then 1, 2, … per `add`.
+struct Numbered {
+    batch: Batch,
+    next: u32,
+    what: BTreeMap<u32, String>,
+}
+
+impl Numbered {
+    fn new() -> Self {
+        Numbered {
+            batch: Batch::new(),
+            next: 1,
+            what: BTreeMap::new(),
+        }
+    }
+
+    /// Records the next message's description and returns its sequence number.
+    fn note(&mut self, what: String) -> u32 {
+        let seq = self.next;
+        self.what.insert(seq, what);
+        self.next += 1;
+        seq
+    }
+}
+
+impl NftablesBackend {
+    /// The backend (it holds no state: every call reads the kernel).
+    pub fn new() -> Self {
+        NftablesBackend::default()
+    }
+
+    /// Test hook: puts `flags` on every masquerade expression instead of the
+    /// rule's own (e.g. `0x1000`, which the kernel refuses with EINVAL, to
+    /// check that a refused batch changes nothing).
+    #[doc(hidden)]
+    pub fn with_masq_flags_override(mut self, flags: u32) -> Self {
+        self.masq_flags_override = Some(flags);
+        self
+    }
+
+    /// The masquerade flags of a rule's verdict.
+    fn masq_flags(&self, verdict: Verdict) -> u32 {
+        match verdict {
+            Verdict::Masquerade { fully_random } => {
+                self.masq_flags_override.unwrap_or(if fully_random {
+                    NF_NAT_RANGE_PROTO_RANDOM_FULLY
+                } else {
+                    0
+                })
+            }
+            Verdict::Return | Verdict::Accept => 0,
+        }
+    }
+
+    /// The whole replacing batch for `rules` (which must not be empty).
+    fn build(&self, rules: &RuleSet) -> Result<Built, NatError> {
+        let mut b = Numbered::new();
+        let mut flags: BTreeMap<u32, u32> = BTreeMap::new();
+        let table = Table::new(ProtocolFamily::Ipv4).with_name(NFT_TABLE);
+        b.note(format!("add table ip {NFT_TABLE}"));
+        b.batch.add(&table, MsgType::Add);
+        b.note(format!("delete table ip {NFT_TABLE}"));
+        b.batch.add(&table, MsgType::Del);
+        b.note(format!("add table ip {NFT_TABLE} (again, empty)"));
+        b.batch.add(&table, MsgType::Add);
+        for (spec, list) in [(POSTRTG, &rules.postrouting), (FORWARD, &rules.forward)] {
+            if list.is_empty() {
+                continue;
+            }
+            let chain = Chain::new(&table)
+                .with_name(spec.name)
+                .with_type(spec.kind)
+                .with_hook(Hook::new(spec.hook, spec.priority))
+                .with_policy(ChainPolicy::Accept);
+            b.note(format!("add chain {}", spec.name));
+            b.batch.add(&chain, MsgType::Add);
+            for (i, r) in list.iter().enumerate() {
+                let label = format!("rule {} of chain {} ({:?})", i + 1, spec.name, r.label);
+                let rule = nft_rule(&chain, r).map_err(|detail| NatError::Io {
+                    context: format!("building {label}"),
+                    source: io::Error::new(io::ErrorKind::InvalidInput, detail),
+                })?;
+                let seq = b.note(label);
+                b.batch.add(&rule, MsgType::Add);
+                let f = self.masq_flags(r.verdict);
+                if f != 0 {
+                    flags.insert(seq, f);
+                }
+            }
+        }
+        let raw = b.batch.finalize();
+        let bytes =
+            masq_flags::add_masq_flags_by_seq(&raw, |seq| flags.get(&seq).copied().unwrap_or(0))?;
+        Ok(Built {
+            bytes,
+            what: b.what,
+        })
+    }
+
+    /// Deletes those of `tables` that exist, in one batch.
+    fn delete_tables(&self, tables: &[(ProtocolFamily, &str)]) -> Result<(), NatError> {
+        let present = list_tables().map_err(|e| query_error("listing nftables tables", &e))?;
+        let mut b = Numbered::new();
+        let mut names = Vec::new();
+        for (family, name) in tables {
+            if !present.iter().any(|t| table_is(t, *family, name)) {
+                continue;
+            }
+            let fam = family_name(*family);
+            names.push(format!("{fam} {name}"));
+            let table = Table::new(*family).with_name(*name);
+            // Adding first makes the delete succeed even if someone removed
+            // the table since it was listed.
+            b.note(format!("add table {fam} {name}"));
+            b.batch.add(&table, MsgType::Add);
+            b.note(format!("delete table {fam} {name}"));
+            b.batch.add(&table, MsgType::Del);
+        }
+        if names.is_empty() {
+            return Ok(());
+        }
+        let what = format!("deleting nftables table(s) {}", names.join(", "));
+        masq_flags::send_batch_with(&what, &b.batch.finalize(), &|seq| b.what.get(&seq).cloned())?;
+        tracing::debug!(tables = %names.join(", "), "nftables tables deleted");
+        Ok(())
+    }
+
+    fn observe_once(&self) -> Result<Snapshot, ObserveError> {
+        let tables = list_tables().map_err(ObserveError::Query)?;
+        let Some(table) = tables
+            .iter()
+            .find(|t| table_is(t, ProtocolFamily::Ipv4, NFT_TABLE))
+        else {
+            return Ok(Snapshot::default());
+        };
+        let mut head = format!("table ip {NFT_TABLE}");
+        if let Some(flags) = table.get_flags().filter(|f| **f != 0) {
+            head.push_str(&format!(" flags {flags:#x}"));
+        }
+        // Chains and rules by our own dumps for family `ip`: rustables asks
+        // with AF_UNSPEC, for which the kernel dumps the rules of the first
+        // table of that name in any family and stops (an `inet
+        // flannel-ipv4` would hide ours), and it reads policy drop as accept.
+        let what = format!("listing nftables table ip {NFT_TABLE}");
+        let Some(chain_bytes) =
+            dump_ip(NFT_MSG_GETCHAIN, NFT_TABLE, &what).map_err(ObserveError::Nat)?
+        else {
+            return Err(ObserveError::Interrupted);
+        };
+        let Some(rule_bytes) =
+            dump_ip(NFT_MSG_GETRULE, NFT_TABLE, &what).map_err(ObserveError::Nat)?
+        else {
+            return Err(ObserveError::Interrupted);
+        };
+        let chains = parse_chains(&chain_bytes, NFT_TABLE).map_err(|e| {
+            ObserveError::Nat(NatError::Kernel {
+                what: what.clone(),
+                detail: format!("unreadable chain dump: {e}"),
+            })
+        })?;
+        let rules = parse_rules(&rule_bytes, NFT_TABLE);
+        let mut blocks: Vec<((u8, String), Vec<String>)> = Vec::new();
+        for chain in chains {
+            let name = chain.name.clone();
+            let mut block = vec![chain.line()];
+            match &rules {
+                Ok(rules) => {
+                    for r in rules.iter().filter(|r| r.chain == name) {
+                        block.push(format!("{name}: {}", r.text()));
+                    }
+                }
+                // Not something weft wrote: show it, so the table is rewritten.
+                Err(e) => block.push(format!("{name}: unreadable rules ({e})")),
+            }
+            let rank = match name.as_str() {
+                NFT_POSTRTG => 0,
+                NFT_FORWARD => 1,
+                _ => 2,
+            };
+            blocks.push(((rank, name), block));
+        }
+        blocks.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut lines = vec![head];
+        lines.extend(blocks.into_iter().flat_map(|(_, block)| block));
+        Ok(Snapshot(lines))
+    }
+}
+
+impl NatBackend for NftablesBackend {
+    fn mode(&self) -> NatMode {
+        NatMode::Nftables
+    }
+
+    fn observe(&mut self) -> Result<Snapshot, NatError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.observe_once() {
+                Ok(s) => return Ok(s),
+                // The ruleset changed during the dump: read again.
+                Err(ObserveError::Query(QueryError::ProcessNetlinkError(
+                    DecodeError::ConcurrentGenerationUpdate,
+                )))
+                | Err(ObserveError::Interrupted)
+                    if attempt < 5 => {}
+                Err(ObserveError::Query(e)) => {
+                    return Err(query_error(
+                        &format!("reading nftables table ip {NFT_TABLE}"),
+                        &e,
+                    ))
+                }
+                Err(ObserveError::Interrupted) => {
+                    return Err(NatError::Kernel {
+                        what: format!("reading nftables table ip {NFT_TABLE}"),
+                        detail: "the ruleset kept changing during 5 dumps".into(),
+                    })
+                }
+                Err(ObserveError::Nat(e)) => return Err(e),
+            }
+        }
+    }
+
+    fn expected(&self, rules: &RuleSet) -> Snapshot {
+        if rules.postrouting.is_empty() && rules.forward.is_empty() {
+            return Snapshot::default();
+        }
+        let mut lines = vec![format!("table ip {NFT_TABLE}")];
+        for (spec, list) in [(POSTRTG, &rules.postrouting), (FORWARD, &rules.forward)] {
+            if list.is_empty() {
+                continue;
+            }
+            lines.push(spec.line());
+            lines.extend(
+                list.iter()
+                    .map(|r| format!("{}: {}", spec.name, render::nft_comment(r))),
+            );
+        }
+        Snapshot(lines)
+    }
+
+    fn apply(&mut self, rules: &RuleSet, _current: &Snapshot) -> Result<(), NatError> {
+        if rules.postrouting.is_empty() && rules.forward.is_empty() {
+            return self.delete_tables(&[(ProtocolFamily::Ipv4, NFT_TABLE)]);
+        }
+        let start = Instant::now();
+        let built = self.build(rules)?;
+        let what = format!("the nftables batch for table ip {NFT_TABLE}");
+        masq_flags::send_batch_with(&what, &built.bytes, &|seq| built.what.get(&seq).cloned())?;
+        tracing::debug!(
+            bytes = built.bytes.len(),
+            rules = rules.postrouting.len() + rules.forward.len(),
+            elapsed = ?start.elapsed(),
+            "nftables table ip {NFT_TABLE} replaced"
+        );
+        Ok(())
+    }
+
+    fn remove(&mut self) -> Result<(), NatError> {
+        self.delete_tables(&[
+            (ProtocolFamily::Ipv4, NFT_TABLE),
+            (ProtocolFamily::Ipv6, NFT_TABLE6),
+        ])
+    }
+}
+
+fn family_name(f: ProtocolFamily) -> &'static str {
+    match f {
+        ProtocolFamily::Ipv4 => "ip",
+        ProtocolFamily::Ipv6 => "ip6",
+        ProtocolFamily::Inet => "inet",
+        ProtocolFamily::Arp => "arp",
+        ProtocolFamily::Bridge => "bridge",
+        ProtocolFamily::NetDev => "netdev",
+        ProtocolFamily::DecNet => "decnet",
+        ProtocolFamily::Unspec => "unspec",
+    }
+}
+
+/// Whether a table listed by rustables is `family name`: its dump covers
+/// every family and the family getter is not public, so compare with a copy
+/// built in the wanted family.
+fn table_is(t: &Table, family: ProtocolFamily, name: &str) -> bool {
+    let mut probe = Table::new(family).with_name(name);
+    if let Some(f) = t.get_flags() {
+        probe.set_flags(*f);
+    }
+    if let Some(u) = t.get_userdata() {
+        probe.set_userdata(u.clone());
+    }
+    probe == *t
+}
+
+/// Why one observation failed.
+enum ObserveError {
+    /// rustables' table listing failed.
+    Query(QueryError),
+    /// Our chain or rule dump failed.
+    Nat(NatError),
+    /// The ruleset changed during a dump.
+    Interrupted,
+}
+
+/// A rule as the kernel dumps it: enough to tell weft's rules from others.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct DumpedRule {
+    chain: String,
+    exprs: Vec<String>,
+    userdata: Option<Vec<u8>>,
+}
+
+impl DumpedRule {
+    /// The rule's comment, or `foreign rule <expression names>`.
+    fn text(&self) -> String {
+        if let Some(comment) = self.userdata.as_deref().and_then(udata_comment) {
+            return comment;
+        }
+        format!("foreign rule {}", self.exprs.join(" "))
+    }
+}
+
+/// A chain as the kernel dumps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct DumpedChain {
+    name: String,
+    kind: Option<String>,
+    /// Hook number and priority.
+    hook: Option<(u32, i32)>,
+    policy: Option<u32>,
+}
+
+impl DumpedChain {
+    /// `chain <name> [<type>] [<hook> <priority>] [<policy>]`, as
+    /// [`ChainSpec::line`] renders a wanted chain.
+    fn line(&self) -> String {
+        let mut s = format!("chain {}", self.name);
+        if let Some(kind) = &self.kind {
+            s.push_str(&format!(" {kind}"));
+        }
+        if let Some((hook, priority)) = self.hook {
+            s.push_str(&format!(" {} {priority}", hook_name(hook)));
+        }
+        match self.policy {
+            None => {}
+            Some(NF_ACCEPT) => s.push_str(" accept"),
+            Some(NF_DROP) => s.push_str(" drop"),
+            Some(p) => s.push_str(&format!(" policy {p}")),
+        }
+        s
+    }
+}
+
+const NFNL_SUBSYS_NFTABLES: u16 = 0x0a;
+const NFT_MSG_NEWCHAIN: u16 = 0x03;
+const NFT_MSG_GETCHAIN: u16 = 0x04;
+const NFT_MSG_NEWRULE: u16 = 0x06;
+const NFT_MSG_GETRULE: u16 = 0x07;
+const NFPROTO_IPV4: u8 = 2;
+const NF_DROP: u32 = 0;
+const NF_ACCEPT: u32 = 1;
+/// `NFTA_RULE_TABLE` and `NFTA_CHAIN_TABLE`.
+const NFTA_TABLE_ATTR: u16 = 1;
+const NFTA_CHAIN_NAME: u16 = 3;
+const NFTA_CHAIN_HOOK: u16 = 4;
+const NFTA_CHAIN_POLICY: u16 = 5;
+const NFTA_CHAIN_TYPE: u16 = 7;
+const NFTA_HOOK_HOOKNUM: u16 = 1;
+const NFTA_HOOK_PRIORITY: u16 = 2;
+const NFTA_RULE_CHAIN: u16 = 2;
+const NFTA_RULE_EXPRESSIONS: u16 = 4;
+const NFTA_RULE_USERDATA: u16 = 7;
+const NFTA_EXPR_NAME: u16 = 1;
+
+/// A dump request (`NLM_F_DUMP`) for family `ip` with a table attribute
+/// (the kernel filters rules by it; chains are filtered here).
+fn dump_request(msg: u16, table: &str) -> Vec<u8> {
+    let attr_len = 4 + table.len() + 1;
+    let len = 16 + 4 + masq_flags::align4(attr_len);
+    let mut req = Vec::with_capacity(len);
+    req.extend_from_slice(&(len as u32).to_ne_bytes());
+    req.extend_from_slice(&(NFNL_SUBSYS_NFTABLES << 8 | msg).to_ne_bytes());
+    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
+    req.extend_from_slice(&flags.to_ne_bytes());
+    req.extend_from_slice(&1u32.to_ne_bytes()); // seq
+    req.extend_from_slice(&0u32.to_ne_bytes()); // port id
+    req.extend_from_slice(&[NFPROTO_IPV4, 0, 0, 0]); // nfgenmsg: family, version 0, res_id 0
+    req.extend_from_slice(&(attr_len as u16).to_ne_bytes());
+    req.extend_from_slice(&NFTA_TABLE_ATTR.to_ne_bytes());
+    req.extend_from_slice(table.as_bytes());
+    req.push(0);
+    req.resize(len, 0);
+    req
+}
+
+/// The replies to a dump of `msg` objects of `ip <table>`; `None` if a
+/// change interrupted the dump, nothing if the table is gone.
+fn dump_ip(msg: u16, table: &str, what: &str) -> Result<Option<Vec<u8>>, NatError> {
+    match masq_flags::dump(what, &dump_request(msg, table))? {
+        masq_flags::Dump::Interrupted => Ok(None),
+        masq_flags::Dump::Refused(errno) if errno == libc::ENOENT => Ok(Some(Vec::new())),
+        masq_flags::Dump::Refused(errno) => Err(NatError::Kernel {
+            what: what.to_string(),
+            detail: io::Error::from_raw_os_error(errno).to_string(),
+        }),
+        masq_flags::Dump::Messages(bytes) => Ok(Some(bytes)),
+    }
+}
+
+fn attr_string(buf: &[u8], a: &masq_flags::Attr) -> String {
+    let p = a.payload(buf);
+    String::from_utf8_lossy(p.split(|b| *b == 0).next().unwrap_or_default()).into_owned()
+}
+
+fn attr_be32(buf: &[u8], a: &masq_flags::Attr) -> Option<u32> {
+    <[u8; 4]>::try_from(a.payload(buf))
+        .ok()
+        .map(u32::from_be_bytes)
+}
+
+/// The attributes of every `msg` message of family `ip` and table `table`
+/// in `buf` (a dump's replies; a batch has the same layout).
+fn objects_of(
+    buf: &[u8],
+    msg: u16,
+    table: &str,
+) -> Result<Vec<Vec<masq_flags::Attr>>, masq_flags::MalformedBatch> {
+    let mut out = Vec::new();
+    for m in masq_flags::messages(buf)? {
+        if m.ty != NFNL_SUBSYS_NFTABLES << 8 | msg || m.len < 20 {
+            continue;
+        }
+        if buf.get(m.off + 16) != Some(&NFPROTO_IPV4) {
+            continue;
+        }
+        let attrs = masq_flags::attrs(buf, m.off + 20, m.off + m.len)?;
+        let in_table = attrs
+            .iter()
+            .any(|a| a.kind() == NFTA_TABLE_ATTR && attr_string(buf, a) == table);
+        if in_table {
+            out.push(attrs);
+        }
+    }
+    Ok(out)
+}
+
+/// The chains of `ip <table>` in `buf`, in kernel order.
+fn parse_chains(buf: &[u8], table: &str) -> Result<Vec<DumpedChain>, masq_flags::MalformedBatch> {
+    let mut chains = Vec::new();
+    for attrs in objects_of(buf, NFT_MSG_NEWCHAIN, table)? {
+        let mut chain = DumpedChain {
+            name: String::new(),
+            kind: None,
+            hook: None,
+            policy: None,
+        };
+        for a in attrs {
+            match a.kind() {
+                NFTA_CHAIN_NAME => chain.name = attr_string(buf, &a),
+                NFTA_CHAIN_TYPE => chain.kind = Some(attr_string(buf, &a)),
+                NFTA_CHAIN_POLICY => chain.policy = attr_be32(buf, &a),
+                NFTA_CHAIN_HOOK => {
+                    let mut num = None;
+                    let mut priority = None;
+                    for h in masq_flags::attrs(buf, a.off + 4, a.off + a.len)? {
+                        match h.kind() {
+                            NFTA_HOOK_HOOKNUM => num = attr_be32(buf, &h),
+                            NFTA_HOOK_PRIORITY => priority = attr_be32(buf, &h).map(|p| p as i32),
+                            _ => {}
+                        }
+                    }
+                    if let (Some(num), Some(priority)) = (num, priority) {
+                        chain.hook = Some((num, priority));
+                    }
+                }
+                _ => {}
+            }
+        }
+        chains.push(chain);
+    }
+    Ok(chains)
+}
+
+/// The rules of `ip <table>` in `buf`, in kernel order.
+fn parse_rules(buf: &[u8], table: &str) -> Result<Vec<DumpedRule>, masq_flags::MalformedBatch> {
+    let mut rules = Vec::new();
+    for attrs in objects_of(buf, NFT_MSG_NEWRULE, table)? {
+        let mut rule = DumpedRule {
+            chain: String::new(),
+            exprs: Vec::new(),
+            userdata: None,
+        };
+        for a in attrs {
+            match a.kind() {
+                NFTA_RULE_CHAIN => rule.chain = attr_string(buf, &a),
+                NFTA_RULE_USERDATA => rule.userdata = Some(a.payload(buf).to_vec()),
+                NFTA_RULE_EXPRESSIONS => {
+                    for elem in masq_flags::attrs(buf, a.off + 4, a.off + a.len)? {
+                        let inner = masq_flags::attrs(buf, elem.off + 4, elem.off + elem.len)?;
+                        let name = inner.iter().find(|x| x.kind() == NFTA_EXPR_NAME);
+                        rule.exprs
+                            .push(name.map_or_else(|| "?".to_string(), |x| attr_string(buf, x)));
+                    }
+                }
+                _ => {}
+            }
+        }
+        rules.push(rule);
+    }
+    Ok(rules)
+}
+
+/// The comment in nft's rule user data (TLVs: type u8, length u8, value).
+fn udata_comment(udata: &[u8]) -> Option<String> {
+    let mut rest = udata;
+    while let [ty, len, tail @ ..] = rest {
+        let value = tail.get(..usize::from(*len))?;
+        if *ty == UDATA_RULE_COMMENT {
+            let value = value.split(|b| *b == 0).next().unwrap_or_default();
+            return Some(String::from_utf8_lossy(value).into_owned());
+        }
+        rest = &tail[usize::from(*len)..];
+    }
+    None
+}
+
+/// nft's user data for `comment "<text>"`.
+fn udata_for_comment(text: &str) -> Result<Vec<u8>, String> {
+    let len = u8::try_from(text.len() + 1)
+        .map_err(|_| format!("comment {text:?} is longer than 254 bytes"))?;
+    let mut u = Vec::with_capacity(text.len() + 3);
+    u.push(UDATA_RULE_COMMENT);
+    u.push(len);
+    u.extend_from_slice(text.as_bytes());
+    u.push(0);
+    Ok(u)
+}
+
+/// `ip saddr|daddr [!=] network/prefix`: payload, bitwise (unless /32), cmp.
+fn add_addr(rule: &mut Rule, field: IPv4HeaderField, addr: Addr) -> Result<(), String> {
+    let (net, op) = match addr {
+        Addr::Any => return Ok(()),
+        Addr::In(n) => (n, CmpOp::Eq),
+        Addr::NotIn(n) => (n, CmpOp::Neq),
+    };
+    rule.add_expr(HighLevelPayload::Network(NetworkHeaderField::IPv4(field)).build());
+    if net.prefix_len() < 32 {
+        rule.add_expr(Bitwise::new(net.netmask().octets(), [0u8; 4]).map_err(|e| e.to_string())?);
+    }
+    rule.add_expr(Cmp::new(op, net.network().octets()));
+    Ok(())
+}
+
+/// One rule as rustables builds it, with its comment (masquerade flags are
+/// added to the finalized batch).
+fn nft_rule(chain: &Chain, r: &rules::Rule) -> Result<Rule, String> {
+    let mut rule = Rule::new(chain).map_err(|e| e.to_string())?;
+    if let Some((value, mask)) = r.mark {
+        // `meta mark & mask == value`: the mark register is host-endian.
+        rule.add_expr(Meta::new(MetaType::Mark));
+        rule.add_expr(
+            Bitwise::new(mask.to_ne_bytes(), 0u32.to_ne_bytes()).map_err(|e| e.to_string())?,
+        );
+        rule.add_expr(Cmp::new(CmpOp::Eq, (value & mask).to_ne_bytes()));
+    }
+    add_addr(&mut rule, IPv4HeaderField::Saddr, r.src)?;
+    add_addr(&mut rule, IPv4HeaderField::Daddr, r.dst)?;
+    match r.verdict {
+        Verdict::Return => rule.add_expr(Immediate::new_verdict(VerdictKind::Return)),
+        Verdict::Accept => rule.add_expr(Immediate::new_verdict(VerdictKind::Accept)),
+        Verdict::Masquerade { .. } => rule.add_expr(Masquerade::default()),
+    }
+    Ok(rule.with_userdata(udata_for_comment(&render::nft_comment(r))?))
+}
+
+/// A rustables error as [`NatError::Kernel`], with its causes and errno.
+fn query_error(what: &str, e: &QueryError) -> NatError {
+    let detail = match e {
+        QueryError::NetlinkError(err) => {
+            io::Error::from_raw_os_error(err.error.saturating_abs()).to_string()
+        }
+        other => {
+            let mut s = other.to_string();
+            let mut source = other.source();
+            while let Some(cause) = source {
+                s.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            s
+        }
+    };
+    NatError::Kernel {
+        what: what.to_string(),
+        detail,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::masq_flags::masq_flags_in;
+    use crate::rules::{Options, SnatRules};
+
+    fn rules(options: Options) -> RuleSet {
+        SnatRules::build(
+            "10.244.0.0/16".parse().unwrap(),
+            "10.244.0.0/24".parse().unwrap(),
+            options,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn batch_carries_fully_random_on_masquerade_rules_only() {
+        let set = rules(Options::default());
+        let built = NftablesBackend::new().build(&set).unwrap();
+        // begin 0, tables 1-3, chain postrtg 4, rules 5-10, chain forward 11, rules 12-13.
+        assert_eq!(
+            masq_flags_in(&built.bytes).unwrap(),
+            vec![(9, Some(0x10)), (10, Some(0x10))]
+        );
+        assert_eq!(
+            built.what.get(&9).unwrap(),
+            "rule 5 of chain postrtg (\"pods to outside\")"
+        );
+        assert_eq!(
+            built.what.get(&12).unwrap(),
+            "rule 1 of chain forward (\"from cluster\")"
+        );
+        assert_eq!(built.what.len(), 13);
+
+        let plain = rules(Options {
+            fully_random: false,
+            ..Options::default()
+        });
+        let built = NftablesBackend::new().build(&plain).unwrap();
+        assert_eq!(
+            masq_flags_in(&built.bytes).unwrap(),
+            vec![(9, None), (10, None)]
+        );
+
+        let forced = NftablesBackend::new()
+            .with_masq_flags_override(0x1000)
+            .build(&plain)
+            .unwrap();
+        assert_eq!(
+            masq_flags_in(&forced.bytes).unwrap(),
+            vec![(9, Some(0x1000)), (10, Some(0x1000))]
+        );
+    }
+
+    #[test]
+    fn comments_round_trip_through_user_data() {
+        let set = rules(Options::default());
+        for r in set.rules() {
+            let text = render::nft_comment(r);
+            let u = udata_for_comment(&text).unwrap();
+            assert_eq!(u[0], 0);
+            assert_eq!(usize::from(u[1]), text.len() + 1);
+            assert_eq!(*u.last().unwrap(), 0);
+            assert_eq!(udata_comment(&u).unwrap(), text);
+        }
+        // Another TLV first, then the comment.
+        assert_eq!(
+            udata_comment(&[1, 1, 7, 0, 3, b'a', b'b', 0]).unwrap(),
+            "ab"
+        );
+        assert_eq!(udata_comment(&[1, 5, 7]), None);
+        assert_eq!(udata_comment(&[]), None);
+        assert!(udata_for_comment(&"x".repeat(300)).is_err());
+    }
+
+    #[test]
+    fn expected_snapshot() {
+        let b = NftablesBackend::new();
+        let set = rules(Options::default());
+        let s = b.expected(&set);
+        assert_eq!(s.0[0], "table ip flannel-ipv4");
+        assert_eq!(s.0[1], "chain postrtg nat postrouting 100 accept");
+        assert!(
+            s.0[2].starts_with("postrtg: weft: marked by kube-proxy "),
+            "{}",
+            s.0[2]
+        );
+        assert_eq!(s.0[8], "chain forward filter forward 0 accept");
+        assert_eq!(s.0.len(), 11);
+        let none = rules(Options {
+            masquerade: false,
+            forward: false,
+            ..Options::default()
+        });
+        assert!(b.expected(&none).is_empty());
+        let fwd_only = rules(Options {
+            masquerade: false,
+            ..Options::default()
+        });
+        assert_eq!(
+            b.expected(&fwd_only).0[1],
+            "chain forward filter forward 0 accept"
+        );
+    }
+
+    #[test]
+    fn family_probes() {
+        let t = Table::new(ProtocolFamily::Ipv4)
+            .with_name(NFT_TABLE)
+            .with_flags(0u32);
+        assert!(table_is(&t, ProtocolFamily::Ipv4, NFT_TABLE));
+        assert!(!table_is(&t, ProtocolFamily::Inet, NFT_TABLE));
+        assert!(!table_is(&t, ProtocolFamily::Ipv4, "other"));
+    }
+
+    #[test]
+    fn chains_parse_back_from_netlink_messages() {
+        let set = rules(Options::default());
+        let built = NftablesBackend::new().build(&set).unwrap();
+        let chains = parse_chains(&built.bytes, NFT_TABLE).unwrap();
+        let lines: Vec<String> = chains.iter().map(DumpedChain::line).collect();
+        assert_eq!(lines, [POSTRTG.line(), FORWARD.line()]);
+        assert_eq!(lines[0], "chain postrtg nat postrouting 100 accept");
+        let regular = DumpedChain {
+            name: "x".into(),
+            kind: None,
+            hook: None,
+            policy: None,
+        };
+        assert_eq!(regular.line(), "chain x");
+        let dropping = DumpedChain {
+            policy: Some(NF_DROP),
+            hook: Some((2, -5)),
+            ..regular
+        };
+        assert_eq!(dropping.line(), "chain x forward -5 drop");
+        assert!(parse_chains(&built.bytes, "other").unwrap().is_empty());
+    }
+
+    #[test]
+    fn rules_parse_back_from_netlink_messages() {
+        // A batch's NEWRULE messages have the layout of a dump's replies.
+        let set = rules(Options::default());
+        let built = NftablesBackend::new().build(&set).unwrap();
+        let parsed = parse_rules(&built.bytes, NFT_TABLE).unwrap();
+        assert_eq!(parsed.len(), 8);
+        let texts: Vec<String> = parsed
+            .iter()
+            .map(|r| format!("{}: {}", r.chain, r.text()))
+            .collect();
+        assert_eq!(
+            texts,
+            NftablesBackend::new()
+                .expected(&set)
+                .0
+                .into_iter()
+                .filter(|l| !l.starts_with("chain ") && !l.starts_with("table "))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(parsed[0].exprs, ["meta", "bitwise", "cmp", "immediate"]);
+        assert_eq!(
+            parsed[4].exprs,
+            ["payload", "bitwise", "cmp", "payload", "bitwise", "cmp", "masq"]
+        );
+        assert!(parse_rules(&built.bytes, "other").unwrap().is_empty());
+
+        let foreign = DumpedRule {
+            chain: "postrtg".into(),
+            exprs: vec!["counter".into()],
+            userdata: None,
+        };
+        assert_eq!(foreign.text(), "foreign rule counter");
+        let junk = DumpedRule {
+            userdata: Some(vec![9, 200]),
+            ..foreign
+        };
+        assert_eq!(junk.text(), "foreign rule counter");
+    }
+
+    #[test]
+    fn dump_request_layout() {
+        let req = dump_request(NFT_MSG_GETRULE, NFT_TABLE);
+        assert_eq!(req.len(), 16 + 4 + 4 + 16);
+        assert_eq!(
+            u32::from_ne_bytes(req[0..4].try_into().unwrap()) as usize,
+            req.len()
+        );
+        assert_eq!(u16::from_ne_bytes(req[4..6].try_into().unwrap()), 0x0a07);
+        assert_eq!(req[16], 2);
+        assert_eq!(u16::from_ne_bytes(req[20..22].try_into().unwrap()), 4 + 13);
+        assert_eq!(&req[24..37], b"flannel-ipv4\0");
+    }
+}

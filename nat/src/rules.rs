@@ -1,0 +1,254 @@
+//! The pure rule set: flannel's SNAT and forward rules, typed.
+
+use std::fmt;
+
+use ipnet::Ipv4Net;
+
+/// kube-proxy's masquerade mark: packets it marks are left to it.
+pub const KUBE_PROXY_MARK: u32 = 0x4000;
+/// IPv4 multicast, never masqueraded.
+pub const MULTICAST: &str = "224.0.0.0/4";
+
+/// Which chain a rule belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Chain {
+    /// NAT, postrouting hook (`FLANNEL-POSTRTG` / `postrtg`).
+    Postrouting,
+    /// Filter, forward hook (`FLANNEL-FWD` / `forward`).
+    Forward,
+}
+
+/// An address match on source or destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Addr {
+    /// No match on this address.
+    Any,
+    /// Inside the network.
+    In(Ipv4Net),
+    /// Outside the network.
+    NotIn(Ipv4Net),
+}
+
+/// What a matching packet gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    /// Leave the chain (no NAT).
+    Return,
+    /// Source NAT to the outgoing interface's address.
+    Masquerade {
+        /// `--random-fully` / `fully-random`: fully randomised source ports (avoids conntrack races, flannel #1004).
+        fully_random: bool,
+    },
+    /// Accept (forward rules).
+    Accept,
+}
+
+/// One rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Rule {
+    /// Its chain.
+    pub chain: Chain,
+    /// `-m mark --mark value/mask`.
+    pub mark: Option<(u32, u32)>,
+    /// Source match.
+    pub src: Addr,
+    /// Destination match.
+    pub dst: Addr,
+    /// The verdict.
+    pub verdict: Verdict,
+    /// What the rule is for, in words (nftables comments).
+    pub label: &'static str,
+}
+
+/// What the rule set contains, as flanneld's flags set it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// `--ip-masq`: the SNAT rules.
+    pub masquerade: bool,
+    /// Not `--ip-masq-fully-random-disable`.
+    pub fully_random: bool,
+    /// `--iptables-forward-rules`: accept forwarding to and from the cluster network.
+    pub forward: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            masquerade: true,
+            fully_random: true,
+            forward: true,
+        }
+    }
+}
+
+/// The complete desired rule set for one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleSet {
+    /// Postrouting (SNAT) rules in order; empty when masquerading is off.
+    pub postrouting: Vec<Rule>,
+    /// Forward-accept rules in order; empty when forward rules are off.
+    pub forward: Vec<Rule>,
+}
+
+/// Why a rule set cannot be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuleError {
+    /// A network has host bits set.
+    #[error("{field}: {net} is not a network address (host bits set)")]
+    NotANetwork {
+        /// `Network` or `podCIDR`.
+        field: &'static str,
+        /// The value.
+        net: Ipv4Net,
+    },
+    /// The node's subnet is not inside the cluster network.
+    #[error("podCIDR: {subnet} is not inside the cluster network {network}")]
+    SubnetOutsideNetwork {
+        /// The node's subnet.
+        subnet: Ipv4Net,
+        /// The cluster network.
+        network: Ipv4Net,
+    },
+    /// The cluster network is multicast space.
+    #[error("Network: {0} overlaps the multicast range 224.0.0.0/4")]
+    MulticastNetwork(Ipv4Net),
+}
+
+/// Builds flannel's rule set.
+pub struct SnatRules;
+
+impl SnatRules {
+    /// The rules for cluster network `network` and this node's pod subnet
+    /// `subnet`, in flannel v0.28's order:
+    ///
+    /// 1. kube-proxy's mark → RETURN (its own masquerade handles those);
+    /// 2. own pods → cluster: RETURN (pod ↔ pod is never masqueraded);
+    /// 3. cluster → own pods: RETURN;
+    /// 4. outside → own pods: RETURN (keeps the client's address);
+    /// 5. cluster → anything but multicast: MASQUERADE (pods to the outside);
+    /// 6. outside → cluster: MASQUERADE (to other nodes' pods, so replies come back);
+    ///
+    /// then the forward accepts `-s network` and `-d network`. flannel's
+    /// nftables mode writes rule 4 as `saddr != subnet`, which makes rule 6
+    /// unreachable; weft uses the iptables semantics everywhere.
+    pub fn build(
+        network: Ipv4Net,
+        subnet: Ipv4Net,
+        options: Options,
+    ) -> Result<RuleSet, RuleError> {
+        if network.trunc() != network {
+            return Err(RuleError::NotANetwork {
+                field: "Network",
+                net: network,
+            });
+        }
+        if subnet.trunc() != subnet {
+            return Err(RuleError::NotANetwork {
+                field: "podCIDR",
+                net: subnet,
+            });
+        }
+        if !network.contains(&subnet) {
+            return Err(RuleError::SubnetOutsideNetwork { subnet, network });
+        }
+        let multicast: Ipv4Net =
+            Ipv4Net::new(std::net::Ipv4Addr::new(224, 0, 0, 0), 4).unwrap_or_default();
+        if network.contains(&multicast.network()) || multicast.contains(&network.network()) {
+            return Err(RuleError::MulticastNetwork(network));
+        }
+        let masq = Verdict::Masquerade {
+            fully_random: options.fully_random,
+        };
+        let post = |mark, src, dst, verdict, label| Rule {
+            chain: Chain::Postrouting,
+            mark,
+            src,
+            dst,
+            verdict,
+            label,
+        };
+        let postrouting = if options.masquerade {
+            let kube_proxy = Some((KUBE_PROXY_MARK, KUBE_PROXY_MARK));
+            vec![
+                post(
+                    kube_proxy,
+                    Addr::Any,
+                    Addr::Any,
+                    Verdict::Return,
+                    "marked by kube-proxy",
+                ),
+                post(
+                    None,
+                    Addr::In(subnet),
+                    Addr::In(network),
+                    Verdict::Return,
+                    "own pods to cluster",
+                ),
+                post(
+                    None,
+                    Addr::In(network),
+                    Addr::In(subnet),
+                    Verdict::Return,
+                    "cluster to own pods",
+                ),
+                post(
+                    None,
+                    Addr::NotIn(network),
+                    Addr::In(subnet),
+                    Verdict::Return,
+                    "outside to own pods",
+                ),
+                post(
+                    None,
+                    Addr::In(network),
+                    Addr::NotIn(multicast),
+                    masq,
+                    "pods to outside",
+                ),
+                post(
+                    None,
+                    Addr::NotIn(network),
+                    Addr::In(network),
+                    masq,
+                    "outside to other pods",
+                ),
+            ]
+        } else {
+            Vec::new()
+        };
+        let fwd = |src, dst, label| Rule {
+            chain: Chain::Forward,
+            mark: None,
+            src,
+            dst,
+            verdict: Verdict::Accept,
+            label,
+        };
+        let forward = if options.forward {
+            vec![
+                fwd(Addr::In(network), Addr::Any, "from cluster"),
+                fwd(Addr::Any, Addr::In(network), "to cluster"),
+            ]
+        } else {
+            Vec::new()
+        };
+        Ok(RuleSet {
+            postrouting,
+            forward,
+        })
+    }
+}
+
+impl RuleSet {
+    /// Every rule, postrouting first.
+    pub fn rules(&self) -> impl Iterator<Item = &Rule> {
+        self.postrouting.iter().chain(&self.forward)
+    }
+}
+
+impl fmt::Display for Rule {
+    /// The rule in nft syntax, as `nft list ruleset` prints it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&crate::render::nft_rule(self))
+    }
+}
