@@ -438,3 +438,27 @@ mod tests {
         assert!(p.contains("*filter\n-D FORWARD -m comment --comment \"flanneld forward\" -j FLANNEL-FWD\n-F FLANNEL-FWD\n-X FLANNEL-FWD\nCOMMIT\n"), "{p}");
     }
 }
+
+#[cfg(test)]
+mod missing_binary {
+    use super::*;
+
+    #[test]
+    fn a_missing_binary_is_a_typed_error_naming_it_and_the_mode() {
+        let e = run(
+            "weft-no-such-iptables-save",
+            &[],
+            None,
+            Duration::from_secs(1),
+            NatMode::IptablesLegacy,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&e, NatError::MissingBinary { binary, mode } if binary == "weft-no-such-iptables-save" && *mode == "iptables-legacy")
+        );
+        assert!(
+            e.to_string().contains("install the iptables package"),
+            "{e}"
+        );
+    }
+}
