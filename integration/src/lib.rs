@@ -1,6 +1,7 @@
 //! weft's lab, end-to-end harness and benchmarks: clusters built out of
 //! network namespaces (never the machine's own), programmed by weft.
 
+pub mod bench;
 pub mod overlay_agent;
 pub mod topology;
 

@@ -1,11 +1,11 @@
 //! The pure desired half: configuration + this node + leases → the state the
 //! kernel should hold, and the leases that had to be skipped.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use ipnet::Ipv4Net;
 
-use crate::backend::{self, Backend};
+use crate::backend::{self, Backend, PeerEntries};
 use crate::error::{LeaseError, LeaseFault};
 use crate::mac::MacAddr;
 use crate::model::{Lease, LocalNode, OverlayConfig, UnderlayFacts};
@@ -40,20 +40,31 @@ pub fn desired(
         },
         rejected: Vec::new(),
     };
-    let mut taken: Vec<(Ipv4Net, &str)> = Vec::new();
-    let mut macs: BTreeMap<MacAddr, &str> = BTreeMap::new();
+    let mut taken = Taken::default();
+    let mut macs: HashMap<MacAddr, &str> = HashMap::new();
+    let (mut routes, mut neighbours, mut fdb) = (Vec::new(), Vec::new(), Vec::new());
     for lease in leases.iter().filter(|l| l.node != local.name) {
-        match check_and_add(
+        let checked = check(
             config,
             backend.as_ref(),
             local,
             underlay,
             lease,
             &taken,
-            &mut macs,
-            &mut out.state.entries,
-        ) {
-            Ok(()) => taken.push((lease.subnet, lease.node.as_str())),
+            &macs,
+        );
+        match checked {
+            Ok(peer) => {
+                taken.insert(lease.subnet, &lease.node);
+                routes.push((peer.route.dst, peer.route));
+                if let Some(n) = peer.neighbour {
+                    neighbours.push((n.ip, n));
+                }
+                if let Some(f) = peer.fdb {
+                    macs.insert(f.mac, &lease.node);
+                    fdb.push((f.mac, f));
+                }
+            }
             Err((field, reason)) => {
                 tracing::warn!(node = %lease.node, field, %reason, "skipping peer");
                 out.rejected.push(LeaseError {
@@ -64,20 +75,59 @@ pub fn desired(
             }
         }
     }
+    // Keys are unique (subnets are disjoint, MACs distinct): bulk-build the maps.
+    out.state.entries = Entries {
+        routes: routes.into_iter().collect(),
+        neighbours: neighbours.into_iter().collect(),
+        fdb: fdb.into_iter().collect(),
+    };
     out
 }
 
-#[allow(clippy::too_many_arguments)]
-fn check_and_add<'a>(
+/// The subnets accepted so far, by first address, for O(log n) overlap checks.
+#[derive(Default)]
+struct Taken<'a> {
+    /// start → (end, subnet, node, order of acceptance)
+    by_start: BTreeMap<u32, (u32, Ipv4Net, &'a str, usize)>,
+}
+
+impl<'a> Taken<'a> {
+    fn insert(&mut self, subnet: Ipv4Net, node: &'a str) {
+        let order = self.by_start.len();
+        self.by_start.insert(
+            u32::from(subnet.network()),
+            (u32::from(subnet.broadcast()), subnet, node, order),
+        );
+    }
+
+    /// The earliest-accepted subnet overlapping `subnet`. Accepted subnets are
+    /// disjoint, so only the one starting just below and those starting inside
+    /// can overlap.
+    fn overlapping(&self, subnet: Ipv4Net) -> Option<(Ipv4Net, &'a str)> {
+        let (start, end) = (u32::from(subnet.network()), u32::from(subnet.broadcast()));
+        let below = self
+            .by_start
+            .range(..start)
+            .next_back()
+            .filter(|(_, (e, ..))| *e >= start);
+        let inside = self.by_start.range(start..=end);
+        below
+            .into_iter()
+            .chain(inside)
+            .min_by_key(|(_, (.., order))| *order)
+            .map(|(_, (_, net, node, _))| (*net, *node))
+    }
+}
+
+fn check(
     config: &OverlayConfig,
     backend: &dyn Backend,
     local: &LocalNode,
     underlay: &UnderlayFacts,
-    lease: &'a Lease,
-    taken: &[(Ipv4Net, &str)],
-    macs: &mut BTreeMap<MacAddr, &'a str>,
-    out: &mut Entries,
-) -> Result<(), (&'static str, LeaseFault)> {
+    lease: &Lease,
+    taken: &Taken<'_>,
+    macs: &HashMap<MacAddr, &str>,
+) -> Result<PeerEntries, (&'static str, LeaseFault)> {
     let subnet = lease.subnet.trunc();
     if subnet != lease.subnet {
         return Err(("podCIDR", LeaseFault::NotANetwork(lease.subnet)));
@@ -100,13 +150,13 @@ fn check_and_add<'a>(
             },
         ));
     }
-    if let Some((other_subnet, other)) = taken.iter().find(|(s, _)| overlaps(*s, subnet)) {
+    if let Some((other_subnet, other)) = taken.overlapping(subnet) {
         return Err((
             "podCIDR",
             LeaseFault::OverlapsPeer {
                 subnet,
-                other: (*other).to_string(),
-                other_subnet: *other_subnet,
+                other: other.to_string(),
+                other_subnet,
             },
         ));
     }
@@ -128,26 +178,19 @@ fn check_and_add<'a>(
             },
         ));
     }
-    let mut mine = Entries::default();
-    backend.peer(lease, underlay, &mut mine)?;
-    for mac in mine.fdb.keys() {
-        if let Some(other) = macs.get(mac) {
+    let peer = backend.peer(lease, underlay)?;
+    if let Some(f) = &peer.fdb {
+        if let Some(other) = macs.get(&f.mac) {
             return Err((
                 "backend-data.VtepMAC",
                 LeaseFault::DuplicateMac {
-                    mac: mac.to_string(),
+                    mac: f.mac.to_string(),
                     other: (*other).to_string(),
                 },
             ));
         }
     }
-    for mac in mine.fdb.keys() {
-        macs.insert(*mac, lease.node.as_str());
-    }
-    out.routes.append(&mut mine.routes);
-    out.neighbours.append(&mut mine.neighbours);
-    out.fdb.append(&mut mine.fdb);
-    Ok(())
+    Ok(peer)
 }
 
 fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {

@@ -127,14 +127,19 @@ pub fn diff(desired: &OverlayState, observed: &Observed) -> Plan {
         Some(want) => device_ops(want, observed.device.as_ref()),
         None => Vec::new(),
     };
-    let mut have = observed.entries.clone();
-    if device
+    let creates = device
         .iter()
-        .any(|op| matches!(op, DeviceOp::Create(_) | DeviceOp::Recreate { .. }))
-    {
-        // A new device starts empty.
-        have.forget_overlay();
-    }
+        .any(|op| matches!(op, DeviceOp::Create(_) | DeviceOp::Recreate { .. }));
+    // A new device starts empty: what was on the old one is gone with it.
+    let emptied;
+    let have = if creates {
+        let mut e = observed.entries.clone();
+        e.forget_overlay();
+        emptied = e;
+        &emptied
+    } else {
+        &observed.entries
+    };
     Plan {
         device,
         routes: changes(&desired.entries.routes, &have.routes),
@@ -143,24 +148,44 @@ pub fn diff(desired: &OverlayState, observed: &Observed) -> Plan {
     }
 }
 
+/// One ordered walk over both maps (they are sorted by key): O(n), no lookups.
 fn changes<K: Ord, T: Clone + PartialEq>(
     want: &BTreeMap<K, T>,
     have: &BTreeMap<K, T>,
 ) -> Changes<T> {
+    use std::cmp::Ordering::{Equal, Greater, Less};
     let mut c = Changes::default();
-    for (k, w) in want {
-        match have.get(k) {
-            None => c.add.push(w.clone()),
-            Some(h) if h != w => c.replace.push(w.clone()),
-            Some(_) => {}
+    let (mut w, mut h) = (want.iter().peekable(), have.iter().peekable());
+    loop {
+        match (w.peek(), h.peek()) {
+            (None, None) => return c,
+            (Some((_, wv)), None) => {
+                c.add.push((*wv).clone());
+                w.next();
+            }
+            (None, Some((_, hv))) => {
+                c.delete.push((*hv).clone());
+                h.next();
+            }
+            (Some((wk, wv)), Some((hk, hv))) => match wk.cmp(hk) {
+                Less => {
+                    c.add.push((*wv).clone());
+                    w.next();
+                }
+                Greater => {
+                    c.delete.push((*hv).clone());
+                    h.next();
+                }
+                Equal => {
+                    if wv != hv {
+                        c.replace.push((*wv).clone());
+                    }
+                    w.next();
+                    h.next();
+                }
+            },
         }
     }
-    for (k, h) in have {
-        if !want.contains_key(k) {
-            c.delete.push(h.clone());
-        }
-    }
-    c
 }
 
 fn device_ops(want: &VxlanDevice, have: Option<&ObservedDevice>) -> Vec<DeviceOp> {

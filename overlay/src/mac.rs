@@ -33,17 +33,25 @@ impl FromStr for MacAddr {
     type Err = BadMac;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut out = [0u8; 6];
-        let mut parts = s.split(':');
-        for byte in out.iter_mut() {
-            let part = parts.next().ok_or_else(|| BadMac(s.to_string()))?;
-            if part.len() != 2 {
-                return Err(BadMac(s.to_string()));
-            }
-            *byte = u8::from_str_radix(part, 16).map_err(|_| BadMac(s.to_string()))?;
+        let bad = || BadMac(s.to_string());
+        let b = s.as_bytes();
+        if b.len() != 17 {
+            return Err(bad());
         }
-        if parts.next().is_some() {
-            return Err(BadMac(s.to_string()));
+        let hex = |c: u8| match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            b'A'..=b'F' => Some(c - b'A' + 10),
+            _ => None,
+        };
+        let mut out = [0u8; 6];
+        for (i, byte) in out.iter_mut().enumerate() {
+            let at = i * 3;
+            if i > 0 && b[at - 1] != b':' {
+                return Err(bad());
+            }
+            let (hi, lo) = (hex(b[at]).ok_or_else(bad)?, hex(b[at + 1]).ok_or_else(bad)?);
+            *byte = hi << 4 | lo;
         }
         Ok(MacAddr(out))
     }

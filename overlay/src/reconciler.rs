@@ -26,12 +26,12 @@ use rtnetlink::MulticastGroup;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use crate::desired::desired;
+use crate::desired::{desired, Desired};
 use crate::diff::diff;
 use crate::error::{KernelError, LeaseError};
 use crate::kernel::{self, Kernel, Scope};
 use crate::mac::MacAddr;
-use crate::model::{Lease, LocalNode, OverlayConfig};
+use crate::model::{Lease, LocalNode, OverlayConfig, UnderlayFacts};
 use crate::state::Observed;
 
 /// Everything the desired state is computed from.
@@ -176,6 +176,9 @@ pub struct Reconciler {
     scope: Option<Scope>,
     observed: Observed,
     view_valid: bool,
+    /// The last desired state and what it was computed from (input generation,
+    /// underlay facts): kernel events do not change it, so it is reused.
+    want: Option<(u64, UnderlayFacts, Desired)>,
 }
 
 impl Reconciler {
@@ -221,6 +224,7 @@ impl Reconciler {
             scope: None,
             observed: Observed::default(),
             view_valid: false,
+            want: None,
         };
         Ok((reconciler, handle))
     }
@@ -355,7 +359,7 @@ impl Reconciler {
     async fn reconcile(&mut self) -> Report {
         self.stats.reconciles.fetch_add(1, Ordering::Relaxed);
         let (generation, input) = self.input.borrow().clone();
-        let mut report = match self.pass(&input).await {
+        let mut report = match self.pass(generation, &input).await {
             Ok(r) => r,
             Err(e) => Report {
                 errors: vec![e.to_string()],
@@ -387,7 +391,7 @@ impl Reconciler {
         report
     }
 
-    async fn pass(&mut self, input: &Input) -> Result<Report, KernelError> {
+    async fn pass(&mut self, generation: u64, input: &Input) -> Result<Report, KernelError> {
         let mut report = Report::default();
         let underlay = self.kernel.underlay(&input.local.underlay).await?;
         self.observed.device = match input.config.backend.device_name() {
@@ -406,8 +410,15 @@ impl Reconciler {
             self.stats.resyncs.fetch_add(1, Ordering::Relaxed);
         }
         self.scope = Some(scope);
-        let want = desired(&input.config, &input.local, &underlay, &input.leases);
-        report.rejected = want.rejected;
+        let fresh = matches!(&self.want, Some((g, u, _)) if *g == generation && *u == underlay);
+        if !fresh {
+            let d = desired(&input.config, &input.local, &underlay, &input.leases);
+            self.want = Some((generation, underlay, d));
+        }
+        let Some((_, _, want)) = &self.want else {
+            return Ok(report);
+        };
+        report.rejected = want.rejected.clone();
         let plan = diff(&want.state, &self.observed);
         report.plan = plan.to_string();
         if plan.is_empty() {

@@ -3,10 +3,10 @@
 
 use ipnet::Ipv4Net;
 
-use super::Backend;
+use super::{Backend, PeerEntries};
 use crate::error::LeaseFault;
 use crate::model::{Lease, LocalNode, UnderlayFacts};
-use crate::state::{Dev, Entries, Route, VxlanDevice, ROUTE_PROTOCOL};
+use crate::state::{Dev, Route, VxlanDevice, ROUTE_PROTOCOL};
 
 /// The host-gw backend.
 #[derive(Debug, Clone, Copy, Default)]
@@ -25,18 +25,20 @@ impl Backend for HostGw {
         &self,
         lease: &Lease,
         underlay: &UnderlayFacts,
-        out: &mut Entries,
-    ) -> Result<(), (&'static str, LeaseFault)> {
+    ) -> Result<PeerEntries, (&'static str, LeaseFault)> {
         if !underlay.is_on_link(lease.public_ip) {
             return Err(("public-ip", LeaseFault::NotOnLink(lease.public_ip)));
         }
-        out.put_route(Route {
-            dst: lease.subnet,
-            via: lease.public_ip,
-            dev: Dev::Underlay,
-            onlink: false,
-            protocol: ROUTE_PROTOCOL,
-        });
-        Ok(())
+        Ok(PeerEntries {
+            route: Route {
+                dst: lease.subnet,
+                via: lease.public_ip,
+                dev: Dev::Underlay,
+                onlink: false,
+                protocol: ROUTE_PROTOCOL,
+            },
+            neighbour: None,
+            fdb: None,
+        })
     }
 }

@@ -9,7 +9,7 @@ pub use vxlan::{Vxlan, VxlanBackendData};
 
 use crate::error::LeaseFault;
 use crate::model::{BackendConfig, Lease, LocalNode, UnderlayFacts};
-use crate::state::{Entries, VxlanDevice};
+use crate::state::{FdbEntry, Neighbour, Route, VxlanDevice};
 
 /// A data plane for pod traffic between nodes.
 pub trait Backend {
@@ -24,14 +24,12 @@ pub trait Backend {
         network: ipnet::Ipv4Net,
     ) -> Option<VxlanDevice>;
 
-    /// Adds what one peer needs to `out`. An `Err` names the field at fault;
-    /// nothing is added then.
+    /// What one peer needs. An `Err` names the field at fault.
     fn peer(
         &self,
         lease: &Lease,
         underlay: &UnderlayFacts,
-        out: &mut Entries,
-    ) -> Result<(), (&'static str, LeaseFault)>;
+    ) -> Result<PeerEntries, (&'static str, LeaseFault)>;
 }
 
 /// The backend for a configuration.
@@ -40,4 +38,16 @@ pub fn for_config(config: &BackendConfig) -> Box<dyn Backend + Send + Sync> {
         BackendConfig::Vxlan(v) => Box::new(Vxlan::new(v.clone())),
         BackendConfig::HostGw => Box::new(HostGw),
     }
+}
+
+/// The kernel objects one peer needs: a route, and with VXLAN encapsulation
+/// a neighbour and an FDB entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerEntries {
+    /// The route to the peer's subnet.
+    pub route: Route,
+    /// The PERMANENT neighbour for the route's gateway (VXLAN only).
+    pub neighbour: Option<Neighbour>,
+    /// The FDB entry for the peer's VTEP (VXLAN only).
+    pub fdb: Option<FdbEntry>,
 }

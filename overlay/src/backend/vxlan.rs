@@ -5,11 +5,11 @@
 use ipnet::Ipv4Net;
 use serde_json::Value;
 
-use super::Backend;
+use super::{Backend, PeerEntries};
 use crate::error::LeaseFault;
 use crate::mac::MacAddr;
 use crate::model::{Lease, LocalNode, UnderlayFacts, VxlanConfig, VXLAN_OVERHEAD};
-use crate::state::{Dev, Entries, FdbEntry, Neighbour, Route, VxlanDevice, ROUTE_PROTOCOL};
+use crate::state::{Dev, FdbEntry, Neighbour, Route, VxlanDevice, ROUTE_PROTOCOL};
 
 /// The VXLAN backend.
 #[derive(Debug, Clone)]
@@ -37,6 +37,10 @@ impl VxlanBackendData {
     /// Parses the annotation. Keys are matched case-insensitively, as flannel's
     /// Go decoder does. The error names the field.
     pub fn parse(raw: &str) -> Result<Self, (&'static str, LeaseFault)> {
+        // Fast path: the exact form flannel and weft write, without a JSON parser.
+        if let Some(d) = Self::parse_exact(raw) {
+            return Ok(d);
+        }
         let bad = |field, msg: String| (field, LeaseFault::BadBackendData(msg));
         let value: Value = serde_json::from_str(raw)
             .map_err(|e| bad("backend-data", format!("not JSON ({e}): {raw:?}")))?;
@@ -68,6 +72,22 @@ impl VxlanBackendData {
                 .ok_or_else(|| bad("backend-data.VNI", format!("{v} is not a number")))?,
         };
         Ok(VxlanBackendData { vni, vtep_mac })
+    }
+
+    /// `{"VNI":<n>,"VtepMAC":"<mac>"}` exactly (what [`to_json`](Self::to_json) writes);
+    /// `None` for anything else, which the general parser then handles.
+    fn parse_exact(raw: &str) -> Option<Self> {
+        let rest = raw.strip_prefix(r#"{"VNI":"#)?;
+        let (vni, rest) = rest.split_once(r#","VtepMAC":""#)?;
+        let mac = rest.strip_suffix(r#""}"#)?;
+        if vni.is_empty() || !vni.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let vtep_mac: MacAddr = mac.parse().ok()?;
+        vtep_mac.is_unicast().then_some(VxlanBackendData {
+            vni: vni.parse().ok()?,
+            vtep_mac,
+        })
     }
 
     /// The annotation text, byte for byte as flannel writes it.
@@ -106,8 +126,7 @@ impl Backend for Vxlan {
         &self,
         lease: &Lease,
         underlay: &UnderlayFacts,
-        out: &mut Entries,
-    ) -> Result<(), (&'static str, LeaseFault)> {
+    ) -> Result<PeerEntries, (&'static str, LeaseFault)> {
         let data = VxlanBackendData::parse(&lease.backend_data)?;
         // flannel writes VNI 1 by default; a 0 (absent) is taken as "same as ours".
         if data.vni != 0 && data.vni != u64::from(self.config.vni) {
@@ -120,32 +139,36 @@ impl Backend for Vxlan {
             ));
         }
         if self.config.direct_routing && underlay.is_on_link(lease.public_ip) {
-            out.put_route(Route {
-                dst: lease.subnet,
-                via: lease.public_ip,
-                dev: Dev::Underlay,
-                onlink: false,
-                protocol: ROUTE_PROTOCOL,
+            return Ok(PeerEntries {
+                route: Route {
+                    dst: lease.subnet,
+                    via: lease.public_ip,
+                    dev: Dev::Underlay,
+                    onlink: false,
+                    protocol: ROUTE_PROTOCOL,
+                },
+                neighbour: None,
+                fdb: None,
             });
-            return Ok(());
         }
         let gateway = lease.subnet.network();
-        out.put_neighbour(Neighbour {
-            ip: gateway,
-            mac: data.vtep_mac,
-        });
-        out.put_fdb(FdbEntry {
-            mac: data.vtep_mac,
-            dst: lease.public_ip,
-        });
-        out.put_route(Route {
-            dst: lease.subnet,
-            via: gateway,
-            dev: Dev::Overlay,
-            onlink: true,
-            protocol: ROUTE_PROTOCOL,
-        });
-        Ok(())
+        Ok(PeerEntries {
+            route: Route {
+                dst: lease.subnet,
+                via: gateway,
+                dev: Dev::Overlay,
+                onlink: true,
+                protocol: ROUTE_PROTOCOL,
+            },
+            neighbour: Some(Neighbour {
+                ip: gateway,
+                mac: data.vtep_mac,
+            }),
+            fdb: Some(FdbEntry {
+                mac: data.vtep_mac,
+                dst: lease.public_ip,
+            }),
+        })
     }
 }
 

@@ -1,0 +1,454 @@
+//! weft's benchmarks. Every figure is measured in this run, inside network
+//! namespaces created for it (deleted at the end, also on Ctrl-C); the
+//! machine's own network namespace is never touched.
+//!
+//! `weft-bench [overlay|all]` — one section per subsystem; `all` runs every
+//! section there is.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Parser, ValueEnum};
+use tokio::runtime::Runtime;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Section {
+    /// The overlay: cold programming, one-peer latency, no-op reconcile, restart.
+    Overlay,
+    /// Every section.
+    All,
+}
+
+/// weft's benchmarks, in fresh network namespaces (needs root).
+#[derive(Debug, Parser)]
+#[command(name = "weft-bench")]
+struct Args {
+    /// Which section to run.
+    #[arg(value_enum, default_value_t = Section::All)]
+    section: Section,
+    /// Peers (other nodes) in the overlay benchmark.
+    #[arg(long, default_value_t = 5000)]
+    peers: usize,
+    /// Cold-programming runs per side (each in fresh namespaces).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// One-peer changes to time.
+    #[arg(long, default_value_t = 200)]
+    events: usize,
+    /// No-op reconciles to time.
+    #[arg(long, default_value_t = 20)]
+    noops: usize,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(reason) = weft_netns::available() {
+        bail!("weft-bench needs network namespaces (run as root): {reason}");
+    }
+    // The main thread's runtime only waits on the reconciler's handle (with timeouts).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .context("cannot build a Tokio runtime")?;
+    let scratch = Scratch::new()?;
+    if matches!(args.section, Section::Overlay | Section::All) {
+        overlay::run(&args, &rt, scratch.path())?;
+    }
+    Ok(())
+}
+
+/// A private directory for batch files, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> anyhow::Result<Scratch> {
+        let dir = std::env::temp_dir().join(format!("weft-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {dir:?}"))?;
+        Ok(Scratch(dir))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Progress, on stderr so stdout holds only the figures.
+fn progress(msg: &str) {
+    eprintln!("  .. {msg}");
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "ok"
+    } else {
+        "MISSED"
+    }
+}
+
+mod overlay {
+    use super::*;
+
+    use weft_integration::bench::{
+        batch_files, create_device_with_ip, ms, node_namespace, overlay_input, peer_events, peers,
+        run_n, verify_overlay, Monitor, Peer, Samples,
+    };
+    use weft_integration::OverlayAgent;
+    use weft_netns::Netns;
+    use weft_overlay::{
+        desired, diff, Input, Observed, ObservedDevice, Options, ReconcilerHandle, UnderlayFacts,
+    };
+
+    pub fn run(args: &Args, rt: &Runtime, scratch: &Path) -> anyhow::Result<()> {
+        let n = args.peers;
+        if n == 0 || n + args.events / 2 + 2 >= 65_536 {
+            bail!("--peers must be between 1 and about 65000");
+        }
+        let all = peers(1, n);
+        let input = overlay_input(&all)?;
+        let (ip_batch, bridge_batch) = batch_files(&all);
+        let ip_file = scratch.join("overlay.ip");
+        let bridge_file = scratch.join("overlay.bridge");
+        std::fs::write(&ip_file, ip_batch).context("writing the ip batch file")?;
+        std::fs::write(&bridge_file, bridge_batch).context("writing the bridge batch file")?;
+
+        // 1. Cold programming, alternating sides; the last weft node is kept.
+        println!("overlay: cold programming of {n} peers ({} objects)", 3 * n);
+        let mut weft = Samples::default();
+        let mut batch = Samples::default();
+        let mut kept: Option<(Netns, OverlayAgent)> = None;
+        for run in 1..=args.runs.max(1) {
+            progress(&format!("cold run {run}: ip/bridge -batch"));
+            batch.push(cold_batch(&all, &ip_file, &bridge_file)?);
+            if let Some((ns, agent)) = kept.take() {
+                agent.stop()?;
+                drop(ns);
+            }
+            progress(&format!("cold run {run}: weft"));
+            let (took, ns, agent) = cold_weft(rt, &input, &all)?;
+            weft.push(took);
+            kept = Some((ns, agent));
+        }
+        let ratio = weft.median().as_secs_f64() / batch.median().as_secs_f64();
+        println!(
+            "  weft              {:.2} s  (runs: {})",
+            weft.median().as_secs_f64(),
+            weft.list_secs()
+        );
+        println!(
+            "  ip/bridge -batch  {:.2} s  (runs: {})",
+            batch.median().as_secs_f64(),
+            batch.list_secs()
+        );
+        println!(
+            "  ratio weft/ip     {ratio:.2}x   (goal <= 1.3x: {})",
+            verdict(ratio <= 1.3)
+        );
+        let (ns, agent) = kept.context("no weft run")?;
+
+        // 2. One-peer changes at n peers.
+        one_peer(args, rt, &ns, &agent.handle, &input)?;
+
+        // 3. No-op reconciles, then an agent restart on the programmed node.
+        noop(args, rt, &agent.handle)?;
+        agent.stop()?;
+        restart(rt, &ns, &input, &all)?;
+        Ok(())
+    }
+
+    /// One `ip -batch` + `bridge -batch` run on a fresh node whose
+    /// `flannel.1` was made by iproute2.
+    fn cold_batch(all: &[Peer], ip_file: &Path, bridge_file: &Path) -> anyhow::Result<Duration> {
+        let ns = node_namespace("bench-ip")?;
+        create_device_with_ip(&ns)?;
+        let ip_file = path_str(ip_file)?;
+        let bridge_file = path_str(bridge_file)?;
+        let t0 = Instant::now();
+        run_n(&ns, "ip", &["-batch", ip_file])?;
+        run_n(&ns, "bridge", &["-batch", bridge_file])?;
+        let took = t0.elapsed();
+        verify_overlay(&ns, all).context("after ip/bridge -batch")?;
+        Ok(took)
+    }
+
+    /// weft's reconciler on a fresh node: a first reconcile with no peers
+    /// makes `flannel.1`; then the timed one, from `update()` with every
+    /// lease until the reconciler reports the generation applied.
+    fn cold_weft(
+        rt: &Runtime,
+        input: &Input,
+        all: &[Peer],
+    ) -> anyhow::Result<(Duration, Netns, OverlayAgent)> {
+        let ns = node_namespace("bench-weft")?;
+        let empty = Input {
+            leases: Vec::new(),
+            ..input.clone()
+        };
+        let agent = OverlayAgent::start(&ns, empty, Options::default())?;
+        wait_applied(rt, &agent.handle, 1, Duration::from_secs(30))?;
+        settle(rt, &agent.handle)?;
+        let next = input.clone();
+        let t0 = Instant::now();
+        let generation = agent.handle.update(next);
+        let report = wait_applied(rt, &agent.handle, generation, Duration::from_secs(120))?;
+        let took = t0.elapsed();
+        let writes = report.writes;
+        if writes < 3 * all.len() {
+            bail!("weft sent {writes} writes for {} objects", 3 * all.len());
+        }
+        verify_overlay(&ns, all).context("after weft's reconcile")?;
+        Ok((took, ns, agent))
+    }
+
+    fn one_peer(
+        args: &Args,
+        rt: &Runtime,
+        ns: &Netns,
+        handle: &ReconcilerHandle,
+        input: &Input,
+    ) -> anyhow::Result<()> {
+        let n = input.leases.len();
+        let monitor = Monitor::start(ns)?;
+        settle(rt, handle)?;
+        let (writes0, resyncs0) = (
+            handle.stats().writes.load(ORD),
+            handle.stats().resyncs.load(ORD),
+        );
+        let mut kernel = Samples::default();
+        let mut applied = Samples::default();
+        let mut spot_checks = 0;
+        progress(&format!("{} one-peer changes", args.events));
+        for k in 0..args.events {
+            let add = k % 2 == 0;
+            let peer = Peer {
+                i: (n + 1 + k / 2) as u32,
+            };
+            let mut next = input.clone();
+            if add {
+                next.leases.push(peer.lease());
+            }
+            monitor.drain();
+            let t0 = Instant::now();
+            let generation = handle.update(next);
+            wait_applied(rt, handle, generation, Duration::from_secs(10))?;
+            applied.push(t0.elapsed());
+            let seen = monitor
+                .wait_for(&peer_events(peer, add), Duration::from_secs(10))
+                .with_context(|| format!("change {k} (peer {})", peer.i))?;
+            kernel.push(seen.saturating_duration_since(t0));
+            if k % 25 == 0 || k + 2 >= args.events {
+                spot_check(ns, peer, add)?;
+                spot_checks += 1;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        monitor.stop()?;
+        let writes = handle.stats().writes.load(ORD) - writes0;
+        let resyncs = handle.stats().resyncs.load(ORD) - resyncs0;
+        // The work every reconcile repeats in-process, whatever changed.
+        let (t_desired, t_diff) = pure_cost(input)?;
+
+        println!(
+            "overlay: one-peer change -> kernel updated ({} events at {n} peers)",
+            args.events
+        );
+        println!(
+            "  kernel-observed   p50 {}  p99 {}  max {}   (goal < 10 ms: {})",
+            ms(kernel.percentile(50.0)),
+            ms(kernel.percentile(99.0)),
+            ms(kernel.max()),
+            verdict(kernel.percentile(99.0) < Duration::from_millis(10))
+        );
+        println!(
+            "  wait_applied      p50 {}  p99 {}  max {}",
+            ms(applied.percentile(50.0)),
+            ms(applied.percentile(99.0)),
+            ms(applied.max())
+        );
+        println!(
+            "  (kernel-observed: from handle.update() to the last of the peer's route, neighbour \
+             and FDB events on an independent rtnetlink monitor in the namespace; alternately \
+             adding and removing a peer)"
+        );
+        println!(
+            "  writes per change {:.1}, full kernel re-reads during the run {resyncs}, \
+             {spot_checks} spot checks with `ip route show` ok",
+            writes as f64 / args.events.max(1) as f64
+        );
+        println!(
+            "  per-reconcile compute at {n} peers (in-process, no kernel): desired {} + diff {}",
+            ms(t_desired),
+            ms(t_diff)
+        );
+        Ok(())
+    }
+
+    /// `ip route show <subnet>` holds the peer's route exactly when it was added.
+    fn spot_check(ns: &Netns, peer: Peer, added: bool) -> anyhow::Result<()> {
+        let subnet = peer.subnet().to_string();
+        let routes = ns.ip_json(&["route", "show", "exact", &subnet])?;
+        let count = routes.as_array().map_or(0, Vec::len);
+        if count != usize::from(added) {
+            bail!(
+                "spot check: after {} peer {}, the kernel has {count} route(s) for {subnet}",
+                if added { "adding" } else { "removing" },
+                peer.i
+            );
+        }
+        Ok(())
+    }
+
+    /// Median time of `desired()` and of a no-op `diff()` for this input.
+    fn pure_cost(input: &Input) -> anyhow::Result<(Duration, Duration)> {
+        let underlay = UnderlayFacts {
+            ifindex: 2,
+            mtu: 1500,
+            networks: vec!["172.18.0.0/16".parse()?],
+        };
+        let mut t_desired = Samples::default();
+        let mut t_diff = Samples::default();
+        for _ in 0..5 {
+            let t0 = Instant::now();
+            let want = desired(&input.config, &input.local, &underlay, &input.leases);
+            t_desired.push(t0.elapsed());
+            let device = want.state.device.as_ref().context("no device desired")?;
+            let observed = Observed {
+                device: Some(ObservedDevice {
+                    ifindex: 3,
+                    is_vxlan: true,
+                    vni: Some(device.vni),
+                    local: Some(device.local),
+                    port: Some(device.port),
+                    underlay: Some(device.underlay),
+                    learning: Some(device.learning),
+                    mtu: device.mtu,
+                    mac: device.mac,
+                    up: true,
+                    addresses: vec![device.address],
+                }),
+                entries: want.state.entries.clone(),
+            };
+            let t0 = Instant::now();
+            let plan = diff(&want.state, &observed);
+            t_diff.push(t0.elapsed());
+            if !plan.is_empty() {
+                bail!("pure cost: the no-op diff is not empty: {plan}");
+            }
+        }
+        Ok((t_desired.median(), t_diff.median()))
+    }
+
+    fn noop(args: &Args, rt: &Runtime, handle: &ReconcilerHandle) -> anyhow::Result<()> {
+        settle(rt, handle)?;
+        let mut times = Samples::default();
+        let (mut writes, mut resynced) = (0, 0);
+        for _ in 0..args.noops.max(1) {
+            let t0 = Instant::now();
+            let report = reconcile_now(rt, handle)?;
+            times.push(t0.elapsed());
+            writes += report.writes;
+            resynced += usize::from(report.resynced);
+        }
+        println!(
+            "overlay: no-op reconcile at {} peers ({} reconciles)",
+            handle.input().leases.len(),
+            times.0.len()
+        );
+        println!(
+            "  time {} median, max {}; writes {writes} in total (goal 0: {}){}",
+            ms(times.median()),
+            ms(times.max()),
+            verdict(writes == 0),
+            if resynced > 0 {
+                format!("; {resynced} of them re-read the kernel")
+            } else {
+                String::new()
+            }
+        );
+        Ok(())
+    }
+
+    /// A new reconciler on the programmed node, as after an agent restart:
+    /// from start until its first reconcile is applied.
+    fn restart(rt: &Runtime, ns: &Netns, input: &Input, all: &[Peer]) -> anyhow::Result<()> {
+        let next = input.clone();
+        let t0 = Instant::now();
+        let agent = OverlayAgent::start(ns, next, Options::default())?;
+        let first = wait_applied(rt, &agent.handle, 1, Duration::from_secs(60))?;
+        let took = t0.elapsed();
+        let writes = first.writes;
+        std::thread::sleep(Duration::from_millis(300));
+        let later = agent.handle.stats().writes.load(ORD) as usize - writes;
+        verify_overlay(ns, all).context("after the restart")?;
+        agent.stop()?;
+        println!(
+            "  restart: first reconcile {} (start + full kernel read + compute), \
+             writes {writes} (goal 0: {}); {later} more in the next 300 ms",
+            ms(took),
+            verdict(writes == 0),
+        );
+        Ok(())
+    }
+
+    const ORD: std::sync::atomic::Ordering = std::sync::atomic::Ordering::Relaxed;
+
+    /// Lets the reconciler fold the events of its last apply, then runs one
+    /// reconcile that must change nothing, so the next measurement starts idle.
+    fn settle(rt: &Runtime, handle: &ReconcilerHandle) -> anyhow::Result<()> {
+        std::thread::sleep(Duration::from_millis(200));
+        reconcile_now(rt, handle)?;
+        std::thread::sleep(Duration::from_millis(50));
+        Ok(())
+    }
+
+    fn reconcile_now(
+        rt: &Runtime,
+        handle: &ReconcilerHandle,
+    ) -> anyhow::Result<weft_overlay::Report> {
+        let report = rt
+            .block_on(async {
+                tokio::time::timeout(Duration::from_secs(60), handle.reconcile_now()).await
+            })
+            .context("reconcile_now timed out")?
+            .context("the reconciler has stopped")?;
+        if !report.errors.is_empty() {
+            bail!("reconcile failed: {:?}", report.errors);
+        }
+        Ok(report)
+    }
+
+    /// Waits until `generation` is applied; returns the report of the
+    /// reconcile that applied it.
+    fn wait_applied(
+        rt: &Runtime,
+        handle: &ReconcilerHandle,
+        generation: u64,
+        timeout: Duration,
+    ) -> anyhow::Result<weft_overlay::Report> {
+        rt.block_on(async { tokio::time::timeout(timeout, handle.wait_applied(generation)).await })
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "generation {generation} not applied within {timeout:?}; last reconcile: {:?}",
+                    handle.last_report()
+                )
+            })?
+            .context("the reconciler has stopped")
+    }
+
+    fn path_str(p: &Path) -> anyhow::Result<&str> {
+        p.to_str().with_context(|| format!("{p:?} is not UTF-8"))
+    }
+}
