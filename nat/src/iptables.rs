@@ -135,6 +135,30 @@ fn parse_save(save: &str) -> Seen {
 }
 
 impl Seen {
+    /// Back from the canonical lines of [`Seen::snapshot`].
+    fn from_snapshot(snapshot: &Snapshot) -> Seen {
+        let ours = [render::POSTRTG_CHAIN, render::FWD_CHAIN];
+        let mut seen = Seen::default();
+        for line in &snapshot.0 {
+            let Some((table, rest)) = line.split_once(' ') else {
+                continue;
+            };
+            if let Some(name) = rest.strip_prefix(':') {
+                seen.chains.push((table.to_string(), name.to_string()));
+            } else {
+                let chain = rest
+                    .strip_prefix("-A ")
+                    .and_then(|r| r.split_whitespace().next());
+                if chain.is_some_and(|c| ours.contains(&c)) {
+                    seen.rules.push((table.to_string(), rest.to_string()));
+                } else {
+                    seen.jumps.push((table.to_string(), rest.to_string()));
+                }
+            }
+        }
+        seen
+    }
+
     /// Canonical lines: per chain of ours, its declaration, its jumps, its body.
     fn snapshot(&self) -> Snapshot {
         let mut lines = Vec::new();
@@ -257,9 +281,9 @@ impl NatBackend for IptablesBackend {
         Snapshot(lines)
     }
 
-    fn apply(&mut self, rules: &RuleSet, _current: &Snapshot) -> Result<(), NatError> {
-        // Re-read: the jump rules to keep or delete must be exactly what is there now.
-        let seen = parse_save(&self.save()?);
+    fn apply(&mut self, rules: &RuleSet, current: &Snapshot) -> Result<(), NatError> {
+        // The observation says which chains and jump rules exist; no second read.
+        let seen = Seen::from_snapshot(current);
         let payload = payload(rules, &seen);
         if payload.is_empty() {
             return Ok(());
@@ -406,7 +430,16 @@ mod tests {
         }
         save.push_str("COMMIT\n");
         let backend = IptablesBackend::legacy();
-        assert_eq!(parse_save(&save).snapshot(), backend.expected(&rules));
+        let snapshot = parse_save(&save).snapshot();
+        assert_eq!(snapshot, backend.expected(&rules));
+        let back = Seen::from_snapshot(&snapshot);
+        let again = parse_save(&save);
+        assert_eq!((back.chains, back.rules), (again.chains, again.rules));
+        assert_eq!(
+            back.jumps.len(),
+            2,
+            "the foreign KUBE jump is not in the snapshot"
+        );
         // Present jumps are kept, not duplicated.
         let p = payload(&rules, &parse_save(&save));
         assert_eq!(p.matches("-j FLANNEL-POSTRTG").count(), 0, "{p}");
