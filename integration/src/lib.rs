@@ -2,6 +2,7 @@
 //! network namespaces (never the machine's own), programmed by weft.
 
 pub mod bench;
+pub mod bench_nat;
 pub mod overlay_agent;
 pub mod topology;
 

@@ -336,40 +336,36 @@ pub(crate) fn run(
                 source: e,
             },
         })?;
+    // A watchdog kills the command if it hangs; waiting itself blocks (no polling delay).
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+    let (done, watchdog) = std::sync::mpsc::channel::<()>();
+    let killer = std::thread::spawn(move || {
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = watchdog.recv_timeout(timeout) {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            return true;
+        }
+        false
+    });
     if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
         pipe.write_all(text.as_bytes()).map_err(|e| NatError::Io {
             context: format!("writing to {command}"),
             source: e,
         })?;
     }
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) => break,
-            Ok(None) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(1))
-            }
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(NatError::Command {
-                    command,
-                    status: "timed out".into(),
-                    stderr: String::new(),
-                });
-            }
-            Err(e) => {
-                return Err(NatError::Io {
-                    context: format!("waiting for {command}"),
-                    source: e,
-                })
-            }
-        }
-    }
-    let out = child.wait_with_output().map_err(|e| NatError::Io {
+    let out = child.wait_with_output();
+    let _ = done.send(());
+    let killed = killer.join().unwrap_or(false);
+    let out = out.map_err(|e| NatError::Io {
         context: format!("reading {command}"),
         source: e,
     })?;
+    if killed {
+        return Err(NatError::Command {
+            command,
+            status: format!("killed after {timeout:?}"),
+            stderr: String::new(),
+        });
+    }
     if !out.status.success() {
         return Err(NatError::Command {
             command,

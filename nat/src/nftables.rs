@@ -165,16 +165,21 @@ impl NftablesBackend {
     }
 
     /// The whole replacing batch for `rules` (which must not be empty).
-    fn build(&self, rules: &RuleSet) -> Result<Built, NatError> {
+    /// The batch for `rules`. `fresh`: the table does not exist, so it is
+    /// only added (emptying an existing table costs the kernel a grace period,
+    /// ~10 ms, which a cold start does not need to pay).
+    fn build(&self, rules: &RuleSet, fresh: bool) -> Result<Built, NatError> {
         let mut b = Numbered::new();
         let mut flags: BTreeMap<u32, u32> = BTreeMap::new();
         let table = Table::new(ProtocolFamily::Ipv4).with_name(NFT_TABLE);
         b.note(format!("add table ip {NFT_TABLE}"));
         b.batch.add(&table, MsgType::Add);
-        b.note(format!("delete table ip {NFT_TABLE}"));
-        b.batch.add(&table, MsgType::Del);
-        b.note(format!("add table ip {NFT_TABLE} (again, empty)"));
-        b.batch.add(&table, MsgType::Add);
+        if !fresh {
+            b.note(format!("delete table ip {NFT_TABLE}"));
+            b.batch.add(&table, MsgType::Del);
+            b.note(format!("add table ip {NFT_TABLE} (again, empty)"));
+            b.batch.add(&table, MsgType::Add);
+        }
         for (spec, list) in [(POSTRTG, &rules.postrouting), (FORWARD, &rules.forward)] {
             if list.is_empty() {
                 continue;
@@ -350,12 +355,15 @@ impl NatBackend for NftablesBackend {
         Snapshot(lines)
     }
 
-    fn apply(&mut self, rules: &RuleSet, _current: &Snapshot) -> Result<(), NatError> {
+    fn apply(&mut self, rules: &RuleSet, current: &Snapshot) -> Result<(), NatError> {
         if rules.postrouting.is_empty() && rules.forward.is_empty() {
             return self.delete_tables(&[(ProtocolFamily::Ipv4, NFT_TABLE)]);
         }
         let start = Instant::now();
-        let built = self.build(rules)?;
+        // An empty observation means no table: then nothing needs emptying. Should
+        // one appear in the microseconds since, the next reconcile sees the
+        // difference and replaces the table as a whole.
+        let built = self.build(rules, current.is_empty())?;
         let what = format!("the nftables batch for table ip {NFT_TABLE}");
         masq_flags::send_batch_with(&what, &built.bytes, &|seq| built.what.get(&seq).cloned())?;
         tracing::debug!(
@@ -725,7 +733,7 @@ mod tests {
     #[test]
     fn batch_carries_fully_random_on_masquerade_rules_only() {
         let set = rules(Options::default());
-        let built = NftablesBackend::new().build(&set).unwrap();
+        let built = NftablesBackend::new().build(&set, false).unwrap();
         // begin 0, tables 1-3, chain postrtg 4, rules 5-10, chain forward 11, rules 12-13.
         assert_eq!(
             masq_flags_in(&built.bytes).unwrap(),
@@ -745,7 +753,7 @@ mod tests {
             fully_random: false,
             ..Options::default()
         });
-        let built = NftablesBackend::new().build(&plain).unwrap();
+        let built = NftablesBackend::new().build(&plain, false).unwrap();
         assert_eq!(
             masq_flags_in(&built.bytes).unwrap(),
             vec![(9, None), (10, None)]
@@ -753,7 +761,7 @@ mod tests {
 
         let forced = NftablesBackend::new()
             .with_masq_flags_override(0x1000)
-            .build(&plain)
+            .build(&plain, false)
             .unwrap();
         assert_eq!(
             masq_flags_in(&forced.bytes).unwrap(),
@@ -825,7 +833,7 @@ mod tests {
     #[test]
     fn chains_parse_back_from_netlink_messages() {
         let set = rules(Options::default());
-        let built = NftablesBackend::new().build(&set).unwrap();
+        let built = NftablesBackend::new().build(&set, false).unwrap();
         let chains = parse_chains(&built.bytes, NFT_TABLE).unwrap();
         let lines: Vec<String> = chains.iter().map(DumpedChain::line).collect();
         assert_eq!(lines, [POSTRTG.line(), FORWARD.line()]);
@@ -850,7 +858,7 @@ mod tests {
     fn rules_parse_back_from_netlink_messages() {
         // A batch's NEWRULE messages have the layout of a dump's replies.
         let set = rules(Options::default());
-        let built = NftablesBackend::new().build(&set).unwrap();
+        let built = NftablesBackend::new().build(&set, false).unwrap();
         let parsed = parse_rules(&built.bytes, NFT_TABLE).unwrap();
         assert_eq!(parsed.len(), 8);
         let texts: Vec<String> = parsed

@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used)] // tests may unwrap
 
 use weft_nat::render::{self, NFT_TABLE};
-use weft_nat::{NatBackend, NatError, NftablesBackend, Options, RuleSet, Snapshot, SnatRules};
+use weft_nat::{NatBackend, NatError, NftablesBackend, Options, RuleSet, SnatRules};
 use weft_netns::{require_netns, Netns};
 
 /// The seed's example: cluster 10.244.0.0/16, this node 10.244.0.0/24.
@@ -45,7 +45,8 @@ fn apply_and_check(ns: &Netns, rules: &RuleSet) -> String {
     let r = rules.clone();
     let (observed, expected) = inside(ns, move || {
         let mut b = NftablesBackend::new();
-        b.apply(&r, &Snapshot::default()).unwrap();
+        let current = b.observe().unwrap();
+        b.apply(&r, &current).unwrap();
         (b.observe().unwrap(), b.expected(&r))
     });
     assert_eq!(observed, expected);
@@ -171,10 +172,9 @@ fn a_refused_batch_changes_nothing() {
     let b = seed(Options::default());
     let err = inside(&ns, move || {
         // 0x1000 is no valid NF_NAT_RANGE flag: the kernel refuses the rule (EINVAL).
-        NftablesBackend::new()
-            .with_masq_flags_override(0x1000)
-            .apply(&b, &Snapshot::default())
-            .unwrap_err()
+        let mut backend = NftablesBackend::new().with_masq_flags_override(0x1000);
+        let current = backend.observe().unwrap();
+        backend.apply(&b, &current).unwrap_err()
     });
     eprintln!("refusal: {err}");
     match &err {

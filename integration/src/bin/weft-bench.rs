@@ -2,7 +2,7 @@
 //! namespaces created for it (deleted at the end, also on Ctrl-C); the
 //! machine's own network namespace is never touched.
 //!
-//! `weft-bench [overlay|all]` — one section per subsystem; `all` runs every
+//! `weft-bench [overlay|nat|all]` — one section per subsystem; `all` runs every
 //! section there is.
 
 use std::path::{Path, PathBuf};
@@ -16,6 +16,8 @@ use tokio::runtime::Runtime;
 enum Section {
     /// The overlay: cold programming, one-peer latency, no-op reconcile, restart.
     Overlay,
+    /// NAT: weft's apply vs nft -f and iptables-restore, cold and no-op.
+    Nat,
     /// Every section.
     All,
 }
@@ -36,6 +38,9 @@ struct Args {
     /// One-peer changes to time.
     #[arg(long, default_value_t = 200)]
     events: usize,
+    /// Fresh namespaces per side and NAT mode.
+    #[arg(long, default_value_t = 15)]
+    nat_runs: usize,
     /// No-op reconciles to time.
     #[arg(long, default_value_t = 20)]
     noops: usize,
@@ -61,6 +66,9 @@ fn main() -> anyhow::Result<()> {
     let scratch = Scratch::new()?;
     if matches!(args.section, Section::Overlay | Section::All) {
         overlay::run(&args, &rt, scratch.path())?;
+    }
+    if matches!(args.section, Section::Nat | Section::All) {
+        weft_integration::bench_nat::run(args.nat_runs)?;
     }
     Ok(())
 }
