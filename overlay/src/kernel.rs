@@ -7,7 +7,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use futures::future::LocalBoxFuture;
+use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use ipnet::Ipv4Net;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
@@ -161,7 +161,7 @@ impl Kernel {
                 Err(e) => applied.errors.push(e),
             }
         }
-        let mut ops: Vec<(String, LocalBoxFuture<'_, Result<(), rtnetlink::Error>>)> = Vec::new();
+        let mut ops: Vec<(String, BoxFuture<'_, Result<(), rtnetlink::Error>>)> = Vec::new();
         let overlay = scope.overlay;
         let needs_overlay = !plan.neighbours.is_empty()
             || !plan.fdb.is_empty()
@@ -341,34 +341,21 @@ impl Kernel {
         Ok(ifindex)
     }
 
-    fn route_put(
-        &self,
-        r: &Route,
-        scope: &Scope,
-    ) -> LocalBoxFuture<'_, Result<(), rtnetlink::Error>> {
+    fn route_put(&self, r: &Route, scope: &Scope) -> BoxFuture<'_, Result<(), rtnetlink::Error>> {
         let msg = route_message(r, scope);
-        self.handle
-            .route()
-            .add(msg)
-            .replace()
-            .execute()
-            .boxed_local()
+        self.handle.route().add(msg).replace().execute().boxed()
     }
 
-    fn route_del(
-        &self,
-        r: &Route,
-        scope: &Scope,
-    ) -> LocalBoxFuture<'_, Result<(), rtnetlink::Error>> {
+    fn route_del(&self, r: &Route, scope: &Scope) -> BoxFuture<'_, Result<(), rtnetlink::Error>> {
         let msg = route_message(r, scope);
-        self.handle.route().del(msg).execute().boxed_local()
+        self.handle.route().del(msg).execute().boxed()
     }
 
     fn neighbour_put(
         &self,
         n: &Neighbour,
         dev: u32,
-    ) -> LocalBoxFuture<'_, Result<(), rtnetlink::Error>> {
+    ) -> BoxFuture<'_, Result<(), rtnetlink::Error>> {
         self.handle
             .neighbours()
             .add(dev, IpAddr::V4(n.ip))
@@ -376,14 +363,14 @@ impl Kernel {
             .state(NeighbourState::Permanent)
             .replace()
             .execute()
-            .boxed_local()
+            .boxed()
     }
 
     fn neighbour_del(
         &self,
         n: &Neighbour,
         dev: u32,
-    ) -> LocalBoxFuture<'_, Result<(), rtnetlink::Error>> {
+    ) -> BoxFuture<'_, Result<(), rtnetlink::Error>> {
         let mut msg = NeighbourMessage::default();
         msg.header.family = AddressFamily::Inet;
         msg.header.ifindex = dev;
@@ -391,10 +378,10 @@ impl Kernel {
             .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
                 n.ip,
             )));
-        self.handle.neighbours().del(msg).execute().boxed_local()
+        self.handle.neighbours().del(msg).execute().boxed()
     }
 
-    fn fdb_put(&self, f: &FdbEntry, dev: u32) -> LocalBoxFuture<'_, Result<(), rtnetlink::Error>> {
+    fn fdb_put(&self, f: &FdbEntry, dev: u32) -> BoxFuture<'_, Result<(), rtnetlink::Error>> {
         self.handle
             .neighbours()
             .add_bridge(dev, &f.mac.octets())
@@ -403,10 +390,10 @@ impl Kernel {
             .state(NeighbourState::Permanent)
             .replace()
             .execute()
-            .boxed_local()
+            .boxed()
     }
 
-    fn fdb_del(&self, f: &FdbEntry, dev: u32) -> LocalBoxFuture<'_, Result<(), rtnetlink::Error>> {
+    fn fdb_del(&self, f: &FdbEntry, dev: u32) -> BoxFuture<'_, Result<(), rtnetlink::Error>> {
         let mut msg = NeighbourMessage::default();
         msg.header.family = AddressFamily::Bridge;
         msg.header.ifindex = dev;
@@ -419,7 +406,7 @@ impl Kernel {
             .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
                 f.dst,
             )));
-        self.handle.neighbours().del(msg).execute().boxed_local()
+        self.handle.neighbours().del(msg).execute().boxed()
     }
 
     async fn link_by_name(&self, name: &str) -> Result<Option<LinkMessage>, KernelError> {
@@ -676,4 +663,113 @@ fn observed_device(link: &LinkMessage) -> ObservedDevice {
         }
     }
     dev
+}
+
+/// A network interface with its IPv4 addresses (for choosing the underlay).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interface {
+    /// Name.
+    pub name: String,
+    /// Index.
+    pub index: u32,
+    /// MTU.
+    pub mtu: u32,
+    /// Administratively up.
+    pub up: bool,
+    /// IPv4 addresses with prefix, in the kernel's order.
+    pub addresses: Vec<Ipv4Net>,
+}
+
+impl Kernel {
+    /// Every interface with its IPv4 addresses.
+    pub async fn interfaces(&self) -> Result<Vec<Interface>, KernelError> {
+        let links: Vec<LinkMessage> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(req("dump links"))?;
+        let addrs: Vec<AddressMessage> = self
+            .handle
+            .address()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(req("dump addresses"))?;
+        Ok(links
+            .iter()
+            .map(|l| Interface {
+                name: link_name(l).unwrap_or_default().to_string(),
+                index: l.header.index,
+                mtu: link_mtu(l),
+                up: l.header.flags.contains(LinkFlags::Up),
+                addresses: addrs
+                    .iter()
+                    .filter(|a| a.header.index == l.header.index)
+                    .filter_map(address_of)
+                    .collect(),
+            })
+            .collect())
+    }
+
+    /// The interface index of the main table's IPv4 default route, if any.
+    pub async fn default_route_interface(&self) -> Result<Option<u32>, KernelError> {
+        let mut routes = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute();
+        while let Some(msg) = routes.try_next().await.map_err(req("dump routes"))? {
+            let main = msg.header.table == RouteHeader::RT_TABLE_MAIN
+                || msg
+                    .attributes
+                    .iter()
+                    .any(|a| matches!(a, RouteAttribute::Table(254)));
+            if msg.header.address_family == AddressFamily::Inet
+                && msg.header.destination_prefix_length == 0
+                && main
+            {
+                if let Some(oif) = msg.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Oif(i) => Some(*i),
+                    _ => None,
+                }) {
+                    return Ok(Some(oif));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// `ip route get <dst>`: the outgoing interface and the preferred source address.
+    pub async fn route_to(
+        &self,
+        dst: Ipv4Addr,
+    ) -> Result<Option<(u32, Option<Ipv4Addr>)>, KernelError> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst, 32)
+            .build();
+        let mut answer = self.handle.route().get(msg).execute();
+        match answer.try_next().await {
+            Ok(Some(r)) => {
+                let oif = r.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Oif(i) => Some(*i),
+                    _ => None,
+                });
+                let src = r.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::PrefSource(RouteAddress::Inet(ip)) => Some(*ip),
+                    _ => None,
+                });
+                Ok(oif.map(|o| (o, src)))
+            }
+            Ok(None) => Ok(None),
+            Err(e) if errno(&e).is_some() => Ok(None),
+            Err(e) => Err(KernelError::Request {
+                what: format!("route get {dst}"),
+                source: e,
+            }),
+        }
+    }
 }

@@ -1,0 +1,376 @@
+//! weftd's start-up and main loop: the seed's three steps, then both
+//! subsystems kept reconciled.
+//!
+//! 1. Read `net-conf.json`, find this Node, start watching all Nodes and wait
+//!    for the first full list (so the overlay starts from the whole cluster
+//!    and a restart never flushes a working route).
+//! 2. Choose the underlay, run the overlay reconciler (it creates or adopts
+//!    `flannel.<VNI>` and programs every peer), publish the VTEP MAC and the
+//!    node IP in flannel's annotations.
+//! 3. Put the NAT rules in place, write `subnet.env`, report ready, set
+//!    `NetworkUnavailable=False`; then follow the Nodes until told to stop.
+//!    Stopping leaves the data plane as it is.
+
+pub mod iface;
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Node;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::Client;
+use regex::Regex;
+use tokio::sync::Notify;
+use weft_nat::reconciler::LoopOptions;
+use weft_nat::{Options as NatOptions, SnatRules};
+use weft_overlay::model::VXLAN_OVERHEAD;
+use weft_overlay::reconciler::{Input, Options as OverlayOptions};
+use weft_overlay::{BackendConfig, Kernel, LocalNode, Reconciler};
+
+use crate::config::{Flags, NatModeChoice, NetConf};
+use crate::health::{self, Readiness};
+use crate::subnet::kube::{self as kube_sm, NodeClient};
+use crate::subnet::Annotations;
+use crate::subnet_env::SubnetEnv;
+
+/// Why the agent stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// Bad configuration (flags, net-conf.json, annotation prefix).
+    #[error("{0}")]
+    Config(String),
+    /// The Kubernetes API.
+    #[error(transparent)]
+    Kube(#[from] kube_sm::KubeError),
+    /// A kernel request.
+    #[error(transparent)]
+    Kernel(#[from] weft_overlay::KernelError),
+    /// NAT.
+    #[error(transparent)]
+    Nat(#[from] weft_nat::NatError),
+    /// This node is not usable yet or any more.
+    #[error("{0}")]
+    Node(String),
+    /// Writing the subnet file.
+    #[error("cannot write {path}: {source}")]
+    SubnetFile {
+        /// The file.
+        path: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How long to wait for this Node to appear in the API (flannel: 30 s).
+const OWN_NODE_WAIT: Duration = Duration::from_secs(30);
+
+/// Runs the agent until `shutdown` resolves. `client`: a connected kube client;
+/// `env`: the process environment (`NODE_NAME`, `POD_NAME`, `POD_NAMESPACE`).
+pub async fn run(
+    flags: Flags,
+    client: Client,
+    env: HashMap<String, String>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
+    // The overlay's netlink futures stay on this thread: run them on a LocalSet.
+    tokio::task::LocalSet::new()
+        .run_until(agent(flags, client, env, shutdown))
+        .await
+}
+
+async fn agent(
+    flags: Flags,
+    client: Client,
+    env: HashMap<String, String>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
+    if !flags.kube_subnet_mgr {
+        return Err(AgentError::Config(
+            "weft only has the Kubernetes subnet manager: pass --kube-subnet-mgr (flanneld's default, etcd, is not supported)".into(),
+        ));
+    }
+    let conf =
+        NetConf::load(&flags.net_config_path).map_err(|e| AgentError::Config(e.to_string()))?;
+    for note in &conf.ignored {
+        tracing::warn!(%note, "net-conf.json field ignored");
+    }
+    let annotations = Annotations::new(&flags.kube_annotation_prefix)
+        .map_err(|e| AgentError::Config(e.to_string()))?;
+    let regexes = flags
+        .iface_regex
+        .iter()
+        .map(|r| Regex::new(r).map_err(|e| AgentError::Config(format!("--iface-regex {r:?}: {e}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let ready = Readiness::default();
+    if flags.healthz_port != 0 {
+        let addr = SocketAddr::new(flags.healthz_ip, flags.healthz_port);
+        let r = ready.clone();
+        tokio::spawn(async move {
+            if let Err(e) = health::serve(addr, r).await {
+                tracing::error!(%addr, error = %e, "health server failed");
+            }
+        });
+    }
+
+    let node_name = kube_sm::node_name(&client, &env).await?;
+    tracing::info!(node = %node_name, network = %conf.network, backend = conf.backend.kind(), "starting");
+    let nodes = NodeClient::new(client.clone(), &node_name);
+
+    // Watch every Node; the store is the single source of the peers.
+    let (store, writer) = reflector::store::<Node>();
+    let changed = Arc::new(Notify::new());
+    tokio::spawn(follow_nodes(nodes.api().clone(), writer, changed.clone()));
+    store
+        .wait_until_ready()
+        .await
+        .map_err(|e| AgentError::Node(format!("the Node watch ended: {e}")))?;
+    let own = wait_for_own_node(&store, &node_name, &changed).await?;
+    let subnet = crate::subnet::annotations::pod_cidr(&own).map_err(|(field, reason)| {
+        AgentError::Node(format!("node {node_name}: {field}: {reason}"))
+    })?;
+    if !conf.network.contains(&subnet) {
+        return Err(AgentError::Node(format!(
+            "node {node_name}: spec.podCIDR {subnet} is not inside the cluster network {} of net-conf.json",
+            conf.network
+        )));
+    }
+
+    // The underlay.
+    let kernel = Kernel::connect()?;
+    let public_ip_flag = flags
+        .public_ip
+        .or_else(|| kube_sm::node_public_ip(&own, &annotations));
+    let can_reach = match flags.iface_can_reach {
+        Some(ip) => Some(kernel.route_to(ip).await?.ok_or_else(|| {
+            AgentError::Config(format!("--iface-can-reach {ip}: no route to it"))
+        })?),
+        None => None,
+    };
+    let req = iface::Request {
+        iface: &flags.iface,
+        iface_regex: &regexes,
+        can_reach,
+        public_ip: public_ip_flag,
+        default_route: kernel.default_route_interface().await?,
+    };
+    let underlay = iface::choose(&req, &kernel.interfaces().await?).map_err(AgentError::Config)?;
+    let public_ip = public_ip_flag.unwrap_or(underlay.ip);
+    tracing::info!(iface = %underlay.name, ip = %underlay.ip, %public_ip, mtu = underlay.mtu, "underlay chosen");
+
+    // The overlay, from the whole cluster at once.
+    let vtep_mac = match conf.backend {
+        BackendConfig::Vxlan(_) => kube_sm::previous_vtep_mac(&own, &annotations),
+        BackendConfig::HostGw => None,
+    };
+    let local = LocalNode {
+        name: node_name.clone(),
+        subnet,
+        public_ip: underlay.ip,
+        underlay: underlay.name.clone(),
+        vtep_mac,
+    };
+    let overlay_config = weft_overlay::OverlayConfig {
+        network: conf.network,
+        backend: conf.backend.clone(),
+    };
+    let mut skipped: HashMap<String, String> = HashMap::new();
+    let leases = current_leases(&store, &annotations, &node_name, &mut skipped);
+    let input = Input {
+        config: overlay_config,
+        local,
+        leases,
+    };
+    let (reconciler, overlay) = Reconciler::start(input.clone(), OverlayOptions::default())?;
+    let overlay_task = tokio::task::spawn_local(reconciler.run());
+    let first = overlay
+        .wait_applied(1)
+        .await
+        .ok_or_else(|| AgentError::Node("the overlay loop stopped".into()))?;
+    if !first.errors.is_empty() {
+        return Err(AgentError::Node(format!(
+            "programming the overlay failed: {}",
+            first.errors.join("; ")
+        )));
+    }
+    tracing::info!(writes = first.writes, plan = %first.plan, "overlay in place");
+
+    // Publish what the other nodes need.
+    let backend_data = match (&conf.backend, first.vtep_mac) {
+        (BackendConfig::Vxlan(v), Some(mac)) => weft_overlay::VxlanBackendData {
+            vni: u64::from(v.vni),
+            vtep_mac: mac,
+        }
+        .to_json(),
+        (BackendConfig::Vxlan(_), None) => {
+            return Err(AgentError::Node(
+                "the VXLAN device has no MAC address".into(),
+            ))
+        }
+        (BackendConfig::HostGw, _) => "null".to_string(),
+    };
+    let advertised = kube_sm::advertised_ip(&own, &annotations, public_ip);
+    let wanted = annotations.published(conf.backend.kind(), &backend_data, advertised);
+    if nodes.publish(&own, &wanted).await? {
+        tracing::info!(node = %node_name, public_ip = %advertised, %backend_data, "annotations published");
+    }
+
+    // NAT, then the subnet file, then ready.
+    let mode = match flags.nat_mode {
+        NatModeChoice::Forced(m) => weft_nat::detect(conf.enable_nftables, Some(m)),
+        NatModeChoice::Auto => weft_nat::detect(conf.enable_nftables, None),
+    };
+    tracing::info!(mode = %mode.mode, reason = %mode.reason, "NAT mode");
+    let rules = SnatRules::build(
+        conf.network,
+        subnet,
+        NatOptions {
+            masquerade: flags.ip_masq,
+            fully_random: !flags.ip_masq_fully_random_disable,
+            forward: flags.iptables_forward_rules,
+        },
+    )
+    .map_err(|e| AgentError::Config(e.to_string()))?;
+    let nat = weft_nat::Reconciler::spawn(
+        mode.mode,
+        rules,
+        LoopOptions {
+            resync: Duration::from_secs(flags.iptables_resync.max(1)),
+            ..LoopOptions::default()
+        },
+    )?;
+    let mtu = match &conf.backend {
+        BackendConfig::Vxlan(v) => v.mtu.unwrap_or(underlay.mtu).saturating_sub(VXLAN_OVERHEAD),
+        BackendConfig::HostGw => underlay.mtu,
+    };
+    let env_file = SubnetEnv {
+        network: conf.network,
+        subnet,
+        mtu,
+        ipmasq: flags.ip_masq,
+    };
+    env_file
+        .write(&flags.subnet_file)
+        .map_err(|source| AgentError::SubnetFile {
+            path: flags.subnet_file.display().to_string(),
+            source,
+        })?;
+    ready.set_ready();
+    tracing::info!(subnet_file = %flags.subnet_file.display(), %subnet, mtu, nat = %nat.mode(), "ready");
+    if flags.set_node_network_unavailable {
+        let now = k8s_openapi::jiff::Timestamp::now().to_string();
+        if let Err(e) = nodes.set_network_available(&own, &now).await {
+            tracing::warn!(error = %e, "cannot set NetworkUnavailable=False");
+        }
+    }
+
+    // Follow the cluster until told to stop.
+    tokio::pin!(shutdown);
+    let mut last = input;
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = changed.notified() => {
+                let leases = current_leases(&store, &annotations, &node_name, &mut skipped);
+                if leases != last.leases {
+                    let generation = overlay.set_leases(leases.clone());
+                    tracing::debug!(generation, peers = leases.len(), "peers changed");
+                    last.leases = leases;
+                }
+                if let Some(own) = store.get(&reflector::ObjectRef::new(&node_name)) {
+                    if let Err(e) = nodes.publish(&own, &wanted).await {
+                        tracing::warn!(error = %e, "cannot restore this node's annotations");
+                    }
+                }
+            }
+        }
+    }
+    tracing::info!("stopping; routes, neighbours, FDB entries and NAT rules stay in place");
+    drop(overlay);
+    let _ = overlay_task.await;
+    nat.stop();
+    Ok(())
+}
+
+/// Drives the Node watch into the store and signals every change.
+async fn follow_nodes(
+    api: kube::Api<Node>,
+    writer: reflector::store::Writer<Node>,
+    changed: Arc<Notify>,
+) {
+    let stream =
+        reflector::reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
+    futures::pin_mut!(stream);
+    let mut failing = false;
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
+            Ok(_) => {
+                if failing {
+                    tracing::info!("the Kubernetes API answers again");
+                    failing = false;
+                }
+                changed.notify_one();
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "Node watch failed; keeping the last known peers and retrying");
+                    failing = true;
+                }
+            }
+        }
+    }
+}
+
+async fn wait_for_own_node(
+    store: &Store<Node>,
+    name: &str,
+    changed: &Notify,
+) -> Result<Arc<Node>, AgentError> {
+    let deadline = tokio::time::Instant::now() + OWN_NODE_WAIT;
+    loop {
+        if let Some(n) = store.get(&reflector::ObjectRef::new(name)) {
+            return Ok(n);
+        }
+        if tokio::time::timeout_at(deadline, changed.notified())
+            .await
+            .is_err()
+        {
+            return Err(AgentError::Node(format!(
+                "node {name} does not exist in the Kubernetes API (waited {OWN_NODE_WAIT:?})"
+            )));
+        }
+    }
+}
+
+/// The peers' leases from the store; logs a node when it starts or stops being skipped.
+fn current_leases(
+    store: &Store<Node>,
+    annotations: &Annotations,
+    own: &str,
+    skipped: &mut HashMap<String, String>,
+) -> Vec<weft_overlay::Lease> {
+    let nodes = store.state();
+    let (leases, errors) = kube_sm::leases(nodes.iter().map(|n| n.as_ref()), annotations, own);
+    let now: BTreeMap<String, String> = errors
+        .iter()
+        .map(|e| (e.node.clone(), e.to_string()))
+        .collect();
+    for (node, why) in &now {
+        if skipped.get(node) != Some(why) {
+            tracing::warn!(%node, error = %why, "skipping node");
+        }
+    }
+    for node in skipped.keys() {
+        if !now.contains_key(node) {
+            tracing::info!(%node, "node usable again");
+        }
+    }
+    *skipped = now.into_iter().collect();
+    leases
+}

@@ -1,0 +1,87 @@
+//! weftd: the node agent (flanneld's drop-in replacement).
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use weft::config::{Flags, FlagsError};
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let flags = match Flags::parse_from_env(std::env::args_os()) {
+        Ok(f) => f,
+        Err(FlagsError::Clap(e)) => e.exit(),
+        Err(e) => {
+            eprintln!("weftd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(flags.verbosity);
+    match run(flags).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(verbosity: u8) {
+    let default = match verbosity {
+        0 => "info",
+        1 | 2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn run(flags: Flags) -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut config = match &flags.kubeconfig_file {
+        Some(path) => {
+            let kc = Kubeconfig::read_from(path)
+                .with_context(|| format!("--kubeconfig-file {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("--kubeconfig-file {}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no kubeconfig and not in a cluster (--kubeconfig-file?)")?,
+    };
+    if let Some(url) = &flags.kube_api_url {
+        config.cluster_url = url
+            .parse()
+            .with_context(|| format!("--kube-api-url {url:?}"))?;
+    }
+    let client = kube::Client::try_from(config).context("cannot build the Kubernetes client")?;
+    let env: HashMap<String, String> = std::env::vars().collect();
+    weft::agent::run(flags, client, env, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    tracing::info!("signal received");
+}

@@ -1,0 +1,217 @@
+//! The Kubernetes subnet manager: this node from the API, what it publishes
+//! there, and every other node as a lease.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client};
+use serde_json::json;
+use weft_overlay::Lease;
+
+use super::annotations::{Annotations, NodeError};
+
+/// Errors talking to the API.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    /// No way to find this node's name.
+    #[error("cannot tell which Node this is: set NODE_NAME (or POD_NAME and POD_NAMESPACE, as flannel's manifest does)")]
+    NoNodeName,
+    /// The pod has no node yet.
+    #[error("pod {namespace}/{name} has no spec.nodeName")]
+    PodWithoutNode {
+        /// Pod namespace.
+        namespace: String,
+        /// Pod name.
+        name: String,
+    },
+    /// A request failed.
+    #[error("{what}: {source}")]
+    Api {
+        /// What was asked.
+        what: String,
+        /// kube's error.
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// This node's name: `NODE_NAME`, else the pod's `spec.nodeName` (`POD_NAME`, `POD_NAMESPACE`), as flanneld finds it.
+pub async fn node_name(
+    client: &Client,
+    env: &HashMap<String, String>,
+) -> Result<String, KubeError> {
+    if let Some(n) = env.get("NODE_NAME").filter(|n| !n.is_empty()) {
+        return Ok(n.clone());
+    }
+    let (Some(name), Some(namespace)) = (env.get("POD_NAME"), env.get("POD_NAMESPACE")) else {
+        return Err(KubeError::NoNodeName);
+    };
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let pod = pods.get(name).await.map_err(|source| KubeError::Api {
+        what: format!("get pod {namespace}/{name}"),
+        source,
+    })?;
+    pod.spec
+        .and_then(|s| s.node_name)
+        .ok_or_else(|| KubeError::PodWithoutNode {
+            namespace: namespace.clone(),
+            name: name.clone(),
+        })
+}
+
+/// Talks to the API about this node.
+#[derive(Clone)]
+pub struct NodeClient {
+    api: Api<Node>,
+    name: String,
+}
+
+/// flannel's reason and message on `NetworkUnavailable=False`.
+pub const CONDITION_REASON: &str = "FlannelIsUp";
+/// See [`CONDITION_REASON`].
+pub const CONDITION_MESSAGE: &str = "Flannel is running on this node";
+
+impl NodeClient {
+    /// For node `name`.
+    pub fn new(client: Client, name: &str) -> NodeClient {
+        NodeClient {
+            api: Api::all(client),
+            name: name.to_string(),
+        }
+    }
+
+    /// The Nodes API.
+    pub fn api(&self) -> &Api<Node> {
+        &self.api
+    }
+
+    /// Publishes `wanted` annotations through `nodes/<name>/status` (as flanneld
+    /// does) with a JSON merge patch of only the ones that differ. Returns
+    /// whether it patched.
+    pub async fn publish(
+        &self,
+        node: &Node,
+        wanted: &BTreeMap<String, String>,
+    ) -> Result<bool, KubeError> {
+        let empty = BTreeMap::new();
+        let have = node.metadata.annotations.as_ref().unwrap_or(&empty);
+        let differ: BTreeMap<&String, &String> = wanted
+            .iter()
+            .filter(|(k, v)| have.get(*k) != Some(*v))
+            .collect();
+        if differ.is_empty() {
+            return Ok(false);
+        }
+        let patch = json!({ "metadata": { "annotations": differ } });
+        self.api
+            .patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|source| KubeError::Api {
+                what: format!("patch annotations of node {}", self.name),
+                source,
+            })?;
+        Ok(true)
+    }
+
+    /// Sets `NetworkUnavailable=False` (strategic merge on `status.conditions`,
+    /// by type), unless it already is.
+    pub async fn set_network_available(&self, node: &Node, now: &str) -> Result<bool, KubeError> {
+        let already = node
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c.type_ == "NetworkUnavailable" && c.status == "False")
+            });
+        if already {
+            return Ok(false);
+        }
+        let patch = json!({ "status": { "conditions": [{
+            "type": "NetworkUnavailable",
+            "status": "False",
+            "reason": CONDITION_REASON,
+            "message": CONDITION_MESSAGE,
+            "lastTransitionTime": now,
+            "lastHeartbeatTime": now,
+        }]}});
+        self.api
+            .patch_status(
+                &self.name,
+                &PatchParams::default(),
+                &Patch::Strategic(&patch),
+            )
+            .await
+            .map_err(|source| KubeError::Api {
+                what: format!("set NetworkUnavailable=False on node {}", self.name),
+                source,
+            })?;
+        Ok(true)
+    }
+}
+
+/// The leases of every other node, oldest node first (so the first claimant
+/// of a subnet keeps it), and the nodes that had to be skipped.
+pub fn leases<'a>(
+    nodes: impl IntoIterator<Item = &'a Node>,
+    annotations: &Annotations,
+    own: &str,
+) -> (Vec<Lease>, Vec<NodeError>) {
+    let mut nodes: Vec<&Node> = nodes
+        .into_iter()
+        .filter(|n| n.metadata.name.as_deref() != Some(own))
+        .collect();
+    nodes.sort_by(|a, b| {
+        let key = |n: &Node| {
+            (
+                n.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                n.metadata.name.clone(),
+            )
+        };
+        key(a).cmp(&key(b))
+    });
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    for n in nodes {
+        match annotations.lease(n) {
+            Ok(Some(l)) => out.push(l),
+            Ok(None) => {}
+            Err(e) => errors.push(e),
+        }
+    }
+    (out, errors)
+}
+
+/// The address to publish: `public-ip-overwrite` when the user set it, else the detected one.
+pub fn advertised_ip(node: &Node, annotations: &Annotations, detected: Ipv4Addr) -> Ipv4Addr {
+    node.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(&annotations.public_ip_overwrite()))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(detected)
+}
+
+/// The `node-public-ip` annotation, which flannel uses as `--public-ip`.
+pub fn node_public_ip(node: &Node, annotations: &Annotations) -> Option<Ipv4Addr> {
+    node.metadata
+        .annotations
+        .as_ref()?
+        .get(&annotations.node_public_ip())?
+        .parse()
+        .ok()
+}
+
+/// The VTEP MAC this node published before (flannel #1795: keep it across restarts).
+pub fn previous_vtep_mac(node: &Node, annotations: &Annotations) -> Option<weft_overlay::MacAddr> {
+    let raw = node
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(&annotations.backend_data())?;
+    weft_overlay::VxlanBackendData::parse(raw)
+        .ok()
+        .map(|d| d.vtep_mac)
+}

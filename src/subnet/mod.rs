@@ -1,0 +1,6 @@
+//! The subnet manager: flannel's Node annotations and the Kubernetes API.
+
+pub mod annotations;
+pub mod kube;
+
+pub use annotations::{Annotations, NodeError};
