@@ -3,8 +3,11 @@
 
 pub mod bench;
 pub mod bench_nat;
+pub mod kube_api;
+pub mod node_api;
 pub mod overlay_agent;
 pub mod topology;
+pub mod weftd;
 
 pub use overlay_agent::OverlayAgent;
 pub use topology::{seed_nodes, Cluster, Node, NodeSpec};

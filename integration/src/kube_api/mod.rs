@@ -1,0 +1,338 @@
+//! A real Kubernetes API server (kube-apiserver + etcd from `shared/kube`)
+//! for tests and the lab, run inside a kit namespace and stopped on drop.
+//!
+//! ```no_run
+//! # fn main() -> anyhow::Result<()> {
+//! use weft_integration::kube_api::RealApiServer;
+//! let ns = weft_netns::Netns::new("api")?;
+//! let api = RealApiServer::start(&ns, "127.0.0.1".parse()?, 6443)?;
+//! api.grant_flannel_role()?;
+//! api.create_node("n1", "10.244.1.0/24", "172.18.0.2".parse()?, &[])?;
+//! # Ok(()) }
+//! ```
+//!
+//! Only one server per namespace: etcd always takes the namespace's
+//! 127.0.0.1:2379. Admin operations run on a thread inside the namespace
+//! ([`RealApiServer::admin`]); other clients use [`client`] on a thread in
+//! a namespace that reaches the API (e.g. a node attached to the switch).
+//!
+//! Stopping SIGKILLs both processes (the state is thrown away; a graceful
+//! stop would take 2-3 s) and falls back to the `stop` script. A watchdog
+//! process runs `stop` and deletes the state if this process dies without
+//! dropping the server (SIGKILL, Ctrl-C). The binaries are unpacked once
+//! into `target/weft-kube-bin` (see `bin_cache`), saving ~2.7 s a start.
+
+mod bin_cache;
+mod locate;
+mod objects;
+mod process;
+
+use std::fs::File;
+use std::future::Future;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _};
+use futures::future::LocalBoxFuture;
+use futures::FutureExt as _;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use nix::sys::signal::Signal;
+use weft_netns::{Netns, NsTask};
+
+pub use locate::check_dir;
+pub use objects::{PolicyRule, AGENT_USER, FLANNEL_ROLE, FLANNEL_RULES};
+pub use process::process_alive;
+use process::{read_pid, runs_own, signal_own};
+
+/// How long `start` may take before it is given up.
+pub const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long one admin operation may take.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// The processes `start` records, by pid file name (`<state>/<name>.pid`).
+const PROCESSES: [&str; 2] = ["apiserver", "etcd"];
+
+type Job = Box<dyn FnOnce(kube::Client) -> LocalBoxFuture<'static, ()> + Send>;
+
+/// A running kube-apiserver (with its etcd) inside a kit namespace; see the
+/// module docs. Dropping it stops both processes and deletes its state.
+#[derive(Debug)]
+pub struct RealApiServer {
+    dir: PathBuf,
+    state: Option<tempfile::TempDir>,
+    state_path: PathBuf,
+    url: String,
+    startup: Duration,
+    paused: AtomicBool,
+    jobs: Option<tokio::sync::mpsc::UnboundedSender<Job>>,
+    worker: Option<NsTask<()>>,
+    watchdog: Option<(Child, ChildStdin)>,
+}
+
+impl RealApiServer {
+    /// Where the shared kube directory is: `$WEFT_KUBE_DIR`, else
+    /// `<workspace>/../shared/kube`, else `./../shared/kube`. The reason
+    /// as text if there is none, it is incomplete (start, stop,
+    /// kube-apiserver.xz, etcd.xz) or openssl, curl or xz are missing.
+    pub fn locate() -> Result<PathBuf, String> {
+        locate::locate()
+    }
+
+    /// Starts kube-apiserver and etcd inside `ns` (`ip netns exec <ns>
+    /// <dir>/start <state> <bind_ip> <port>`, at most 60 s), with state in
+    /// a fresh temporary directory, and connects an admin client from a
+    /// thread inside `ns`.
+    pub fn start(ns: &Netns, bind_ip: Ipv4Addr, port: u16) -> anyhow::Result<RealApiServer> {
+        let dir = Self::locate().map_err(|e| anyhow!("no real kube-apiserver: {e}"))?;
+        let state = tempfile::Builder::new()
+            .prefix("weft-kube-")
+            .tempdir()
+            .context("cannot create a state directory")?;
+        // Canonical, as the script records it in the processes' arguments.
+        let state_path = state.path().canonicalize()?;
+        // From here on, Drop stops whatever got started.
+        let mut server = RealApiServer {
+            watchdog: Some(process::watchdog(&dir, &state_path)?),
+            dir,
+            state: Some(state),
+            state_path,
+            url: String::new(),
+            startup: Duration::ZERO,
+            paused: AtomicBool::new(false),
+            jobs: None,
+            worker: None,
+        };
+        let began = Instant::now();
+        bin_cache::prepare(&server.dir, &server.state_path);
+        server.url = server.run_start(ns, bind_ip, port)?;
+        server.startup = began.elapsed();
+        server.spawn_worker(ns)?;
+        Ok(server)
+    }
+
+    fn run_start(&self, ns: &Netns, bind_ip: Ipv4Addr, port: u16) -> anyhow::Result<String> {
+        let out_path = self.state_path.join("start.out");
+        let out = File::create(&out_path).context("cannot create start.out")?;
+        let script = self.dir.join("start");
+        let (ip, port) = (bind_ip.to_string(), port.to_string());
+        let args = [path_str(&script)?, path_str(&self.state_path)?, &ip, &port];
+        let mut child = ns
+            .command(&args)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .context("cannot run the start script")?;
+        let deadline = Instant::now() + START_TIMEOUT;
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("kube-apiserver not ready after {START_TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let output = std::fs::read_to_string(&out_path).unwrap_or_default();
+        if !status.success() {
+            bail!("start script failed ({status}): {}", output.trim());
+        }
+        output
+            .lines()
+            .find_map(|l| l.strip_prefix("ready: "))
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow!("start script printed no `ready:` line: {output}"))
+    }
+
+    /// A thread in `ns` that owns the admin client and runs [`Self::admin`] jobs.
+    fn spawn_worker(&mut self, ns: &Netns) -> anyhow::Result<()> {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Job>();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+        let kubeconfig = self.admin_kubeconfig();
+        let task = ns.spawn_task(move || async move {
+            let client = match client(&kubeconfig, Some(Duration::from_secs(30))).await {
+                Ok(client) => client,
+                Err(e) => return drop(ready_tx.send(Err(format!("{e:#}")))),
+            };
+            let _ = ready_tx.send(Ok(()));
+            while let Some(job) = rx.recv().await {
+                // A panicking job only drops its reply channel.
+                let _ = std::panic::AssertUnwindSafe(job(client.clone()))
+                    .catch_unwind()
+                    .await;
+            }
+        })?;
+        self.jobs = Some(tx);
+        self.worker = Some(task);
+        match ready_rx.recv_timeout(ADMIN_TIMEOUT) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => bail!("cannot build the admin client: {e}"),
+            Err(e) => bail!("admin client thread did not start: {e}"),
+        }
+    }
+
+    /// Runs `f` with the admin client (user `admin`, `system:masters`) on
+    /// a thread inside the server's namespace, and returns its result.
+    pub fn admin<T, F, Fut>(&self, f: F) -> anyhow::Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(kube::Client) -> Fut + Send + 'static,
+        Fut: Future<Output = anyhow::Result<T>> + 'static,
+    {
+        let (tx, rx) = mpsc::channel();
+        let job: Job = Box::new(move |client| {
+            async move {
+                let _ = tx.send(f(client).await);
+            }
+            .boxed_local()
+        });
+        self.jobs
+            .as_ref()
+            .context("the API server is stopped")?
+            .send(job)
+            .map_err(|_| anyhow!("the admin client thread is gone"))?;
+        rx.recv_timeout(ADMIN_TIMEOUT)
+            .map_err(|e| anyhow!("admin operation: {e}"))?
+    }
+
+    /// The API's URL, e.g. `https://172.18.0.1:6443`.
+    pub fn url(&self) -> String {
+        self.url.clone()
+    }
+
+    /// How long the start script took until the API was ready.
+    pub fn startup_time(&self) -> Duration {
+        self.startup
+    }
+
+    /// The state directory (pid files, logs, `pki/ca.crt`, kubeconfigs).
+    pub fn state_dir(&self) -> &Path {
+        &self.state_path
+    }
+
+    /// Kubeconfig of user `admin` (group `system:masters`).
+    pub fn admin_kubeconfig(&self) -> PathBuf {
+        self.state_path.join("kubeconfig")
+    }
+
+    /// Kubeconfig of user `node-agent`, who has no rights until granted.
+    pub fn agent_kubeconfig(&self) -> PathBuf {
+        self.state_path.join("kubeconfig-agent")
+    }
+
+    /// The pids of kube-apiserver and etcd, as recorded by `start`.
+    pub fn pids(&self) -> Vec<u32> {
+        PROCESSES
+            .iter()
+            .filter_map(|name| read_pid(&self.state_path, name))
+            .collect()
+    }
+
+    /// Makes the API unreachable without losing state: SIGSTOPs
+    /// kube-apiserver. Requests hang (connections are still accepted by
+    /// the kernel) until [`resume`](Self::resume).
+    pub fn pause(&self) -> anyhow::Result<()> {
+        self.signal_apiserver(Signal::SIGSTOP)?;
+        self.paused.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Undoes [`pause`](Self::pause) (SIGCONT).
+    pub fn resume(&self) -> anyhow::Result<()> {
+        self.signal_apiserver(Signal::SIGCONT)?;
+        self.paused.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn signal_apiserver(&self, signal: Signal) -> anyhow::Result<()> {
+        let pid = read_pid(&self.state_path, "apiserver").context("no apiserver.pid")?;
+        if !runs_own(&self.state_path, pid) {
+            bail!("kube-apiserver (pid {pid}) is not running");
+        }
+        signal_own(&self.state_path, &[pid], signal);
+        Ok(())
+    }
+
+    /// Stops kube-apiserver and etcd and deletes the state (also on drop).
+    pub fn stop(self) {
+        drop(self);
+    }
+
+    /// Idempotent, never panics. SIGKILLs both processes (the state is
+    /// thrown away, and a graceful stop takes 2-3 s), falls back to the
+    /// stop script for anything left, then ends the watchdog and the admin
+    /// thread.
+    fn shutdown(&mut self) {
+        let pids = self.pids();
+        signal_own(&self.state_path, &pids, Signal::SIGKILL);
+        self.paused.store(false, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while pids.iter().any(|&pid| runs_own(&self.state_path, pid)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Not right after SIGKILL: the script would wait (kill -0) until
+        // init reaps the zombies, up to a second here.
+        if pids.iter().any(|&pid| runs_own(&self.state_path, pid)) {
+            let _ = Command::new(self.dir.join("stop"))
+                .arg(&self.state_path)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .status();
+        }
+        for name in PROCESSES {
+            let _ = std::fs::remove_file(self.state_path.join(format!("{name}.pid")));
+        }
+        if let Some((mut child, stdin)) = self.watchdog.take() {
+            drop(stdin);
+            let _ = child.wait();
+        }
+        self.jobs = None;
+        if let Some(worker) = self.worker.take() {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !worker.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if worker.is_finished() {
+                let _ = worker.join();
+            }
+        }
+    }
+}
+
+impl Drop for RealApiServer {
+    fn drop(&mut self) {
+        self.shutdown();
+        if let Some(state) = self.state.take() {
+            let _ = state.close();
+        }
+    }
+}
+
+/// A kube client from `kubeconfig`, for use on a thread in a namespace
+/// that reaches the API (e.g. inside `ns.run(|| async { .. })`). With
+/// `timeout`, connecting, sending and waiting for a response each time out.
+pub async fn client(kubeconfig: &Path, timeout: Option<Duration>) -> anyhow::Result<kube::Client> {
+    let kc = Kubeconfig::read_from(kubeconfig)
+        .with_context(|| format!("cannot read {}", kubeconfig.display()))?;
+    let mut config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .context("bad kubeconfig")?;
+    if timeout.is_some() {
+        config.connect_timeout = timeout;
+        config.read_timeout = timeout;
+        config.write_timeout = timeout;
+        config.reset_reader_on_write = true;
+    }
+    kube::Client::try_from(config).context("cannot build a kube client")
+}
+
+fn path_str(path: &Path) -> anyhow::Result<&str> {
+    path.to_str()
+        .with_context(|| format!("not UTF-8: {}", path.display()))
+}

@@ -1,0 +1,152 @@
+//! Runs the real `weftd` binary in a node namespace, as the DaemonSet would
+//! on a node: its own net-conf.json, subnet file and log under a directory.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use weft_netns::Netns;
+
+/// flannel's default `net-conf.json` with the given backend JSON.
+pub fn net_conf(network: &str, backend: &str, nftables: bool) -> String {
+    format!(r#"{{"Network":"{network}","EnableNFTables":{nftables},"Backend":{backend}}}"#)
+}
+
+/// One running weftd.
+pub struct Weftd {
+    child: Option<Child>,
+    /// The node's name.
+    pub node: String,
+    /// Where its files are.
+    pub dir: PathBuf,
+}
+
+impl Weftd {
+    /// Starts `binary` in `ns` for node `node`: `--kube-subnet-mgr
+    /// --kubeconfig-file <kubeconfig> --iface eth0 --ip-masq` plus `extra`,
+    /// with `net-conf.json`, `subnet.env` and `weftd.log` in `dir`.
+    pub fn start(
+        binary: &Path,
+        ns: &Netns,
+        node: &str,
+        kubeconfig: &Path,
+        net_conf: &str,
+        dir: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<Weftd> {
+        std::fs::create_dir_all(dir)?;
+        let conf = dir.join("net-conf.json");
+        std::fs::write(&conf, net_conf)?;
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(dir.join("weftd.log"))?;
+        let bin = binary.to_string_lossy().to_string();
+        let kc = kubeconfig.to_string_lossy().to_string();
+        let conf_s = conf.to_string_lossy().to_string();
+        let subnet = dir.join("subnet.env").to_string_lossy().to_string();
+        let mut args = vec![
+            bin.as_str(),
+            "--kube-subnet-mgr",
+            "--kubeconfig-file",
+            kc.as_str(),
+            "--net-config-path",
+            conf_s.as_str(),
+            "--subnet-file",
+            subnet.as_str(),
+            "--iface",
+            "eth0",
+            "--ip-masq",
+        ];
+        args.extend_from_slice(extra);
+        let child = ns
+            .command(&args)
+            .env("NODE_NAME", node)
+            .env("RUST_LOG", "info,weft=debug,weft_overlay=info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start weftd for {node}"))?;
+        Ok(Weftd {
+            child: Some(child),
+            node: node.to_string(),
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("weftd.log")).unwrap_or_default()
+    }
+
+    /// The subnet file, once written.
+    pub fn subnet_env(&self) -> Option<String> {
+        std::fs::read_to_string(self.dir.join("subnet.env")).ok()
+    }
+
+    /// Waits until the subnet file exists (weftd is ready) or `timeout`.
+    pub fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<Duration> {
+        let t0 = Instant::now();
+        loop {
+            if self.subnet_env().is_some() {
+                return Ok(t0.elapsed());
+            }
+            if let Some(c) = self.child.as_mut() {
+                if let Some(status) = c.try_wait()? {
+                    anyhow::bail!(
+                        "weftd for {} exited with {status}:\n{}",
+                        self.node,
+                        self.log()
+                    );
+                }
+            }
+            if t0.elapsed() > timeout {
+                anyhow::bail!(
+                    "weftd for {} not ready after {timeout:?}:\n{}",
+                    self.node,
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether it is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// SIGTERM, then waits (SIGKILL after 10 s); the exit status.
+    pub fn stop(mut self) -> anyhow::Result<ExitStatus> {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> anyhow::Result<ExitStatus> {
+        let mut child = self.child.take().context("already stopped")?;
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let t0 = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if t0.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                return Ok(child.wait()?);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Weftd {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = self.terminate();
+        }
+    }
+}
