@@ -390,7 +390,7 @@ fn runtime_changes(lab: &mut Lab) {
     }
 
     // Garbage annotations: skipped, named in the log, the rest keeps working.
-    let garbage = vec![
+    let garbage = [
         (format!("{PREFIX}/backend-data"), "{{{not json".to_string()),
         (format!("{PREFIX}/backend-type"), "vxlan".to_string()),
         (format!("{PREFIX}/kube-subnet-manager"), "true".to_string()),
