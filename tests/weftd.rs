@@ -141,8 +141,18 @@ fn lab(real: bool) -> Option<Lab> {
     Some(lab)
 }
 
+/// The health port every agent serves in its own namespace.
+const HEALTHZ: &str = "--healthz-port=8471";
+
 fn start_weftd(lab: &Lab, spec: &NodeSpec) -> Weftd {
     let node = lab.cluster.node(&spec.name).unwrap();
+    let mut extra = vec![HEALTHZ];
+    // With the embedded server, one agent finds its node as flannel's manifest
+    // has it: through its pod (POD_NAME, POD_NAMESPACE -> spec.nodeName).
+    if let (Api::Embedded(api, _), "worker") = (&lab.api, spec.name.as_str()) {
+        api.add_pod("kube-flannel", "kube-flannel-ds-x7k2p", "worker");
+        extra.push("--pod=kube-flannel/kube-flannel-ds-x7k2p");
+    }
     Weftd::start(
         Path::new(env!("CARGO_BIN_EXE_weftd")),
         &node.ns,
@@ -150,9 +160,25 @@ fn start_weftd(lab: &Lab, spec: &NodeSpec) -> Weftd {
         &lab.api.kubeconfig(),
         &net_conf(CLUSTER, r#"{"Type":"vxlan"}"#, false),
         &lab.dir.path().join(&spec.name),
-        &[],
+        &extra,
     )
     .unwrap()
+}
+
+/// The HTTP status of `path` on a node's health server.
+fn http_status(ns: &Netns, port: u16, path: &str) -> String {
+    ns.exec(&[
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-m",
+        "2",
+        &format!("http://127.0.0.1:{port}{path}"),
+    ])
+    .unwrap_or_default()
 }
 
 fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> Duration {
@@ -277,6 +303,8 @@ fn check_converged_cluster(lab: &Lab) {
             (format!("{PREFIX}/public-ip"), me.ip.to_string()),
         ]);
         assert_eq!(ann, want, "annotations of {}", me.name);
+        assert_eq!(http_status(ns, 8471, "/healthz"), "200");
+        assert_eq!(http_status(ns, 8471, "/readyz"), "200");
         let node = lab.api.node(&me.name).unwrap();
         let conds = node["status"]["conditions"]
             .as_array()
@@ -478,4 +506,128 @@ fn weftd_against_the_embedded_api_server() {
     check_converged_cluster(&lab);
     runtime_changes(&mut lab);
     check_converged_cluster(&lab);
+}
+
+/// Everything each node's kernel holds of the overlay.
+fn kernel_state(lab: &Lab) -> Vec<(Vec<String>, String, String)> {
+    lab.cluster
+        .nodes
+        .iter()
+        .map(|n| {
+            (
+                overlay_routes(&n.ns),
+                n.ns.ip(&["neigh", "show", "dev", "flannel.1", "nud", "permanent"])
+                    .unwrap(),
+                n.ns.exec(&["bridge", "fdb", "show", "dev", "flannel.1"])
+                    .unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn weftd_rides_out_a_60_second_api_outage() {
+    require_netns!();
+    let mut lab = lab(false).unwrap();
+    check_converged_cluster(&lab);
+    let before = kernel_state(&lab);
+    let Api::Embedded(api, _) = &lab.api else {
+        unreachable!()
+    };
+    // The API goes away (every request 503, watches cut), forgets its history
+    // (the agents' next watch gets 410 and must list again), and a node joins
+    // meanwhile.
+    api.set_unavailable(true);
+    api.compact();
+    let ann = fake_peer_annotations("172.18.0.77", "02:00:00:00:00:77");
+    let refs: Vec<(&str, &str)> = ann.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    lab.api.create_node(
+        "late",
+        "10.244.77.0/24",
+        Ipv4Addr::new(172, 18, 0, 77),
+        &refs,
+    );
+    let t0 = Instant::now();
+    let outage = Duration::from_secs(
+        std::env::var("WEFT_OUTAGE_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(60),
+    );
+    while t0.elapsed() < outage {
+        std::thread::sleep(Duration::from_secs(1));
+        assert_eq!(
+            kernel_state(&lab),
+            before,
+            "the kernel changed during the outage"
+        );
+        assert!(
+            lab.agents.iter_mut().all(|a| a.is_running()),
+            "an agent died during the outage"
+        );
+    }
+    let Api::Embedded(api, _) = &lab.api else {
+        unreachable!()
+    };
+    api.set_unavailable(false);
+    let t = wait_until(
+        "the node added during the outage",
+        Duration::from_secs(60),
+        || has_peer_everywhere(&lab, "10.244.77.0/24"),
+    );
+    eprintln!(
+        "after a {outage:?} outage, caught up in {:.1} s",
+        t.as_secs_f64()
+    );
+    for a in &lab.agents {
+        eprintln!(
+            "--- {} ---\n{}",
+            a.node,
+            a.log()
+                .lines()
+                .rev()
+                .take(12)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    assert!(
+        t < Duration::from_secs(10),
+        "the agents' retry delay is capped at 5 s"
+    );
+    assert!(lab
+        .agents
+        .iter()
+        .all(|a| a.log().contains("the Kubernetes API answers again")));
+    for n in &lab.cluster.nodes {
+        let fdb =
+            n.ns.exec(&["bridge", "fdb", "show", "dev", "flannel.1"])
+                .unwrap();
+        assert!(
+            fdb.contains("02:00:00:00:00:77 dst 172.18.0.77 self permanent"),
+            "{fdb}"
+        );
+    }
+}
+
+#[test]
+fn readyz_is_503_until_the_node_exists() {
+    require_netns!();
+    let lab = lab(false).unwrap();
+    // An agent whose Node is not (yet) in the API: alive, not ready.
+    let ns = &lab.cluster.node("worker2").unwrap().ns;
+    let _ghost = Weftd::start(
+        Path::new(env!("CARGO_BIN_EXE_weftd")),
+        ns,
+        "ghost",
+        &lab.api.kubeconfig(),
+        &net_conf(CLUSTER, r#"{"Type":"vxlan"}"#, false),
+        &lab.dir.path().join("ghost"),
+        &["--healthz-port=8479"],
+    )
+    .unwrap();
+    wait_until("ghost's health server", Duration::from_secs(10), || {
+        http_status(ns, 8479, "/healthz") == "200"
+    });
+    assert_eq!(http_status(ns, 8479, "/readyz"), "503");
 }

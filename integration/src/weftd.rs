@@ -14,6 +14,22 @@ pub fn net_conf(network: &str, backend: &str, nftables: bool) -> String {
     format!(r#"{{"Network":"{network}","EnableNFTables":{nftables},"Backend":{backend}}}"#)
 }
 
+/// How weftd learns its node: `NODE_NAME`, or (when `extra` holds
+/// `--pod=<namespace>/<name>`, a test-only marker removed from the flags)
+/// `POD_NAMESPACE` and `POD_NAME` as flannel's manifest sets them.
+fn identity(node: &str, extra: &[&str]) -> Vec<(String, String)> {
+    match extra.iter().find_map(|a| a.strip_prefix("--pod=")) {
+        Some(pod) => {
+            let (ns, name) = pod.split_once('/').unwrap_or(("default", pod));
+            vec![
+                ("POD_NAMESPACE".into(), ns.into()),
+                ("POD_NAME".into(), name.into()),
+            ]
+        }
+        None => vec![("NODE_NAME".into(), node.into())],
+    }
+}
+
 /// One running weftd.
 pub struct Weftd {
     child: Option<Child>,
@@ -60,10 +76,10 @@ impl Weftd {
             "eth0",
             "--ip-masq",
         ];
-        args.extend_from_slice(extra);
+        args.extend(extra.iter().filter(|a| !a.starts_with("--pod=")));
         let child = ns
             .command(&args)
-            .env("NODE_NAME", node)
+            .envs(identity(node, extra))
             .env("RUST_LOG", "info,weft=debug,weft_overlay=info")
             .stdout(Stdio::null())
             .stderr(log)

@@ -303,8 +303,8 @@ async fn follow_nodes(
     writer: reflector::store::Writer<Node>,
     changed: Arc<Notify>,
 ) {
-    let stream =
-        reflector::reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
+    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
+        .backoff(ApiBackoff::default());
     futures::pin_mut!(stream);
     let mut failing = false;
     while let Some(event) = stream.next().await {
@@ -324,6 +324,41 @@ async fn follow_nodes(
                 }
             }
         }
+    }
+}
+
+/// Retry delays for the Node watch: 200 ms doubling to 5 s, back to 200 ms
+/// after a success. (kube's default grows to 30 s: after an API outage the
+/// agent would see the cluster again up to half a minute late.)
+#[derive(Debug, Clone, Copy)]
+struct ApiBackoff {
+    next: Duration,
+}
+
+impl ApiBackoff {
+    const FIRST: Duration = Duration::from_millis(200);
+    const MAX: Duration = Duration::from_secs(5);
+}
+
+impl Default for ApiBackoff {
+    fn default() -> Self {
+        ApiBackoff { next: Self::FIRST }
+    }
+}
+
+impl Iterator for ApiBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let now = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        Some(now)
+    }
+}
+
+impl kube::runtime::utils::Backoff for ApiBackoff {
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
     }
 }
 

@@ -60,6 +60,10 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
             .parse()
             .with_context(|| format!("--kube-api-url {url:?}"))?;
     }
+    // kube's built-in retry of 429/503 answers backs off for minutes in total,
+    // holding a request the whole time; weftd's Node watch has its own
+    // capped backoff and start-up errors restart the pod, as with flanneld.
+    config.default_retry = false;
     let client = kube::Client::try_from(config).context("cannot build the Kubernetes client")?;
     let env: HashMap<String, String> = std::env::vars().collect();
     weft::agent::run(flags, client, env, shutdown_signal()).await?;

@@ -14,80 +14,17 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
+use super::error::{ApiError, StoreError};
 use super::patch::PatchKind;
 use super::selector::Selector;
 use super::shared::Shared;
-use super::store::{StoreError, Subresource};
+use super::store::Subresource;
 use super::{watch, RecordedRequest};
 
 /// The Kubernetes version `/version` claims.
 const GIT_VERSION: &str = "v1.33.0";
 /// The largest request body accepted.
 const MAX_BODY: usize = 16 << 20;
-
-/// An error answered as a Kubernetes `Status` object.
-#[derive(Debug)]
-pub struct ApiError {
-    code: u16,
-    reason: &'static str,
-    message: String,
-    details: Option<Value>,
-}
-
-impl ApiError {
-    /// An error with HTTP `code`, `Status.reason` and message.
-    pub fn new(code: u16, reason: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError {
-            code,
-            reason,
-            message: message.into(),
-            details: None,
-        }
-    }
-
-    /// The `Status` object.
-    pub fn status(&self) -> Value {
-        let mut status = json!({
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Failure",
-            "message": self.message,
-            "reason": self.reason,
-            "code": self.code,
-        });
-        if let (Some(details), Some(map)) = (&self.details, status.as_object_mut()) {
-            map.insert("details".into(), details.clone());
-        }
-        status
-    }
-}
-
-impl From<StoreError> for ApiError {
-    fn from(error: StoreError) -> ApiError {
-        let details = match &error {
-            StoreError::NotFound { resource, name }
-            | StoreError::AlreadyExists { resource, name } => {
-                Some(json!({"name": name, "kind": resource}))
-            }
-            StoreError::Conflict(name) => Some(json!({"name": name, "kind": "nodes"})),
-            _ => None,
-        };
-        ApiError {
-            code: error.code(),
-            reason: error.reason(),
-            message: error.to_string(),
-            details,
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let code = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (code, Json(self.status())).into_response()
-    }
-}
 
 type ApiResult = Result<Response, ApiError>;
 type Shr = State<Arc<Shared>>;

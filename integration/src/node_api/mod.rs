@@ -25,6 +25,7 @@
 //! snapshots across `continue` pages, and watch selectors turning `MODIFIED`
 //! into `ADDED`/`DELETED` when an object enters or leaves the selection.
 
+mod error;
 mod http;
 mod patch;
 mod selector;
@@ -291,6 +292,12 @@ impl NodeApi {
     /// Fault: while on, every request (connections are still accepted) is
     /// answered `503 ServiceUnavailable` with a `Status` body, and switching
     /// it on ends every open watch stream.
+    ///
+    /// Note that kube-rs clients retry 503s by default (up to 15 times,
+    /// backing off exponentially from 5 ms), so through a default client an
+    /// outage looks like slow requests, and a request made during a long
+    /// outage may only complete a while after it ends; a client built with
+    /// `Config::default_retry = false` sees the 503 at once.
     pub fn set_unavailable(&self, on: bool) {
         self.shared.unavailable.store(on, Ordering::SeqCst);
         if on {

@@ -11,7 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 use tokio::sync::{broadcast, watch};
 
-use super::store::{Event, NewObjectMeta, Outcome, Store, StoreError};
+use super::error::StoreError;
+use super::store::{Event, NewObjectMeta, Outcome, Store};
 use super::RecordedRequest;
 
 /// What watch streams are told.

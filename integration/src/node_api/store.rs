@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 
+use super::error::StoreError;
 use super::patch::{self, PatchKind};
 
 /// The type of a watch event.
@@ -52,70 +53,6 @@ pub enum Subresource {
     Status,
     /// The Rust API: everything applies.
     Whole,
-}
-
-/// Why a request on the store failed; [`StoreError::code`] and
-/// [`StoreError::reason`] give the apiserver's HTTP code and `Status` reason.
-#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
-pub enum StoreError {
-    /// No such object.
-    #[error("{resource} \"{name}\" not found")]
-    NotFound {
-        /// `nodes` or `pods`.
-        resource: &'static str,
-        /// The object's name.
-        name: String,
-    },
-    /// Create of an existing object.
-    #[error("{resource} \"{name}\" already exists")]
-    AlreadyExists {
-        /// `nodes` or `pods`.
-        resource: &'static str,
-        /// The object's name.
-        name: String,
-    },
-    /// A write whose `metadata.resourceVersion` precondition failed.
-    #[error("Operation cannot be fulfilled on nodes \"{0}\": the object has been modified; please apply your changes to the latest version and try again")]
-    Conflict(String),
-    /// A malformed request.
-    #[error("{0}")]
-    BadRequest(String),
-    /// A well-formed but unacceptable object.
-    #[error("{0}")]
-    Invalid(String),
-    /// A watch from a resourceVersion older than the event history.
-    #[error("too old resource version: {requested} ({oldest})")]
-    Expired {
-        /// The resourceVersion asked for.
-        requested: u64,
-        /// The oldest resourceVersion a watch can still start from.
-        oldest: u64,
-    },
-}
-
-impl StoreError {
-    /// The HTTP status code the apiserver answers with.
-    pub fn code(&self) -> u16 {
-        match self {
-            StoreError::NotFound { .. } => 404,
-            StoreError::AlreadyExists { .. } | StoreError::Conflict(_) => 409,
-            StoreError::BadRequest(_) => 400,
-            StoreError::Invalid(_) => 422,
-            StoreError::Expired { .. } => 410,
-        }
-    }
-
-    /// The `Status.reason` the apiserver gives.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            StoreError::NotFound { .. } => "NotFound",
-            StoreError::AlreadyExists { .. } => "AlreadyExists",
-            StoreError::Conflict(_) => "Conflict",
-            StoreError::BadRequest(_) => "BadRequest",
-            StoreError::Invalid(_) => "Invalid",
-            StoreError::Expired { .. } => "Expired",
-        }
-    }
 }
 
 /// What the server stamps on a newly created object.

@@ -3,8 +3,9 @@
 
 use serde_json::{json, Value};
 
+use super::error::StoreError;
 use super::patch::PatchKind;
-use super::store::{EventType, NewObjectMeta, Store, StoreError, Subresource};
+use super::store::{EventType, NewObjectMeta, Store, Subresource};
 
 fn meta(uid: &str) -> NewObjectMeta {
     NewObjectMeta {

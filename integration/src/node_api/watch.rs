@@ -14,10 +14,10 @@ use serde_json::{json, Value};
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::{interval_at, sleep, Instant, MissedTickBehavior};
 
-use super::http::ApiError;
+use super::error::{ApiError, StoreError};
 use super::selector::Selector;
 use super::shared::{Msg, Shared};
-use super::store::{Event, EventType, StoreError};
+use super::store::{Event, EventType};
 
 /// How long a watch lasts when the client gives no `timeoutSeconds`.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
