@@ -24,6 +24,7 @@ lint:
 
 # Benchmarks (release build, fresh namespaces): prints figures for docs/performance.md.
 bench: deps
+    cargo build --release -q -p weft --bin weftd
     cargo build --release -q -p weft-integration --bin weft-bench
     target/release/weft-bench
 

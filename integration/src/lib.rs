@@ -2,6 +2,7 @@
 //! network namespaces (never the machine's own), programmed by weft.
 
 pub mod bench;
+pub mod bench_agent;
 pub mod bench_nat;
 pub mod kube_api;
 pub mod node_api;

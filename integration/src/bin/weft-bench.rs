@@ -2,7 +2,7 @@
 //! namespaces created for it (deleted at the end, also on Ctrl-C); the
 //! machine's own network namespace is never touched.
 //!
-//! `weft-bench [overlay|nat|all]` — one section per subsystem; `all` runs every
+//! `weft-bench [overlay|nat|agent|all]` — one section per subsystem; `all` runs every
 //! section there is.
 
 use std::path::{Path, PathBuf};
@@ -18,6 +18,8 @@ enum Section {
     Overlay,
     /// NAT: weft's apply vs nft -f and iptables-restore, cold and no-op.
     Nat,
+    /// The agent: a Node added in the API -> programmed on another node.
+    Agent,
     /// Every section.
     All,
 }
@@ -38,6 +40,12 @@ struct Args {
     /// One-peer changes to time.
     #[arg(long, default_value_t = 200)]
     events: usize,
+    /// Node additions to time in the agent section.
+    #[arg(long, default_value_t = 100)]
+    agent_events: usize,
+    /// The weftd binary (default: next to weft-bench).
+    #[arg(long)]
+    weftd: Option<std::path::PathBuf>,
     /// Fresh namespaces per side and NAT mode.
     #[arg(long, default_value_t = 15)]
     nat_runs: usize,
@@ -69,6 +77,13 @@ fn main() -> anyhow::Result<()> {
     }
     if matches!(args.section, Section::Nat | Section::All) {
         weft_integration::bench_nat::run(args.nat_runs)?;
+    }
+    if matches!(args.section, Section::Agent | Section::All) {
+        let weftd = match &args.weftd {
+            Some(p) => p.clone(),
+            None => std::env::current_exe()?.with_file_name("weftd"),
+        };
+        weft_integration::bench_agent::run(&weftd, args.agent_events)?;
     }
     Ok(())
 }
