@@ -273,7 +273,9 @@ impl RealApiServer {
         signal_own(&self.state_path, &pids, Signal::SIGKILL);
         self.paused.store(false, Ordering::SeqCst);
         let deadline = Instant::now() + Duration::from_secs(2);
-        while pids.iter().any(|&pid| runs_own(&self.state_path, pid)) && Instant::now() < deadline {
+        // Wait for them to be gone (a dying process's cmdline is already
+        // empty, so check liveness, not ownership, for the pids just killed).
+        while pids.iter().any(|&pid| process::process_alive(pid)) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
         // Not right after SIGKILL: the script would wait (kill -0) until
