@@ -15,6 +15,7 @@ use weft_integration::kube_api::RealApiServer;
 use weft_integration::node_api::NodeApi;
 use weft_integration::topology::CLUSTER;
 use weft_integration::weftd::{net_conf, Weftd};
+use weft_integration::witness::KernelWitness;
 use weft_integration::{seed_nodes, Cluster, NodeSpec};
 use weft_netns::{require_netns, Netns};
 
@@ -467,24 +468,14 @@ fn runtime_changes(lab: &mut Lab) {
         ),
         "stopping leaves the data plane"
     );
-    let mut monitor = w2
-        .ns
-        // IPv4 only: the kernel finishing IPv6 duplicate address detection on a
-        // new device is not a write of weft's.
-        .command(&["ip", "-4", "monitor", "link", "address", "route", "neigh"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    let witness = KernelWitness::start(&w2.ns).unwrap();
     let spec = w2.spec.clone();
     let mut again = start_weftd(lab, &spec);
     again.wait_ready(Duration::from_secs(30)).unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    monitor.kill().unwrap();
-    let out = monitor.wait_with_output().unwrap();
-    let seen = String::from_utf8_lossy(&out.stdout);
+    std::thread::sleep(Duration::from_millis(300));
+    let seen = witness.changes().unwrap();
     assert!(
-        seen.trim().is_empty(),
+        seen.is_empty(),
         "the kernel changed during the restart:\n{seen}"
     );
     lab.agents.push(again);

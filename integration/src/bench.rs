@@ -18,7 +18,6 @@ use futures::StreamExt;
 use ipnet::Ipv4Net;
 use rtnetlink::packet_core::NetlinkPayload;
 use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage};
-use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::MulticastGroup;
 use weft_netns::{Netns, NsTask};
@@ -497,24 +496,16 @@ impl Drop for Monitor {
 
 fn classify(m: RouteNetlinkMessage) -> Option<KernelEvent> {
     match m {
-        RouteNetlinkMessage::NewRoute(r) => route_dst(&r).map(|d| KernelEvent::Route(true, d)),
-        RouteNetlinkMessage::DelRoute(r) => route_dst(&r).map(|d| KernelEvent::Route(false, d)),
+        RouteNetlinkMessage::NewRoute(r) => {
+            weft_overlay::kernel::route_dst(&r).map(|d| KernelEvent::Route(true, d))
+        }
+        RouteNetlinkMessage::DelRoute(r) => {
+            weft_overlay::kernel::route_dst(&r).map(|d| KernelEvent::Route(false, d))
+        }
         RouteNetlinkMessage::NewNeighbour(n) => neighbour_event(true, &n),
         RouteNetlinkMessage::DelNeighbour(n) => neighbour_event(false, &n),
         _ => None,
     }
-}
-
-fn route_dst(r: &RouteMessage) -> Option<Ipv4Net> {
-    if r.header.address_family != AddressFamily::Inet {
-        return None;
-    }
-    r.attributes.iter().find_map(|a| match a {
-        RouteAttribute::Destination(RouteAddress::Inet(ip)) => {
-            Ipv4Net::new(*ip, r.header.destination_prefix_length).ok()
-        }
-        _ => None,
-    })
 }
 
 fn neighbour_event(new: bool, n: &NeighbourMessage) -> Option<KernelEvent> {

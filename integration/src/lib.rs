@@ -9,6 +9,7 @@ pub mod node_api;
 pub mod overlay_agent;
 pub mod topology;
 pub mod weftd;
+pub mod witness;
 
 pub use overlay_agent::OverlayAgent;
 pub use topology::{seed_nodes, Cluster, Node, NodeSpec};

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use weft_integration::topology::CLUSTER;
+use weft_integration::witness::KernelWitness;
 use weft_integration::{seed_nodes, Cluster, Node, NodeSpec, OverlayAgent};
 use weft_netns::{require_netns, Netns};
 use weft_overlay::reconciler::{Input, Options};
@@ -424,15 +425,7 @@ fn reconciling_again_and_restarting_send_no_writes() {
     agent.stop().unwrap();
 
     // An independent witness: `ip monitor` prints every change the kernel makes.
-    let mut monitor = node
-        .ns
-        // IPv4 only: the kernel finishing IPv6 duplicate address detection on a
-        // new device is not a write of weft's.
-        .command(&["ip", "-4", "monitor", "link", "address", "route", "neigh"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    let witness = KernelWitness::start(&node.ns).unwrap();
     let again = OverlayAgent::start(
         &node.ns,
         input(&node.spec, &specs, &config),
@@ -440,12 +433,9 @@ fn reconciling_again_and_restarting_send_no_writes() {
     )
     .unwrap();
     let first = block(again.handle.wait_applied(1)).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
-    monitor.kill().unwrap();
-    let seen = monitor.wait_with_output().unwrap();
-    let seen = String::from_utf8_lossy(&seen.stdout);
+    let seen = witness.changes().unwrap();
     assert!(
-        seen.trim().is_empty(),
+        seen.is_empty(),
         "the kernel changed during the restart:\n{seen}"
     );
     assert!(first.resynced && first.errors.is_empty());

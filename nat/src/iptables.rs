@@ -200,10 +200,7 @@ impl Seen {
 /// The restore payload that turns `seen` into `rules`.
 fn payload(rules: &RuleSet, seen: &Seen) -> String {
     let mut out = String::new();
-    for (chain, list) in [
-        (Chain::Postrouting, &rules.postrouting),
-        (Chain::Forward, &rules.forward),
-    ] {
+    for (chain, list) in rules.chains() {
         let (table, builtin, name) = iptables_place(chain);
         let jump = iptables_jump(chain);
         let jumps: Vec<&String> = seen
@@ -264,10 +261,7 @@ impl NatBackend for IptablesBackend {
 
     fn expected(&self, rules: &RuleSet) -> Snapshot {
         let mut lines = Vec::new();
-        for (chain, list) in [
-            (Chain::Postrouting, &rules.postrouting),
-            (Chain::Forward, &rules.forward),
-        ] {
+        for (chain, list) in rules.chains() {
             if list.is_empty() {
                 continue;
             }

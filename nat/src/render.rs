@@ -75,10 +75,7 @@ pub fn iptables_rule(r: &Rule) -> String {
 /// no rules (the option is off) are left out: removing them is the caller's job.
 pub fn iptables_restore(rules: &RuleSet) -> String {
     let mut out = String::new();
-    for (chain, list) in [
-        (Chain::Postrouting, &rules.postrouting),
-        (Chain::Forward, &rules.forward),
-    ] {
+    for (chain, list) in rules.chains() {
         if list.is_empty() {
             continue;
         }

@@ -240,6 +240,15 @@ impl SnatRules {
 }
 
 impl RuleSet {
+    /// Each chain with its rules (an empty list when the option is off),
+    /// postrouting first.
+    pub fn chains(&self) -> [(Chain, &[Rule]); 2] {
+        [
+            (Chain::Postrouting, &self.postrouting),
+            (Chain::Forward, &self.forward),
+        ]
+    }
+
     /// Every rule, postrouting first.
     pub fn rules(&self) -> impl Iterator<Item = &Rule> {
         self.postrouting.iter().chain(&self.forward)

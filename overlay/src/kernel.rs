@@ -119,24 +119,18 @@ impl Kernel {
             }
         }
         if scope.overlay.is_some() {
-            let mut neigh = self
-                .handle
-                .neighbours()
-                .get()
-                .set_address_family(AddressFamily::Inet)
-                .execute();
-            while let Some(msg) = neigh.try_next().await.map_err(req("dump neighbours"))? {
+            for msg in self
+                .neighbour_dump(AddressFamily::Inet, "dump neighbours")
+                .await?
+            {
                 if let Some(n) = neighbour_of(&msg, scope) {
                     out.put_neighbour(n);
                 }
             }
-            let mut fdb = self
-                .handle
-                .neighbours()
-                .get()
-                .set_address_family(AddressFamily::Bridge)
-                .execute();
-            while let Some(msg) = fdb.try_next().await.map_err(req("dump fdb"))? {
+            for msg in self
+                .neighbour_dump(AddressFamily::Bridge, "dump fdb")
+                .await?
+            {
                 if let Some(f) = fdb_of(&msg, scope) {
                     out.put_fdb(f);
                 }
@@ -409,6 +403,22 @@ impl Kernel {
         self.handle.neighbours().del(msg).execute().boxed()
     }
 
+    /// Every neighbour (Inet) or FDB entry (Bridge) the kernel has.
+    async fn neighbour_dump(
+        &self,
+        family: AddressFamily,
+        what: &str,
+    ) -> Result<Vec<NeighbourMessage>, KernelError> {
+        self.handle
+            .neighbours()
+            .get()
+            .set_address_family(family)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(req(what))
+    }
+
     async fn link_by_name(&self, name: &str) -> Result<Option<LinkMessage>, KernelError> {
         let mut links = self
             .handle
@@ -541,6 +551,19 @@ pub fn route_of(msg: &RouteMessage, scope: &Scope) -> Option<Route> {
         dev,
         onlink: h.flags.contains(RouteFlags::Onlink),
         protocol,
+    })
+}
+
+/// The destination of an IPv4 route message, whoever owns the route.
+pub fn route_dst(r: &RouteMessage) -> Option<Ipv4Net> {
+    if r.header.address_family != AddressFamily::Inet {
+        return None;
+    }
+    r.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Destination(RouteAddress::Inet(ip)) => {
+            Ipv4Net::new(*ip, r.header.destination_prefix_length).ok()
+        }
+        _ => None,
     })
 }
 

@@ -17,10 +17,8 @@ use std::time::Duration;
 
 use futures::channel::mpsc::UnboundedReceiver;
 use futures::StreamExt;
-use ipnet::Ipv4Net;
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage};
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::MulticastGroup;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -334,10 +332,12 @@ impl Reconciler {
                 }
                 RouteNetlinkMessage::NewRoute(r) => match kernel::route_of(&r, &scope) {
                     Some(route) => entries.routes.insert(route.dst, route) != Some(route),
-                    None => route_key(&r).is_some_and(|k| entries.routes.remove(&k).is_some()),
+                    None => {
+                        kernel::route_dst(&r).is_some_and(|k| entries.routes.remove(&k).is_some())
+                    }
                 },
                 RouteNetlinkMessage::DelRoute(r) => {
-                    route_key(&r).is_some_and(|k| entries.routes.remove(&k).is_some())
+                    kernel::route_dst(&r).is_some_and(|k| entries.routes.remove(&k).is_some())
                 }
                 RouteNetlinkMessage::NewNeighbour(n) => {
                     if let Some(nb) = kernel::neighbour_of(&n, &scope) {
@@ -444,19 +444,6 @@ impl Reconciler {
         }
         Ok(report)
     }
-}
-
-/// The destination of a main-table IPv4 route event, whoever owns it.
-fn route_key(r: &RouteMessage) -> Option<Ipv4Net> {
-    if r.header.address_family != AddressFamily::Inet {
-        return None;
-    }
-    r.attributes.iter().find_map(|a| match a {
-        RouteAttribute::Destination(RouteAddress::Inet(ip)) => {
-            Ipv4Net::new(*ip, r.header.destination_prefix_length).ok()
-        }
-        _ => None,
-    })
 }
 
 /// Drops a neighbour or FDB entry on the overlay device from the view when an
