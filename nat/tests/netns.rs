@@ -5,8 +5,6 @@
 
 #![allow(clippy::unwrap_used)] // tests may unwrap
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use weft_nat::reconciler::{LoopOptions, Reconciler};
@@ -499,43 +497,21 @@ fn packet_lab() -> PacketLab {
     }
 }
 
-/// Connects from `from` to `to_ip:port`, where `listener_ns` listens; the source address the listener saw.
+/// The source address a listener in `listener_ns` sees when `from` connects to `to_ip`.
 fn seen_source(
     listener_ns: &Netns,
     listen_ip: &'static str,
     from: &Netns,
     to_ip: &'static str,
 ) -> Option<String> {
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let server = listener_ns
-        .spawn_task(move || async move {
-            let l = TcpListener::bind((listen_ip, 7777)).unwrap();
-            l.set_nonblocking(false).unwrap();
-            ready_tx.send(()).unwrap();
-            let (mut s, peer) = l.accept().ok()?;
-            let mut buf = [0u8; 4];
-            let _ = s.read(&mut buf);
-            Some(peer.ip().to_string())
-        })
-        .unwrap();
-    ready_rx.recv().unwrap();
-    let connected = from
-        .run(move || async move {
-            let addr: SocketAddr = format!("{to_ip}:7777").parse().unwrap();
-            match TcpStream::connect_timeout(&addr, Duration::from_secs(3)) {
-                Ok(mut s) => s.write_all(b"hi").is_ok(),
-                Err(_) => false,
-            }
-        })
-        .unwrap();
-    if !connected {
-        // Unblock the listener.
-        let _ = listener_ns
-            .run(move || async move { TcpStream::connect((listen_ip, 7777)).map(|_| ()) });
-        let _ = server.join();
-        return None;
-    }
-    server.join().unwrap()
+    weft_netns::probe::seen_source(
+        listener_ns,
+        listen_ip.parse().unwrap(),
+        from,
+        to_ip.parse().unwrap(),
+    )
+    .unwrap()
+    .map(|ip| ip.to_string())
 }
 
 fn packets_show_each_behaviour(mode: NatMode) {

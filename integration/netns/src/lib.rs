@@ -36,6 +36,7 @@
 mod cmd;
 mod error;
 mod ns;
+pub mod probe;
 mod task;
 mod topology;
 

@@ -1,0 +1,66 @@
+//! A connection tester: which source address does a listener in one
+//! namespace see when another namespace connects to it? That is how NAT is
+//! proven (masqueraded or not), with plain TCP on our own addresses.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use crate::{Netns, Result};
+
+/// The port the probe listens on.
+pub const PROBE_PORT: u16 = 7777;
+
+/// Listens in `listener` on `listen_ip`, connects from `from` to
+/// `connect_to` (the same address, or one that leads there), and returns the
+/// source address the listener saw; `None` if the connection failed
+/// (3 s timeout).
+pub fn seen_source(
+    listener: &Netns,
+    listen_ip: IpAddr,
+    from: &Netns,
+    connect_to: IpAddr,
+) -> Result<Option<IpAddr>> {
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let server = listener.spawn_task(move || async move {
+        let l = match TcpListener::bind((listen_ip, PROBE_PORT)) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = ready_tx.send(Err(e));
+                return None;
+            }
+        };
+        let _ = ready_tx.send(Ok(()));
+        let (mut s, peer) = l.accept().ok()?;
+        let mut buf = [0u8; 2];
+        let _ = s.read(&mut buf);
+        Some(peer.ip())
+    })?;
+    match ready_rx.recv_timeout(Duration::from_secs(5)) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            let _ = server.join();
+            return Err(crate::Error::Io {
+                context: format!("cannot listen on {listen_ip}:{PROBE_PORT}"),
+                source: e,
+            });
+        }
+        Err(_) => return Ok(None),
+    }
+    let connected = from.run(move || async move {
+        let addr = SocketAddr::new(connect_to, PROBE_PORT);
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(3)) {
+            Ok(mut s) => s.write_all(b"hi").is_ok(),
+            Err(_) => false,
+        }
+    })?;
+    if !connected {
+        // Unblock the listener with a local connection, then forget its answer.
+        let _ = listener
+            .run(move || async move { TcpStream::connect((listen_ip, PROBE_PORT)).map(|_| ()) });
+        let _ = server.join();
+        return Ok(None);
+    }
+    server.join()
+}
