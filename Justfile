@@ -8,14 +8,19 @@ export PATH := justfile_directory() + "/.tools/just/bin:" + env_var("PATH")
 default:
     @just --list --unsorted
 
-# The lab: three nodes in network namespaces, programmed by weft's overlay; prints node 3's tables and a ping matrix, then cleans up.
+# The lab: three nodes in network namespaces running weftd against a Kubernetes API, pods made through weft-cni, an outside host; prints the seed's tables, a connectivity matrix and a packet walk, then cleans up. Options: --backend vxlan|host-gw|vxlan-direct, --nat iptables-legacy|iptables-nft|nftables.
 lab *args: deps
+    cargo build --release -q -p weft --bin weftd --bin weft-cni
     cargo build --release -q -p weft-integration --bin weft-lab
     target/release/weft-lab {{args}}
 
 # Every check: formatting, clippy, pure and network-namespace tests (the latter need root; they skip without).
 test: deps lint
     cargo test --workspace --all-targets -- --nocapture
+
+# The end-to-end suite alone (also part of `just test`): every backend × NAT mode through the lab, and weftd against both API servers.
+integration: deps
+    cargo test -p weft --test e2e --test weftd -- --nocapture
 
 # Formatting and clippy.
 lint:
@@ -25,6 +30,7 @@ lint:
 # Benchmarks (release build, fresh namespaces): prints figures for docs/performance.md.
 bench: deps
     cargo build --release -q -p weft --bin weftd
+    cargo build --release -q -p weft --bin weft-cni
     cargo build --release -q -p weft-integration --bin weft-bench
     target/release/weft-bench
 

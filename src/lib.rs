@@ -4,6 +4,7 @@
 //! data-plane subsystems, `weft-overlay` and `weft-nat`.
 
 pub mod agent;
+pub mod cni;
 pub mod config;
 pub mod health;
 pub mod subnet;

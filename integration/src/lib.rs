@@ -3,8 +3,10 @@
 
 pub mod bench;
 pub mod bench_agent;
+pub mod bench_cni;
 pub mod bench_nat;
 pub mod kube_api;
+pub mod lab;
 pub mod node_api;
 pub mod overlay_agent;
 pub mod topology;

@@ -2,7 +2,7 @@
 //! namespaces created for it (deleted at the end, also on Ctrl-C); the
 //! machine's own network namespace is never touched.
 //!
-//! `weft-bench [overlay|nat|agent|all]` — one section per subsystem; `all` runs every
+//! `weft-bench [overlay|nat|agent|cni|all]` — one section per subsystem; `all` runs every
 //! section there is.
 
 use std::path::{Path, PathBuf};
@@ -20,6 +20,8 @@ enum Section {
     Nat,
     /// The agent: a Node added in the API -> programmed on another node.
     Agent,
+    /// The CNI plugin: ADD+DEL through weft-cni vs the bridge plugin directly.
+    Cni,
     /// Every section.
     All,
 }
@@ -46,6 +48,12 @@ struct Args {
     /// The weftd binary (default: next to weft-bench).
     #[arg(long)]
     weftd: Option<std::path::PathBuf>,
+    /// The weft-cni binary (default: next to weft-bench).
+    #[arg(long)]
+    weft_cni: Option<std::path::PathBuf>,
+    /// ADD+DEL cycles per side in the CNI section.
+    #[arg(long, default_value_t = 30)]
+    cni_cycles: usize,
     /// Fresh namespaces per side and NAT mode.
     #[arg(long, default_value_t = 15)]
     nat_runs: usize,
@@ -84,6 +92,13 @@ fn main() -> anyhow::Result<()> {
             None => std::env::current_exe()?.with_file_name("weftd"),
         };
         weft_integration::bench_agent::run(&weftd, args.agent_events)?;
+    }
+    if matches!(args.section, Section::Cni | Section::All) {
+        let weft_cni = match &args.weft_cni {
+            Some(p) => p.clone(),
+            None => std::env::current_exe()?.with_file_name("weft-cni"),
+        };
+        weft_integration::bench_cni::run(&weft_cni, args.cni_cycles)?;
     }
     Ok(())
 }

@@ -1,21 +1,25 @@
-//! `just lab`: three nodes in network namespaces on one underlay switch, each
-//! with a `cni0` bridge and a pod, programmed by weft's overlay from a static
-//! lease list. Prints node 3's tables in the seed document's form, pings every
-//! pod from every node and pod, and cleans up (also on failure or Ctrl-C).
+//! `just lab`: the seed document, working, on one machine. An underlay
+//! switch, three nodes running the real `weftd` against a Kubernetes API
+//! (the real kube-apiserver where ../shared/kube has it, else weft's embedded
+//! Node API server), two pods per node created through `weft-cni` with a
+//! flannel conflist, and an outside host. Prints what the seed prints for
+//! worker2, a connectivity matrix and the walk of one packet, then deletes
+//! everything (also on failure or Ctrl-C).
 
+use std::net::IpAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
-use weft_integration::topology::CLUSTER;
-use weft_integration::{seed_nodes, Cluster, NodeSpec, OverlayAgent};
+use weft_integration::lab::{Backend, Binaries, Lab, OUTSIDE_IP};
+use weft_integration::seed_nodes;
+use weft_nat::NatMode;
 use weft_netns::Netns;
-use weft_overlay::reconciler::{Input, Options};
-use weft_overlay::{BackendConfig, Lease, LocalNode, MacAddr, OverlayConfig, VxlanConfig};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
-enum Backend {
+enum BackendArg {
     /// VXLAN through flannel.1 (flannel's default).
     Vxlan,
     /// Plain routes via the other nodes' IPs.
@@ -24,13 +28,29 @@ enum Backend {
     VxlanDirect,
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum NatArg {
+    IptablesLegacy,
+    IptablesNft,
+    Nftables,
+}
+
 /// weft's lab: a three-node cluster in network namespaces.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
     /// The overlay backend.
     #[arg(long, value_enum, default_value = "vxlan")]
-    backend: Backend,
+    backend: BackendArg,
+    /// The NAT mode weftd uses.
+    #[arg(long, value_enum, default_value = "iptables-nft")]
+    nat: NatArg,
+    /// Directory with weftd and weft-cni (default: next to weft-lab).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// The reference CNI plugins.
+    #[arg(long, default_value = "/usr/lib/cni")]
+    cni_plugins: PathBuf,
 }
 
 fn main() -> ExitCode {
@@ -45,153 +65,232 @@ fn main() -> ExitCode {
     }
 }
 
-/// A stable, recognisable VTEP MAC per node: the seed's for the two it prints.
-fn vtep_mac(spec: &NodeSpec) -> anyhow::Result<MacAddr> {
-    let text = match spec.name.as_str() {
-        "control-plane" => "5a:11:99:ab:8c:22".to_string(),
-        "worker" => "ce:0a:4f:22:a4:2a".to_string(),
-        _ => {
-            let o = spec.subnet.network().octets();
-            format!("0a:58:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3])
-        }
-    };
-    Ok(text.parse()?)
-}
-
 fn run(args: &Args) -> anyhow::Result<bool> {
     if let Err(reason) = weft_netns::available() {
         bail!("{reason}\nThe lab builds its cluster out of network namespaces: run it as root.");
     }
     let t0 = Instant::now();
-    let config = OverlayConfig {
-        network: CLUSTER.parse()?,
-        backend: match args.backend {
-            Backend::Vxlan => BackendConfig::Vxlan(VxlanConfig::default()),
-            Backend::VxlanDirect => BackendConfig::Vxlan(VxlanConfig {
-                direct_routing: true,
-                ..VxlanConfig::default()
-            }),
-            Backend::HostGw => BackendConfig::HostGw,
-        },
+    let bin_dir = match &args.bin_dir {
+        Some(d) => d.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("no directory")?
+            .to_path_buf(),
+    };
+    let bins = Binaries {
+        weftd: bin_dir.join("weftd"),
+        weft_cni: bin_dir.join("weft-cni"),
+        reference_plugins: args.cni_plugins.clone(),
+    };
+    for b in [
+        &bins.weftd,
+        &bins.weft_cni,
+        &bins.reference_plugins.join("bridge"),
+    ] {
+        if !b.exists() {
+            bail!("{} is missing (`just lab` builds weftd and weft-cni; the bridge plugin comes with containernetworking-plugins)", b.display());
+        }
+    }
+    let backend = match args.backend {
+        BackendArg::Vxlan => Backend::Vxlan,
+        BackendArg::HostGw => Backend::HostGw,
+        BackendArg::VxlanDirect => Backend::VxlanDirect,
+    };
+    let nat = match args.nat {
+        NatArg::IptablesLegacy => NatMode::IptablesLegacy,
+        NatArg::IptablesNft => NatMode::IptablesNft,
+        NatArg::Nftables => NatMode::Nftables,
     };
     let specs = seed_nodes();
     println!(
-        "== weft lab: {} nodes, backend {:?}, cluster network {CLUSTER}",
+        "== weft lab: {} nodes, backend {:?}, NAT {nat}, cluster network 10.244.0.0/16",
         specs.len(),
         args.backend
     );
-    let cluster = Cluster::new(&specs).context("building the namespaces")?;
-    for n in &cluster.nodes {
+    let mut lab = Lab::start(&specs, backend, nat, &bins)?;
+    println!("   Kubernetes API: {}", lab.api.describe());
+    for n in &lab.nodes {
         println!(
-            "   node {:<14} eth0 {:<12} pod subnet {:<14} pod {} (netns {}, pod netns {})",
+            "   node {:<14} eth0 {:<11} podCIDR {:<14} netns {}",
             n.spec.name,
             n.spec.ip,
             n.spec.subnet,
-            n.spec.pod_ip(),
-            n.ns.name(),
-            n.pod.name()
+            n.ns.name()
         );
     }
-    let mut leases = Vec::new();
-    for s in &specs {
-        leases.push(Lease {
-            node: s.name.clone(),
-            subnet: s.subnet,
-            public_ip: s.ip,
-            backend_type: config.backend.kind().into(),
-            backend_data: format!(r#"{{"VNI":1,"VtepMAC":"{}"}}"#, vtep_mac(s)?),
-        });
-    }
-    let mut agents = Vec::new();
-    for n in &cluster.nodes {
-        let input = Input {
-            config: config.clone(),
-            local: LocalNode {
-                name: n.spec.name.clone(),
-                subnet: n.spec.subnet,
-                public_ip: n.spec.ip,
-                underlay: "eth0".into(),
-                vtep_mac: Some(vtep_mac(&n.spec)?),
-            },
-            leases: leases.clone(),
-        };
-        agents.push(OverlayAgent::start(&n.ns, input, Options::default())?);
-    }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    for (agent, n) in agents.iter().zip(&cluster.nodes) {
-        let report = rt
-            .block_on(async {
-                tokio::time::timeout(Duration::from_secs(20), agent.handle.wait_applied(1)).await
-            })
-            .context("the overlay did not converge within 20 s")?
-            .context("the reconciler stopped")?;
-        if !report.errors.is_empty() {
-            bail!("node {}: {}", n.spec.name, report.errors.join("; "));
+    println!(
+        "   outside host    eth0 {OUTSIDE_IP}   netns {}",
+        lab.outside.name()
+    );
+    println!(
+        "   weftd ready on every node after {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    for i in 0..lab.nodes.len() {
+        for k in 1..=2 {
+            let name = format!("pod{}-{k}", i + 1);
+            let ip = lab.add_pod(i, &name)?;
+            println!("   pod {name:<8} on {:<14} {ip} (created through weft-cni as /opt/cni/bin/flannel)", lab.nodes[i].spec.name);
         }
-        println!(
-            "   weft programmed {:<14} {} writes ({})",
-            n.spec.name, report.writes, report.plan
-        );
     }
-    println!("   converged in {:.0} ms", t0.elapsed().as_secs_f64() * 1e3);
+    lab.wait_for_overlay(std::time::Duration::from_secs(20))?;
 
-    let node3 = cluster.nodes.last().context("no nodes")?;
-    let name = &node3.spec.name;
-    section(&format!("1. Pod IP and default route (pod on {name})"));
-    shell(&node3.pod, &["ip", "route", "get", "1.1"]);
+    let node3 = lab.nodes.last().context("no nodes")?;
+    let name = node3.spec.name.clone();
+    section(&format!(
+        "1. Pod IP and default route ({} on {name})",
+        node3.pods[0].name
+    ));
+    shell(&node3.pods[0].ns, &["ip", "route", "get", "1.1"]);
     section(&format!("2. Node routing table ({name})"));
     shell(&node3.ns, &["ip", "route"]);
-    if matches!(args.backend, Backend::Vxlan | Backend::VxlanDirect) {
+    if backend != Backend::HostGw {
         section(&format!("3. Static ARP entries for NextHops ({name})"));
         shell(&node3.ns, &["ip", "neigh", "show", "nud", "permanent"]);
         section(&format!("4. VXLAN forwarding database ({name})"));
         shell(&node3.ns, &["bridge", "fdb", "show", "dev", "flannel.1"]);
-        section(&format!("5. The VXLAN device ({name})"));
-        shell(&node3.ns, &["ip", "-d", "link", "show", "flannel.1"]);
+    }
+    section(&format!("5. SNAT rules ({name}, {nat})"));
+    match nat {
+        NatMode::IptablesLegacy => shell(
+            &node3.ns,
+            &[
+                "iptables-legacy",
+                "-t",
+                "nat",
+                "-L",
+                "FLANNEL-POSTRTG",
+                "-n",
+                "-v",
+            ],
+        ),
+        NatMode::IptablesNft => shell(
+            &node3.ns,
+            &[
+                "iptables-nft",
+                "-t",
+                "nat",
+                "-L",
+                "FLANNEL-POSTRTG",
+                "-n",
+                "-v",
+            ],
+        ),
+        NatMode::Nftables => shell(&node3.ns, &["nft", "list", "table", "ip", "flannel-ipv4"]),
     }
     println!("   (proto 119 marks the routes weft owns; flannel's carry no tag)");
 
-    section("Connectivity: ping from each row to each pod");
-    let mut header = format!("{:<22}", "");
-    for t in &cluster.nodes {
-        header.push_str(&format!("{:<14}", t.spec.pod_ip()));
-    }
-    println!("{header}");
-    let mut all_ok = true;
-    for from in &cluster.nodes {
-        for (label, ns) in [
-            (format!("node {}", from.spec.name), &from.ns),
-            (format!("pod {}", from.spec.pod_ip()), &from.pod),
-        ] {
-            let mut line = format!("{label:<22}");
-            for to in &cluster.nodes {
-                let ok = ns
-                    .exec_status(&["ping", "-c1", "-W2", "-q", &to.spec.pod_ip().to_string()])
-                    .map(|o| o.status.success())
-                    .unwrap_or(false);
-                all_ok &= ok;
-                line.push_str(&format!("{:<14}", if ok { "ok" } else { "FAIL" }));
-            }
-            println!("{line}");
-        }
-    }
-    for a in agents {
-        a.stop()?;
-    }
-    drop(cluster);
+    let ok = matrix(&lab)?;
+    walk(&lab, backend);
+    let lab_secs = t0.elapsed().as_secs_f64();
+    let _ = &mut lab;
+    drop(lab);
     println!();
     println!(
-        "== {} in {:.1} s; every namespace deleted",
-        if all_ok {
-            "all pods reachable"
+        "== {} in {lab_secs:.1} s; every namespace and process deleted",
+        if ok {
+            "every check passed"
         } else {
-            "SOME PODS UNREACHABLE"
-        },
-        t0.elapsed().as_secs_f64()
+            "SOME CHECKS FAILED"
+        }
     );
-    Ok(all_ok)
+    Ok(ok)
+}
+
+/// Every pod to every pod; each pod to the outside (and the address the
+/// outside saw); the outside to each pod (and the address the pod saw).
+fn matrix(lab: &Lab) -> anyhow::Result<bool> {
+    section("Connectivity: ping from each pod (rows) to each pod (columns)");
+    let pods = lab.pods();
+    let mut ok = true;
+    print!("{:<10}", "");
+    for (p, _) in &pods {
+        print!("{:<9}", p.name);
+    }
+    println!();
+    for ((from, _), row) in pods.iter().zip(lab.ping_matrix()) {
+        print!("{:<10}", from.name);
+        for good in row {
+            ok &= good;
+            print!("{:<9}", if good { "ok" } else { "FAIL" });
+        }
+        println!();
+    }
+    section("Pods <-> outside host (TCP; the address the other side saw)");
+    let show = |a: Option<IpAddr>| {
+        a.map(|a| a.to_string())
+            .unwrap_or_else(|| "(no connection)".into())
+    };
+    for c in lab.outside_checks()? {
+        ok &= c.masqueraded() && c.kept_source();
+        println!(
+            "   {:<8} -> outside  seen as {:<15} {}",
+            c.pod,
+            show(c.to_outside),
+            if c.masqueraded() {
+                "ok (masqueraded to its node's address)"
+            } else {
+                "FAIL (want the node's address)"
+            }
+        );
+        println!(
+            "   outside  -> {:<8} seen as {:<15} {}",
+            c.pod,
+            show(c.from_outside),
+            if c.kept_source() {
+                "ok (the client's own address)"
+            } else {
+                "FAIL (want the outside's address)"
+            }
+        );
+    }
+    Ok(ok)
+}
+
+/// The seed's "day in the life of a packet": pod1-1 on node 1 to pod3-1 on node 3.
+fn walk(lab: &Lab, backend: Backend) {
+    let (Some(a), Some(c)) = (lab.nodes.first(), lab.nodes.last()) else {
+        return;
+    };
+    let (src, dst) = (&a.pods[0], &c.pods[0]);
+    let dst_ip = dst.ip.to_string();
+    let gw = c.spec.subnet.network().to_string();
+    section(&format!(
+        "A day in the life of a packet: {} ({}) on {} -> {} ({}) on {}",
+        src.name, src.ip, a.spec.name, dst.name, dst.ip, c.spec.name
+    ));
+    println!("1. {} looks up the next hop:", src.name);
+    shell(&src.ns, &["ip", "route", "get", &dst_ip]);
+    println!(
+        "2. The packet reaches cni0 on {}, where the lookup is done again:",
+        a.spec.name
+    );
+    shell(&a.ns, &["ip", "route", "get", &dst_ip]);
+    if backend == Backend::Vxlan {
+        println!("3. The static neighbour weft programmed gives the next hop's MAC:");
+        shell(&a.ns, &["ip", "neigh", "get", &gw, "dev", "flannel.1"]);
+        println!("4. The FDB of flannel.1 gives the VTEP's address:");
+        shell(&a.ns, &["bridge", "fdb", "show", "dev", "flannel.1"]);
+        println!(
+            "5. Encapsulated, it reaches {}, whose flannel.1 has that MAC:",
+            c.spec.name
+        );
+        shell(&c.ns, &["ip", "link", "show", "flannel.1"]);
+    } else {
+        println!(
+            "3. No encapsulation: the next hop is {}'s own address on the underlay.",
+            c.spec.name
+        );
+    }
+    println!(
+        "6. Decapsulated, its destination is looked up on {}:",
+        c.spec.name
+    );
+    shell(&c.ns, &["ip", "route", "get", &dst_ip]);
+    println!("7. The neighbour and bridge tables find the pod's veth:");
+    shell(&c.ns, &["ip", "neigh", "show", &dst_ip, "dev", "cni0"]);
+    println!("8. It arrives in {}:", dst.name);
+    shell(&dst.ns, &["ip", "route", "get", &dst_ip]);
 }
 
 fn section(title: &str) {

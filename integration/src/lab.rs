@@ -1,0 +1,387 @@
+//! The full lab: an underlay switch, three nodes running the real `weftd`,
+//! a Kubernetes API (the real kube-apiserver where ../shared/kube has it,
+//! else weft's embedded Node API server), pods created through `weft-cni`
+//! with a flannel conflist, and an outside host.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+use weft_nat::NatMode;
+use weft_netns::probe::seen_source;
+use weft_netns::{Netns, Switch};
+
+use crate::kube_api::RealApiServer;
+use crate::node_api::NodeApi;
+use crate::topology::{NodeSpec, CLUSTER};
+use crate::weftd::{net_conf, Weftd};
+
+/// The API server's address on the switch.
+pub const API_IP: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 1);
+/// The outside host's address.
+pub const OUTSIDE_IP: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 100);
+
+/// The data plane between nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// VXLAN (flannel's default).
+    Vxlan,
+    /// host-gw.
+    HostGw,
+    /// VXLAN with DirectRouting.
+    VxlanDirect,
+}
+
+impl Backend {
+    /// net-conf.json's Backend object.
+    pub fn json(self) -> &'static str {
+        match self {
+            Backend::Vxlan => r#"{"Type":"vxlan"}"#,
+            Backend::HostGw => r#"{"Type":"host-gw"}"#,
+            Backend::VxlanDirect => r#"{"Type":"vxlan","DirectRouting":true}"#,
+        }
+    }
+}
+
+/// Which API server the lab runs.
+pub enum Api {
+    /// ../shared/kube's kube-apiserver.
+    Real(RealApiServer),
+    /// weft's embedded Node API server.
+    Embedded(NodeApi, PathBuf),
+}
+
+impl Api {
+    /// What the lab says it uses.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Api::Real(_) => "the real kube-apiserver v1.32 (../shared/kube), agents with flannel's RBAC rights only",
+            Api::Embedded(..) => "weft's embedded Node API server (no ../shared/kube here)",
+        }
+    }
+
+    fn kubeconfig(&self) -> PathBuf {
+        match self {
+            Api::Real(r) => r.agent_kubeconfig(),
+            Api::Embedded(_, kc) => kc.clone(),
+        }
+    }
+
+    fn create_node(&self, spec: &NodeSpec) -> anyhow::Result<()> {
+        match self {
+            Api::Real(r) => r.create_node(&spec.name, &spec.subnet.to_string(), spec.ip, &[]),
+            Api::Embedded(e, _) => e.create_node(json!({
+                "apiVersion": "v1", "kind": "Node", "metadata": {"name": spec.name},
+                "spec": {"podCIDR": spec.subnet.to_string(), "podCIDRs": [spec.subnet.to_string()]},
+                "status": {"addresses": [{"type": "InternalIP", "address": spec.ip.to_string()}]}
+            })),
+        }
+    }
+}
+
+/// A pod created through the CNI plugin.
+pub struct Pod {
+    /// Its namespace.
+    pub ns: Netns,
+    /// Its name.
+    pub name: String,
+    /// Its address, from the CNI result.
+    pub ip: Ipv4Addr,
+}
+
+/// One node of the lab.
+pub struct LabNode {
+    /// Its spec.
+    pub spec: NodeSpec,
+    /// Its namespace.
+    pub ns: Netns,
+    /// weftd.
+    pub agent: Weftd,
+    /// Its pods.
+    pub pods: Vec<Pod>,
+}
+
+/// Where the binaries are.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    /// weftd.
+    pub weftd: PathBuf,
+    /// weft-cni (installed into the lab's CNI directory as `flannel`).
+    pub weft_cni: PathBuf,
+    /// The reference plugins (bridge, host-local, portmap, loopback).
+    pub reference_plugins: PathBuf,
+}
+
+/// The running lab. Dropping it stops everything and deletes every namespace.
+pub struct Lab {
+    /// The nodes.
+    pub nodes: Vec<LabNode>,
+    /// The outside host.
+    pub outside: Netns,
+    /// The API server.
+    pub api: Api,
+    /// The underlay switch.
+    pub switch: Switch,
+    /// The lab's files (configs, logs, CNI state).
+    pub dir: tempfile::TempDir,
+    cni_bin: PathBuf,
+}
+
+impl Lab {
+    /// Builds the lab and waits until every agent is ready.
+    pub fn start(
+        specs: &[NodeSpec],
+        backend: Backend,
+        nat: NatMode,
+        bins: &Binaries,
+    ) -> anyhow::Result<Lab> {
+        let switch = Switch::new("lab-sw")?;
+        switch.add_addr("br0", &format!("{API_IP}/16"))?;
+        let dir = tempfile::Builder::new().prefix("weft-lab-").tempdir()?;
+        let api = if RealApiServer::locate().is_ok() {
+            let r = RealApiServer::start(&switch, API_IP, 6443)?;
+            r.grant_flannel_role()?;
+            Api::Real(r)
+        } else {
+            let (tx, rx) = std::sync::mpsc::channel();
+            switch
+                .spawn_task(move || async move { tx.send(NodeApi::start((API_IP, 0).into())) })?
+                .join()??;
+            let e = rx.recv()??;
+            let kc = dir.path().join("kubeconfig");
+            e.write_kubeconfig(&kc)?;
+            Api::Embedded(e, kc)
+        };
+        // The CNI directory a runtime would have: flannel (= weft-cni) beside the reference plugins.
+        let cni_bin = dir.path().join("cni-bin");
+        std::fs::create_dir_all(&cni_bin)?;
+        std::os::unix::fs::symlink(&bins.weft_cni, cni_bin.join("flannel"))?;
+        for p in ["bridge", "host-local", "portmap", "loopback"] {
+            std::os::unix::fs::symlink(bins.reference_plugins.join(p), cni_bin.join(p))?;
+        }
+        let outside = Netns::new("lab-out")?;
+        switch.attach(&outside, "eth0", &format!("{OUTSIDE_IP}/16"))?;
+        for s in specs {
+            // The outside world knows how to reach the pods it talks to (a router would).
+            outside.ip(&[
+                "route",
+                "add",
+                &s.subnet.to_string(),
+                "via",
+                &s.ip.to_string(),
+            ])?;
+        }
+        let net = net_conf(CLUSTER, backend.json(), nat == NatMode::Nftables);
+        let mut nodes = Vec::new();
+        for s in specs {
+            api.create_node(s)?;
+            let role: String = s
+                .name
+                .chars()
+                .filter(char::is_ascii_alphanumeric)
+                .take(8)
+                .collect();
+            let ns = Netns::new(&format!("lab-{role}"))?;
+            switch.attach(&ns, "eth0", &format!("{}/16", s.ip))?;
+            ns.sysctl("net.ipv4.ip_forward", "1")?;
+            let mode = format!("--nat-mode={nat}");
+            let agent = Weftd::start(
+                &bins.weftd,
+                &ns,
+                &s.name,
+                &api.kubeconfig(),
+                &net,
+                &dir.path().join(&s.name),
+                &[&mode, "--healthz-port=8081"],
+            )?;
+            nodes.push(LabNode {
+                spec: s.clone(),
+                ns,
+                agent,
+                pods: Vec::new(),
+            });
+        }
+        for n in &mut nodes {
+            n.agent.wait_ready(Duration::from_secs(60))?;
+        }
+        Ok(Lab {
+            nodes,
+            outside,
+            api,
+            switch,
+            dir,
+            cni_bin,
+        })
+    }
+
+    /// Creates a pod on node `node` through the CNI plugin, as a container runtime does.
+    pub fn add_pod(&mut self, node: usize, name: &str) -> anyhow::Result<Ipv4Addr> {
+        let n = self.nodes.get_mut(node).context("no such node")?;
+        let ns = Netns::new(name)?;
+        let base = self.dir.path().join(&n.spec.name);
+        let conf = json!({
+            "cniVersion": "0.3.1",
+            "name": "cbr0",
+            "type": "flannel",
+            "subnetFile": base.join("subnet.env"),
+            "dataDir": base.join("cni-flannel"),
+            "ipam": {"dataDir": base.join("cni-ipam")},
+            "delegate": {"hairpinMode": true, "isDefaultGateway": true}
+        });
+        let result = cni(&n.ns, &self.cni_bin, "ADD", name, &ns, &conf)?;
+        let ip = result_ip(&result)
+            .with_context(|| format!("no IPv4 address in the CNI result {result}"))?;
+        n.pods.push(Pod {
+            ns,
+            name: name.to_string(),
+            ip,
+        });
+        Ok(ip)
+    }
+
+    /// The lab's files.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Waits until every node routes to every other node's pod subnet.
+    pub fn wait_for_overlay(&self, timeout: Duration) -> anyhow::Result<Duration> {
+        let t0 = std::time::Instant::now();
+        loop {
+            let done = self.nodes.iter().all(|n| {
+                let routes =
+                    n.ns.ip(&["route", "show", "proto", "119"])
+                        .unwrap_or_default();
+                self.nodes
+                    .iter()
+                    .filter(|o| o.spec.name != n.spec.name)
+                    .all(|o| routes.contains(&o.spec.subnet.to_string()))
+            });
+            if done {
+                return Ok(t0.elapsed());
+            }
+            if t0.elapsed() > timeout {
+                bail!("the overlay did not converge within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Every pod with its node's address.
+    pub fn pods(&self) -> Vec<(&Pod, Ipv4Addr)> {
+        self.nodes
+            .iter()
+            .flat_map(|n| n.pods.iter().map(move |p| (p, n.spec.ip)))
+            .collect()
+    }
+
+    /// `ping` from every pod to every pod: rows and columns in [`pods`](Self::pods) order.
+    pub fn ping_matrix(&self) -> Vec<Vec<bool>> {
+        let pods = self.pods();
+        pods.iter()
+            .map(|(from, _)| pods.iter().map(|(to, _)| ping(&from.ns, to.ip)).collect())
+            .collect()
+    }
+
+    /// For every pod: the source address the outside host saw when the pod
+    /// connected (should be the pod's node: masqueraded), and the one the pod
+    /// saw when the outside connected (should be the outside's own).
+    pub fn outside_checks(&self) -> anyhow::Result<Vec<OutsideCheck>> {
+        let mut out = Vec::new();
+        for (pod, node_ip) in self.pods() {
+            let to_outside =
+                seen_source(&self.outside, OUTSIDE_IP.into(), &pod.ns, OUTSIDE_IP.into())?;
+            let from_outside = seen_source(&pod.ns, pod.ip.into(), &self.outside, pod.ip.into())?;
+            out.push(OutsideCheck {
+                pod: pod.name.clone(),
+                node_ip,
+                to_outside,
+                from_outside,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// What the outside host and a pod saw of each other.
+#[derive(Debug, Clone)]
+pub struct OutsideCheck {
+    /// The pod.
+    pub pod: String,
+    /// Its node's address.
+    pub node_ip: Ipv4Addr,
+    /// Source address the outside saw from the pod (want: the node's).
+    pub to_outside: Option<std::net::IpAddr>,
+    /// Source address the pod saw from the outside (want: the outside's).
+    pub from_outside: Option<std::net::IpAddr>,
+}
+
+impl OutsideCheck {
+    /// Pod → outside was masqueraded to the node's address.
+    pub fn masqueraded(&self) -> bool {
+        self.to_outside == Some(self.node_ip.into())
+    }
+
+    /// Outside → pod kept the outside's address.
+    pub fn kept_source(&self) -> bool {
+        self.from_outside == Some(OUTSIDE_IP.into())
+    }
+}
+
+fn ping(ns: &Netns, ip: Ipv4Addr) -> bool {
+    ns.exec_status(&["ping", "-c1", "-W2", "-q", &ip.to_string()])
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// Runs the CNI plugin `flannel` from `bin` in `node` for container `id` in `pod`.
+fn cni(
+    node: &Netns,
+    bin: &Path,
+    command: &str,
+    id: &str,
+    pod: &Netns,
+    conf: &Value,
+) -> anyhow::Result<Value> {
+    use std::io::Write;
+    let plugin = bin.join("flannel").to_string_lossy().to_string();
+    let mut child = node
+        .command(&[plugin.as_str()])
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", id)
+        .env("CNI_NETNS", pod.path())
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", bin)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(conf.to_string().as_bytes())?;
+    let out = child.wait_with_output()?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    if !out.status.success() {
+        bail!(
+            "CNI {command} for {id} failed: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    if text.trim().is_empty() {
+        return Ok(Value::Null);
+    }
+    Ok(serde_json::from_str(&text)?)
+}
+
+/// The first IPv4 address of a CNI result (0.3.x/0.4.0/1.x `ips`, or 0.2.0 `ip4`).
+fn result_ip(r: &Value) -> Option<Ipv4Addr> {
+    let cidr = r["ips"]
+        .as_array()
+        .and_then(|ips| ips.iter().find_map(|i| i["address"].as_str()))
+        .or_else(|| r["ip4"]["ip"].as_str())?;
+    cidr.split('/').next()?.parse().ok()
+}
