@@ -470,10 +470,7 @@ pub fn send_batch_with(
         source,
     };
 
-    let mut sock = Socket::new(NETLINK_NETFILTER)
-        .map_err(|e| io_err("opening a NETLINK_NETFILTER socket", e))?;
-    sock.bind_auto()
-        .map_err(|e| io_err("binding the NETLINK_NETFILTER socket", e))?;
+    let sock = netfilter_socket(what)?;
     // Short acks (no copy of each request) and the offending attribute's offset.
     // Both exist since Linux 4.12; without them errors are only less detailed.
     let _ = sock.set_cap_ack(true);
@@ -563,6 +560,19 @@ const NLMSG_DONE: u16 = 3;
 const NLM_F_MULTI: u16 = 0x02;
 const NLM_F_DUMP_INTR: u16 = 0x10;
 
+/// A bound `NETLINK_NETFILTER` socket; errors say what it was for.
+fn netfilter_socket(what: &str) -> Result<Socket, NatError> {
+    let io_err = |context: &str, source: io::Error| NatError::Io {
+        context: format!("{context} (for {what})"),
+        source,
+    };
+    let mut sock = Socket::new(NETLINK_NETFILTER)
+        .map_err(|e| io_err("opening a NETLINK_NETFILTER socket", e))?;
+    sock.bind_auto()
+        .map_err(|e| io_err("binding the NETLINK_NETFILTER socket", e))?;
+    Ok(sock)
+}
+
 /// Sends one dump request (`NLM_F_DUMP`) on a fresh `NETLINK_NETFILTER`
 /// socket and collects the replies until `NLMSG_DONE`, at most
 /// [`ACK_TIMEOUT`] between two datagrams.
@@ -575,10 +585,7 @@ pub(crate) fn dump(what: &str, request: &[u8]) -> Result<Dump, NatError> {
         context: format!("{context} (for {what})"),
         source,
     };
-    let mut sock = Socket::new(NETLINK_NETFILTER)
-        .map_err(|e| io_err("opening a NETLINK_NETFILTER socket", e))?;
-    sock.bind_auto()
-        .map_err(|e| io_err("binding the NETLINK_NETFILTER socket", e))?;
+    let sock = netfilter_socket(what)?;
     let _ = sock.set_ext_ack(true);
     let sent = sock
         .send(request, 0)
