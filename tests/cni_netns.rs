@@ -6,13 +6,12 @@
 
 #![allow(clippy::unwrap_used)] // tests may unwrap
 
-use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
 use serde_json::{json, Value};
 use weft::cni::error::code;
+use weft_integration::cni_call::CniCall;
 use weft_netns::{require_netns, Netns};
 
 const BIN: &str = env!("CARGO_BIN_EXE_weft-cni");
@@ -60,26 +59,16 @@ impl Node {
         let netns = pod
             .map(|p| p.path().display().to_string())
             .unwrap_or_default();
-        let mut child = self
-            .host
-            .command(&[BIN])
-            .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", id)
-            .env("CNI_NETNS", netns)
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_PATH", CNI_PATH)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
+        let call = CniCall {
+            command,
+            id,
+            netns: &netns,
+            ifname: "eth0",
+            cni_path: Path::new(CNI_PATH),
+        };
+        let out = call
+            .run(self.host.command(&[BIN]), conf.to_string().as_bytes())
             .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(conf.to_string().as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
         let text = String::from_utf8(out.stdout).unwrap();
         let value = if text.trim().is_empty() {
             Value::Null

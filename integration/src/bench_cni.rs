@@ -9,7 +9,6 @@
 //! counted). One warm-up cycle per side (it creates the `cni0` bridge) is
 //! not counted.
 
-use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -19,6 +18,7 @@ use serde_json::{json, Value};
 use weft_netns::Netns;
 
 use crate::bench::{ms, Samples};
+use crate::cni_call::CniCall;
 
 /// Where Debian puts the reference plugins.
 pub const CNI_PATH: &str = "/usr/lib/cni";
@@ -91,19 +91,16 @@ fn invoke(
     stdin: &[u8],
 ) -> anyhow::Result<(Vec<u8>, Duration)> {
     let t0 = Instant::now();
-    let mut child = Command::new(program)
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", id)
-        .env("CNI_NETNS", netns)
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", CNI_PATH)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
+    let call = CniCall {
+        command,
+        id,
+        netns,
+        ifname: "eth0",
+        cni_path: Path::new(CNI_PATH),
+    };
+    let out = call
+        .run(Command::new(program), stdin)
         .with_context(|| format!("cannot run {program}"))?;
-    child.stdin.take().context("no stdin")?.write_all(stdin)?;
-    let out = child.wait_with_output()?;
     let took = t0.elapsed();
     if !out.status.success() {
         bail!(

@@ -13,6 +13,7 @@ use weft_nat::NatMode;
 use weft_netns::probe::seen_source;
 use weft_netns::{Netns, Switch};
 
+use crate::cni_call::CniCall;
 use crate::kube_api::RealApiServer;
 use crate::node_api::NodeApi;
 use crate::topology::{NodeSpec, CLUSTER};
@@ -345,25 +346,19 @@ fn cni(
     pod: &Netns,
     conf: &Value,
 ) -> anyhow::Result<Value> {
-    use std::io::Write;
     let plugin = bin.join("flannel").to_string_lossy().to_string();
-    let mut child = node
-        .command(&[plugin.as_str()])
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", id)
-        .env("CNI_NETNS", pod.path())
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", bin)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
-    child
-        .stdin
-        .take()
-        .context("stdin")?
-        .write_all(conf.to_string().as_bytes())?;
-    let out = child.wait_with_output()?;
+    let netns = pod.path().to_string_lossy().to_string();
+    let call = CniCall {
+        command,
+        id,
+        netns: &netns,
+        ifname: "eth0",
+        cni_path: bin,
+    };
+    let out = call.run(
+        node.command(&[plugin.as_str()]),
+        conf.to_string().as_bytes(),
+    )?;
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     if !out.status.success() {
         bail!(
