@@ -30,6 +30,33 @@ fn identity(node: &str, extra: &[&str]) -> Vec<(String, String)> {
     }
 }
 
+/// Every weftd this process started and has not stopped yet (for a signal
+/// handler that must not leave them running).
+static RUNNING: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+/// Kills every weftd this process started (from a Ctrl-C handler; the
+/// data plane they made goes with their namespaces).
+pub fn kill_all() {
+    let pids = RUNNING
+        .lock()
+        .map(|mut r| std::mem::take(&mut *r))
+        .unwrap_or_default();
+    for pid in pids {
+        if let Ok(pid) = i32::try_from(pid) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+fn forget(pid: u32) {
+    if let Ok(mut r) = RUNNING.lock() {
+        r.retain(|p| *p != pid);
+    }
+}
+
 /// One running weftd.
 pub struct Weftd {
     child: Option<Child>,
@@ -85,6 +112,9 @@ impl Weftd {
             .stderr(log)
             .spawn()
             .with_context(|| format!("cannot start weftd for {node}"))?;
+        if let Ok(mut r) = RUNNING.lock() {
+            r.push(child.id());
+        }
         Ok(Weftd {
             child: Some(child),
             node: node.to_string(),
@@ -143,6 +173,7 @@ impl Weftd {
 
     fn terminate(&mut self) -> anyhow::Result<ExitStatus> {
         let mut child = self.child.take().context("already stopped")?;
+        forget(child.id());
         let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let t0 = Instant::now();

@@ -9,6 +9,7 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
@@ -35,10 +36,22 @@ enum NatArg {
     Nftables,
 }
 
+/// `up`: leave the lab running for exploration; `down`: remove a lab left up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Action {
+    /// Build the lab, print everything, and keep it until `just lab down` or Ctrl-C.
+    Up,
+    /// Remove the lab that `just lab up` left running.
+    Down,
+}
+
 /// weft's lab: a three-node cluster in network namespaces.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
+    /// Without: build the lab, print everything, remove it.
+    #[arg(value_enum)]
+    action: Option<Action>,
     /// The overlay backend.
     #[arg(long, value_enum, default_value = "vxlan")]
     backend: BackendArg,
@@ -53,8 +66,37 @@ struct Args {
     cni_plugins: PathBuf,
 }
 
+/// Set while `up` waits: Ctrl-C (or `down`) then ends the wait and the lab is
+/// dropped normally; at any other time the handler cleans up itself.
+static WAITING: AtomicBool = AtomicBool::new(false);
+static STOP: AtomicBool = AtomicBool::new(false);
+
+fn pid_file() -> PathBuf {
+    std::env::temp_dir().join("weft-lab.pid")
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    let _ = ctrlc::set_handler(|| {
+        if WAITING.load(Ordering::SeqCst) {
+            STOP.store(true, Ordering::SeqCst);
+        } else {
+            // Mid-build: nothing will drop the lab, so take it down here
+            // (the kube-apiserver's watchdog stops it when this process ends).
+            weft_integration::weftd::kill_all();
+            weft_netns::cleanup_all();
+            std::process::exit(130);
+        }
+    });
+    if args.action == Some(Action::Down) {
+        return match down() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("weft-lab down: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     match run(&args) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
@@ -182,6 +224,43 @@ fn run(args: &Args) -> anyhow::Result<bool> {
 
     let ok = matrix(&lab)?;
     walk(&lab, backend);
+    if args.action == Some(Action::Up) {
+        std::fs::write(pid_file(), std::process::id().to_string())?;
+        println!(
+            "\n== the lab is up ({}). In another terminal:",
+            if ok {
+                "every check passed"
+            } else {
+                "SOME CHECKS FAILED"
+            }
+        );
+        for n in &lab.nodes {
+            println!(
+                "   ip netns exec {:<28} bash   # node {}",
+                n.ns.name(),
+                n.spec.name
+            );
+            for p in &n.pods {
+                println!(
+                    "   ip netns exec {:<28} bash   # pod {} ({})",
+                    p.ns.name(),
+                    p.name,
+                    p.ip
+                );
+            }
+        }
+        println!(
+            "   ip netns exec {:<28} bash   # the outside host",
+            lab.outside.name()
+        );
+        println!("   weftd logs and configs: {}", lab.path().display());
+        println!("   just lab down    # removes it (or Ctrl-C here)");
+        WAITING.store(true, Ordering::SeqCst);
+        while !STOP.load(Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = std::fs::remove_file(pid_file());
+    }
     let lab_secs = t0.elapsed().as_secs_f64();
     let _ = &mut lab;
     drop(lab);
@@ -195,6 +274,31 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         }
     );
     Ok(ok)
+}
+
+/// Stops the lab that `up` left running: SIGTERM to it, then wait until it
+/// has removed everything.
+fn down() -> anyhow::Result<()> {
+    let text = match std::fs::read_to_string(pid_file()) {
+        Ok(t) => t,
+        Err(_) => {
+            let swept = weft_netns::sweep_stale()?;
+            println!("no lab is up; {} stale namespace(s) removed", swept.len());
+            return Ok(());
+        }
+    };
+    let pid: i32 = text.trim().parse().context("bad pid file")?;
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let t0 = Instant::now();
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() && t0.elapsed().as_secs() < 30 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = std::fs::remove_file(pid_file());
+    println!("the lab is down");
+    Ok(())
 }
 
 /// Every pod to every pod; each pod to the outside (and the address the
