@@ -141,3 +141,38 @@ fn every_backend_with_nftables() {
     require_netns!();
     all_backends(NatMode::Nftables);
 }
+
+#[test]
+fn restarting_weftd_under_traffic_loses_no_packet() {
+    require_netns!();
+    let mut lab = Lab::start(
+        &seed_nodes(),
+        Backend::Vxlan,
+        NatMode::IptablesNft,
+        &binaries(),
+    )
+    .unwrap();
+    for i in 0..lab.nodes.len() {
+        lab.add_pod(i, &format!("r{}", i + 1)).unwrap();
+    }
+    lab.wait_for_overlay(Duration::from_secs(20)).unwrap();
+    let target = lab.nodes[2].pods[0].ip.to_string();
+    // 400 pings 10 ms apart from a pod on node 1 to a pod on node 3 while
+    // both nodes' weftd restart.
+    let ping = lab.nodes[0].pods[0]
+        .ns
+        .command(&["ping", "-i", "0.01", "-c", "400", "-W", "1", "-q", &target])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    lab.restart_agent(2).unwrap();
+    lab.restart_agent(0).unwrap();
+    let out = ping.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{text}");
+    assert!(
+        text.contains("400 packets transmitted, 400 received"),
+        "packets lost during the restarts:\n{text}"
+    );
+}

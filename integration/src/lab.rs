@@ -99,7 +99,7 @@ pub struct LabNode {
     /// Its namespace.
     pub ns: Netns,
     /// weftd.
-    pub agent: Weftd,
+    pub agent: Option<Weftd>,
     /// Its pods.
     pub pods: Vec<Pod>,
 }
@@ -128,6 +128,9 @@ pub struct Lab {
     /// The lab's files (configs, logs, CNI state).
     pub dir: tempfile::TempDir,
     cni_bin: PathBuf,
+    weftd: PathBuf,
+    net_conf: String,
+    nat: NatMode,
 }
 
 impl Lab {
@@ -187,27 +190,23 @@ impl Lab {
             let ns = Netns::new(&format!("lab-{role}"))?;
             switch.attach(&ns, "eth0", &format!("{}/16", s.ip))?;
             ns.sysctl("net.ipv4.ip_forward", "1")?;
-            let mode = format!("--nat-mode={nat}");
-            let agent = Weftd::start(
-                &bins.weftd,
-                &ns,
-                &s.name,
-                &api.kubeconfig(),
-                &net,
-                &dir.path().join(&s.name),
-                &[&mode, "--healthz-port=8081"],
-            )?;
+            let agent = start_agent(&bins.weftd, &ns, s, &api, &net, nat, dir.path())?;
             nodes.push(LabNode {
                 spec: s.clone(),
                 ns,
-                agent,
+                agent: Some(agent),
                 pods: Vec::new(),
             });
         }
         for n in &mut nodes {
-            n.agent.wait_ready(Duration::from_secs(60))?;
+            if let Some(a) = n.agent.as_mut() {
+                a.wait_ready(Duration::from_secs(60))?;
+            }
         }
         Ok(Lab {
+            weftd: bins.weftd.clone(),
+            net_conf: net,
+            nat,
             nodes,
             outside,
             api,
@@ -245,6 +244,51 @@ impl Lab {
     /// The lab's files.
     pub fn path(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Stops weftd on node `node` (SIGTERM) and starts it again; returns once
+    /// the new one is ready.
+    pub fn restart_agent(&mut self, node: usize) -> anyhow::Result<()> {
+        let n = self.nodes.get_mut(node).context("no such node")?;
+        if let Some(old) = n.agent.take() {
+            let status = old.stop()?;
+            if !status.success() {
+                bail!("weftd on {} exited with {status}", n.spec.name);
+            }
+        }
+        n.agent = Some(start_agent(
+            &self.weftd,
+            &n.ns,
+            &n.spec,
+            &self.api,
+            &self.net_conf,
+            self.nat,
+            self.dir.path(),
+        )?);
+        // subnet.env is still there from before: readiness is /readyz.
+        let t0 = std::time::Instant::now();
+        while n
+            .ns
+            .exec(&[
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-m",
+                "1",
+                "http://127.0.0.1:8081/readyz",
+            ])
+            .unwrap_or_default()
+            != "200"
+        {
+            if t0.elapsed() > Duration::from_secs(60) {
+                bail!("weftd on {} not ready again after 60 s", n.spec.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
     }
 
     /// Waits until every node routes to every other node's pod subnet.
@@ -335,6 +379,27 @@ fn ping(ns: &Netns, ip: Ipv4Addr) -> bool {
     ns.exec_status(&["ping", "-c1", "-W2", "-q", &ip.to_string()])
         .map(|o| o.status.success())
         .unwrap_or(false)
+}
+
+fn start_agent(
+    weftd: &Path,
+    ns: &Netns,
+    spec: &NodeSpec,
+    api: &Api,
+    net_conf: &str,
+    nat: NatMode,
+    dir: &Path,
+) -> anyhow::Result<Weftd> {
+    let mode = format!("--nat-mode={nat}");
+    Weftd::start(
+        weftd,
+        ns,
+        &spec.name,
+        &api.kubeconfig(),
+        net_conf,
+        &dir.join(&spec.name),
+        &[&mode, "--healthz-port=8081"],
+    )
 }
 
 /// Runs the CNI plugin `flannel` from `bin` in `node` for container `id` in `pod`.
