@@ -14,7 +14,7 @@ use serde_json::Value;
 use weft_integration::kube_api::RealApiServer;
 use weft_integration::node_api::NodeApi;
 use weft_integration::topology::CLUSTER;
-use weft_integration::weftd::{net_conf, Weftd};
+use weft_integration::weftd::{health_status, net_conf, Weftd};
 use weft_integration::witness::KernelWitness;
 use weft_integration::{seed_nodes, Cluster, NodeSpec};
 use weft_netns::{require_netns, Netns};
@@ -166,22 +166,6 @@ fn start_weftd(lab: &Lab, spec: &NodeSpec) -> Weftd {
     .unwrap()
 }
 
-/// The HTTP status of `path` on a node's health server.
-fn http_status(ns: &Netns, port: u16, path: &str) -> String {
-    ns.exec(&[
-        "curl",
-        "-s",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "-m",
-        "2",
-        &format!("http://127.0.0.1:{port}{path}"),
-    ])
-    .unwrap_or_default()
-}
-
 fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> Duration {
     let t0 = Instant::now();
     while !ok() {
@@ -304,8 +288,8 @@ fn check_converged_cluster(lab: &Lab) {
             (format!("{PREFIX}/public-ip"), me.ip.to_string()),
         ]);
         assert_eq!(ann, want, "annotations of {}", me.name);
-        assert_eq!(http_status(ns, 8471, "/healthz"), "200");
-        assert_eq!(http_status(ns, 8471, "/readyz"), "200");
+        assert_eq!(health_status(ns, 8471, "/healthz"), "200");
+        assert_eq!(health_status(ns, 8471, "/readyz"), "200");
         let node = lab.api.node(&me.name).unwrap();
         let conds = node["status"]["conditions"]
             .as_array()
@@ -618,7 +602,7 @@ fn readyz_is_503_until_the_node_exists() {
     )
     .unwrap();
     wait_until("ghost's health server", Duration::from_secs(10), || {
-        http_status(ns, 8479, "/healthz") == "200"
+        health_status(ns, 8479, "/healthz") == "200"
     });
-    assert_eq!(http_status(ns, 8479, "/readyz"), "503");
+    assert_eq!(health_status(ns, 8479, "/readyz"), "503");
 }

@@ -17,7 +17,7 @@ use crate::cni_call::CniCall;
 use crate::kube_api::RealApiServer;
 use crate::node_api::NodeApi;
 use crate::topology::{NodeSpec, CLUSTER};
-use crate::weftd::{net_conf, Weftd};
+use crate::weftd::{health_status, net_conf, Weftd};
 
 /// The API server's address on the switch.
 pub const API_IP: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 1);
@@ -267,22 +267,7 @@ impl Lab {
         )?);
         // subnet.env is still there from before: readiness is /readyz.
         let t0 = std::time::Instant::now();
-        while n
-            .ns
-            .exec(&[
-                "curl",
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "-m",
-                "1",
-                "http://127.0.0.1:8081/readyz",
-            ])
-            .unwrap_or_default()
-            != "200"
-        {
+        while health_status(&n.ns, 8081, "/readyz") != "200" {
             if t0.elapsed() > Duration::from_secs(60) {
                 bail!("weftd on {} not ready again after 60 s", n.spec.name);
             }

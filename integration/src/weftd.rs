@@ -197,3 +197,20 @@ impl Drop for Weftd {
         }
     }
 }
+
+/// The HTTP status code (`"200"`, `"503"`, or `""` when nothing answers) of
+/// `path` on weftd's health server at `port` in `ns`.
+pub fn health_status(ns: &Netns, port: u16, path: &str) -> String {
+    ns.exec(&[
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-m",
+        "2",
+        &format!("http://127.0.0.1:{port}{path}"),
+    ])
+    .unwrap_or_default()
+}

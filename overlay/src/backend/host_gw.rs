@@ -6,7 +6,7 @@ use ipnet::Ipv4Net;
 use super::{Backend, PeerEntries};
 use crate::error::LeaseFault;
 use crate::model::{Lease, LocalNode, UnderlayFacts};
-use crate::state::{Dev, Route, VxlanDevice, ROUTE_PROTOCOL};
+use crate::state::VxlanDevice;
 
 /// The host-gw backend.
 #[derive(Debug, Clone, Copy, Default)]
@@ -29,16 +29,6 @@ impl Backend for HostGw {
         if !underlay.is_on_link(lease.public_ip) {
             return Err(("public-ip", LeaseFault::NotOnLink(lease.public_ip)));
         }
-        Ok(PeerEntries {
-            route: Route {
-                dst: lease.subnet,
-                via: lease.public_ip,
-                dev: Dev::Underlay,
-                onlink: false,
-                protocol: ROUTE_PROTOCOL,
-            },
-            neighbour: None,
-            fdb: None,
-        })
+        Ok(PeerEntries::direct(lease))
     }
 }

@@ -51,3 +51,21 @@ pub struct PeerEntries {
     /// The FDB entry for the peer's VTEP (VXLAN only).
     pub fdb: Option<FdbEntry>,
 }
+
+impl PeerEntries {
+    /// A plain route to the peer's subnet via its node IP on the underlay
+    /// (host-gw, and VXLAN DirectRouting for peers on the same L2 network).
+    pub fn direct(lease: &Lease) -> PeerEntries {
+        PeerEntries {
+            route: Route {
+                dst: lease.subnet,
+                via: lease.public_ip,
+                dev: crate::state::Dev::Underlay,
+                onlink: false,
+                protocol: crate::state::ROUTE_PROTOCOL,
+            },
+            neighbour: None,
+            fdb: None,
+        }
+    }
+}

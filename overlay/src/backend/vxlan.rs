@@ -139,17 +139,7 @@ impl Backend for Vxlan {
             ));
         }
         if self.config.direct_routing && underlay.is_on_link(lease.public_ip) {
-            return Ok(PeerEntries {
-                route: Route {
-                    dst: lease.subnet,
-                    via: lease.public_ip,
-                    dev: Dev::Underlay,
-                    onlink: false,
-                    protocol: ROUTE_PROTOCOL,
-                },
-                neighbour: None,
-                fdb: None,
-            });
+            return Ok(PeerEntries::direct(lease));
         }
         let gateway = lease.subnet.network();
         Ok(PeerEntries {
