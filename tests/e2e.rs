@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use weft_integration::lab::{Backend, Binaries, Lab};
 use weft_integration::seed_nodes;
+use weft_integration::topology::NodeSpec;
 use weft_nat::NatMode;
-use weft_netns::require_netns;
+use weft_netns::{require_netns, Netns};
 
 fn binaries() -> Binaries {
     Binaries {
@@ -21,10 +22,14 @@ fn binaries() -> Binaries {
     }
 }
 
-/// The seed's tables on every node, for this backend.
+/// The seed's tables on every node, for this backend (weft's routes carry
+/// protocol 119; a flannel-made node's carry none).
 fn assert_tables(lab: &Lab, backend: Backend) {
     for n in &lab.nodes {
-        let routes = n.ns.ip(&["route", "show", "proto", "119"]).unwrap();
+        let routes = match n.agent {
+            Some(_) => n.ns.ip(&["route", "show", "proto", "119"]).unwrap(),
+            None => n.ns.ip(&["route", "show"]).unwrap(),
+        };
         let neigh = n.ns.ip(&["neigh", "show", "nud", "permanent"]).unwrap();
         let fdb =
             n.ns.exec(&["bridge", "fdb", "show", "dev", "flannel.1"])
@@ -64,16 +69,21 @@ fn assert_tables(lab: &Lab, backend: Backend) {
     }
 }
 
+/// The node's NAT rules as the mode lists them (both iptables tables, or
+/// the nftables table).
+fn nat_listing(ns: &Netns, nat: NatMode) -> String {
+    match nat {
+        NatMode::IptablesLegacy => ns.exec(&["iptables-legacy-save"]).unwrap(),
+        NatMode::IptablesNft => ns.exec(&["iptables-nft-save"]).unwrap(),
+        NatMode::Nftables => ns
+            .exec(&["nft", "list", "table", "ip", "flannel-ipv4"])
+            .unwrap(),
+    }
+}
+
 fn assert_nat(lab: &Lab, nat: NatMode) {
     for n in &lab.nodes {
-        let listing = match nat {
-            NatMode::IptablesLegacy => n.ns.exec(&["iptables-legacy-save", "-t", "nat"]).unwrap(),
-            NatMode::IptablesNft => n.ns.exec(&["iptables-nft-save", "-t", "nat"]).unwrap(),
-            NatMode::Nftables => {
-                n.ns.exec(&["nft", "list", "table", "ip", "flannel-ipv4"])
-                    .unwrap()
-            }
-        };
+        let listing = nat_listing(&n.ns, nat);
         let random = if nat == NatMode::Nftables {
             "masquerade fully-random"
         } else {
@@ -175,4 +185,320 @@ fn restarting_weftd_under_traffic_loses_no_packet() {
         text.contains("400 packets transmitted, 400 received"),
         "packets lost during the restarts:\n{text}"
     );
+}
+
+/// The node the mixed and migration tests set up the way flannel does.
+const FLANNEL_NODE: usize = 2;
+
+/// A lab whose worker2 flanneld and flannel's CNI plugin set up (no weftd
+/// there), with one pod per node, once every node routes to every other.
+fn mixed_lab(backend: Backend, nat: NatMode) -> Lab {
+    let specs = seed_nodes();
+    let flannel = specs[FLANNEL_NODE].name.clone();
+    let mut lab = Lab::start_mixed(&specs, &[&flannel], backend, nat, &binaries()).unwrap();
+    assert!(lab.nodes[FLANNEL_NODE].agent.is_none());
+    for i in 0..lab.nodes.len() {
+        lab.add_pod(i, &format!("m{}", i + 1)).unwrap();
+    }
+    lab.wait_for_overlay(Duration::from_secs(20)).unwrap();
+    lab
+}
+
+fn assert_full_matrix(lab: &Lab, what: &str) {
+    let matrix = lab.ping_matrix();
+    assert!(
+        matrix.iter().flatten().all(|ok| *ok),
+        "{what}: pod ping matrix {matrix:?}"
+    );
+}
+
+#[test]
+fn flannel_and_weft_nodes_share_a_cluster() {
+    require_netns!();
+    for (backend, nat) in [
+        (Backend::Vxlan, NatMode::IptablesNft),
+        (Backend::HostGw, NatMode::IptablesLegacy),
+        (Backend::VxlanDirect, NatMode::Nftables),
+    ] {
+        let lab = mixed_lab(backend, nat);
+        // The weft nodes programmed the flannel node from flannel's
+        // annotations, the flannel node the weft nodes from weft's.
+        assert_tables(&lab, backend);
+        assert_nat(&lab, nat);
+        assert_full_matrix(&lab, &format!("mixed {backend:?} × {nat}"));
+        for c in lab.outside_checks().unwrap() {
+            assert!(
+                c.masqueraded() && c.kept_source(),
+                "mixed {backend:?} × {nat}: {c:?}"
+            );
+        }
+        eprintln!("mixed {backend:?} × {nat}: flannel node and weft nodes reach each other");
+    }
+}
+
+/// Counts of the lines that occur more than once.
+fn repeated<'a>(items: impl IntoIterator<Item = &'a str>) -> Vec<(&'a str, usize)> {
+    let mut seen = std::collections::BTreeMap::new();
+    for i in items {
+        *seen.entry(i).or_insert(0) += 1;
+    }
+    seen.into_iter().filter(|(_, n)| *n > 1).collect()
+}
+
+/// No route, neighbour, FDB entry or NAT rule twice on `ns`, and exactly
+/// flannel's rule set in the mode `nat` (none in the other modes).
+fn assert_no_duplicates(ns: &Netns, nat: NatMode) {
+    let routes = ns
+        .ip_json(&["route", "show", "match", "10.244.0.0/16"])
+        .unwrap();
+    let dsts: Vec<&str> = routes
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["dst"].as_str())
+        .collect();
+    assert!(
+        repeated(dsts.iter().copied()).is_empty(),
+        "routes twice: {routes:#}"
+    );
+    let neigh = ns.ip_json(&["neigh", "show", "nud", "permanent"]).unwrap();
+    let ips: Vec<&str> = neigh
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n["dst"].as_str())
+        .collect();
+    assert!(
+        repeated(ips.iter().copied()).is_empty(),
+        "neighbours twice: {neigh:#}"
+    );
+    let fdb = ns
+        .exec(&["bridge", "-j", "fdb", "show", "dev", "flannel.1"])
+        .unwrap_or_else(|_| "[]".into());
+    let fdb: serde_json::Value = serde_json::from_str(&fdb).unwrap_or_default();
+    let macs: Vec<&str> = fdb
+        .as_array()
+        .map(|a| a.iter().filter_map(|f| f["mac"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        repeated(macs.iter().copied()).is_empty(),
+        "FDB entries twice: {fdb:#}"
+    );
+
+    let listing = nat_listing(ns, nat);
+    let rules: Vec<&str> = listing
+        .lines()
+        .map(str::trim)
+        .filter(|l| match nat {
+            NatMode::Nftables => {
+                !l.starts_with("type ")
+                    && !l.starts_with("comment ")
+                    && (l.contains(" return") || l.contains(" accept") || l.contains(" masquerade"))
+            }
+            _ => l.starts_with("-A ") && l.contains("FLANNEL") || l.contains("flanneld"),
+        })
+        .collect();
+    assert!(
+        repeated(rules.iter().copied()).is_empty(),
+        "rules twice:\n{listing}"
+    );
+    // flannel's set: six SNAT and two forward rules, plus the two jumps in iptables.
+    let want = if nat == NatMode::Nftables { 8 } else { 10 };
+    assert_eq!(rules.len(), want, "{nat}:\n{listing}");
+    for other in [NatMode::IptablesLegacy, NatMode::IptablesNft] {
+        if other != nat {
+            let save = nat_listing(ns, other);
+            assert!(
+                !save.contains("FLANNEL"),
+                "{other} still has rules:\n{save}"
+            );
+        }
+    }
+    if nat != NatMode::Nftables {
+        let tables = ns.exec(&["nft", "list", "tables"]).unwrap();
+        assert!(!tables.contains("flannel-ipv4"), "{tables}");
+    }
+}
+
+/// `ip -j link show flannel.1`'s index and MAC, if the device exists.
+fn vtep(ns: &Netns) -> Option<(u64, String)> {
+    let l = ns.ip_json(&["link", "show", "flannel.1"]).ok()?;
+    let l = l.get(0)?;
+    Some((l["ifindex"].as_u64()?, l["address"].as_str()?.to_string()))
+}
+
+fn take_over(backend: Backend, nat: NatMode) {
+    let mut lab = mixed_lab(backend, nat);
+    assert_full_matrix(&lab, &format!("before the takeover, {backend:?} × {nat}"));
+    let node = FLANNEL_NODE;
+    let ns = lab.nodes[node].ns.name().to_string();
+    let device = vtep(&lab.nodes[node].ns);
+    let subnet_env = std::fs::read(
+        lab.path()
+            .join(&lab.nodes[node].spec.name)
+            .join("subnet.env"),
+    )
+    .unwrap();
+    // Flannel's own state is clean to begin with.
+    assert_no_duplicates(&lab.nodes[node].ns, nat);
+
+    // A pod on control-plane pings worker2's pod through the switch every
+    // 10 ms while weftd takes worker2 over.
+    let target = lab.nodes[node].pods[0].ip.to_string();
+    let mut ping = lab.nodes[0].pods[0]
+        .ns
+        .command(&["ping", "-i", "0.01", "-c", "600", "-W", "1", "-q", &target])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let t0 = std::time::Instant::now();
+    lab.take_over(node).unwrap();
+    let took = t0.elapsed();
+    assert!(
+        ping.try_wait().unwrap().is_none(),
+        "the ping ended before weftd was ready ({took:?}): the test proves nothing"
+    );
+    let out = ping.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (sent, received) = ping_counts(&text).unwrap_or_else(|| panic!("{text}"));
+    eprintln!(
+        "takeover {backend:?} × {nat} in {ns}: weftd ready after {:.0} ms; {sent} pings sent, {received} received",
+        took.as_secs_f64() * 1e3
+    );
+    assert!(
+        sent - received <= 1,
+        "{backend:?} × {nat}: {} packets lost:\n{text}",
+        sent - received
+    );
+
+    let n = &lab.nodes[node];
+    // weftd adopted flannel.1 (same device, same MAC), owns the routes now,
+    // left subnet.env as flannel wrote it, and nothing is there twice.
+    assert_eq!(vtep(&n.ns), device, "flannel.1 was recreated or changed");
+    assert_no_duplicates(&n.ns, nat);
+    assert_eq!(
+        std::fs::read(lab.path().join(&n.spec.name).join("subnet.env")).unwrap(),
+        subnet_env
+    );
+    let t0 = std::time::Instant::now();
+    loop {
+        let boot =
+            n.ns.ip(&["route", "show", "match", "10.244.0.0/16", "proto", "boot"])
+                .unwrap();
+        if boot.trim().is_empty() {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "flannel's routes not adopted: {boot}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_tables(&lab, backend);
+    assert_full_matrix(&lab, &format!("after the takeover, {backend:?} × {nat}"));
+    // The pod flannel's CNI plugin made is deleted by weft-cni from
+    // flannel's saved delegate config.
+    let pod = lab.nodes[node].pods[0].name.clone();
+    lab.delete_pod(node, &pod).unwrap();
+    let ipam = lab
+        .path()
+        .join(&lab.nodes[node].spec.name)
+        .join("cni-ipam/cbr0");
+    let reserved = std::fs::read_dir(&ipam)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("10.244."))
+        .count();
+    assert_eq!(
+        reserved, 0,
+        "host-local still holds the deleted pod's address"
+    );
+}
+
+/// `(transmitted, received)` from ping's summary line.
+fn ping_counts(text: &str) -> Option<(u64, u64)> {
+    let line = text.lines().find(|l| l.contains("packets transmitted"))?;
+    let mut nums = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty());
+    Some((nums.next()?.parse().ok()?, nums.next()?.parse().ok()?))
+}
+
+#[test]
+fn weftd_takes_over_a_flannel_node_iptables_legacy() {
+    require_netns!();
+    take_over(Backend::Vxlan, NatMode::IptablesLegacy);
+}
+
+#[test]
+fn weftd_takes_over_a_flannel_node_iptables_nft() {
+    require_netns!();
+    take_over(Backend::Vxlan, NatMode::IptablesNft);
+    take_over(Backend::HostGw, NatMode::IptablesNft);
+}
+
+#[test]
+fn weftd_takes_over_a_flannel_node_nftables() {
+    require_netns!();
+    take_over(Backend::Vxlan, NatMode::Nftables);
+}
+
+#[test]
+fn nodes_added_and_removed_at_run_time() {
+    require_netns!();
+    let mut lab = Lab::start(
+        &seed_nodes(),
+        Backend::Vxlan,
+        NatMode::Nftables,
+        &binaries(),
+    )
+    .unwrap();
+    for i in 0..lab.nodes.len() {
+        lab.add_pod(i, &format!("a{}", i + 1)).unwrap();
+    }
+    lab.wait_for_overlay(Duration::from_secs(20)).unwrap();
+    let worker3 = NodeSpec {
+        name: "worker3".into(),
+        ip: "172.18.0.5".parse().unwrap(),
+        subnet: "10.244.3.0/24".parse().unwrap(),
+    };
+    let t0 = std::time::Instant::now();
+    let i = lab.add_node(&worker3).unwrap();
+    let ready = t0.elapsed();
+    lab.wait_for_overlay(Duration::from_secs(20)).unwrap();
+    eprintln!(
+        "worker3 added: its weftd ready {:.0} ms and every node routing to it {:.0} ms after the Node was created",
+        ready.as_secs_f64() * 1e3,
+        t0.elapsed().as_secs_f64() * 1e3
+    );
+    lab.add_pod(i, "a4").unwrap();
+    assert_tables(&lab, Backend::Vxlan);
+    assert_full_matrix(&lab, "with worker3");
+
+    let t0 = std::time::Instant::now();
+    lab.remove_node(i).unwrap();
+    let gone = |n: &weft_integration::lab::LabNode| {
+        let routes = n.ns.ip(&["route", "show"]).unwrap();
+        let neigh = n.ns.ip(&["neigh", "show", "dev", "flannel.1"]).unwrap();
+        let fdb =
+            n.ns.exec(&["bridge", "fdb", "show", "dev", "flannel.1"])
+                .unwrap();
+        !routes.contains("10.244.3.0/24")
+            && !neigh.contains("10.244.3.0")
+            && !fdb.contains("172.18.0.5")
+    };
+    while !lab.nodes.iter().all(gone) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "worker3's route, neighbour or FDB entry is still there"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    eprintln!(
+        "worker3 removed: its route, neighbour and FDB entry gone everywhere {:.0} ms after the Node was deleted (weftd stopped meanwhile)",
+        t0.elapsed().as_secs_f64() * 1e3
+    );
+    assert_tables(&lab, Backend::Vxlan);
+    assert_full_matrix(&lab, "after worker3 left");
 }

@@ -8,12 +8,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use ipnet::Ipv4Net;
 use serde_json::{json, Value};
 use weft_nat::NatMode;
 use weft_netns::probe::seen_source;
 use weft_netns::{Netns, Switch};
 
 use crate::cni_call::CniCall;
+use crate::flannel_node::{peer_of, FlannelNode, Peer};
 use crate::kube_api::RealApiServer;
 use crate::node_api::NodeApi;
 use crate::topology::{NodeSpec, CLUSTER};
@@ -70,6 +72,35 @@ impl Api {
         }
     }
 
+    /// Sets annotations on a Node as flanneld does (status subresource).
+    fn annotate_node(&self, name: &str, annotations: &[(String, String)]) -> anyhow::Result<()> {
+        match self {
+            Api::Real(r) => r.annotate_node(name, annotations),
+            Api::Embedded(e, _) => e
+                .update_node(name, |node| {
+                    for (k, v) in annotations {
+                        node["metadata"]["annotations"][k] = Value::from(v.as_str());
+                    }
+                })
+                .map(drop),
+        }
+    }
+
+    /// Every Node of the API, as JSON.
+    pub fn nodes(&self, names: &[&str]) -> anyhow::Result<Vec<Value>> {
+        match self {
+            Api::Real(r) => names.iter().filter_map(|n| r.node(n).transpose()).collect(),
+            Api::Embedded(e, _) => Ok(names.iter().filter_map(|n| e.node(n)).collect()),
+        }
+    }
+
+    fn delete_node(&self, name: &str) -> anyhow::Result<()> {
+        match self {
+            Api::Real(r) => r.delete_node(name),
+            Api::Embedded(e, _) => e.delete_node(name),
+        }
+    }
+
     fn create_node(&self, spec: &NodeSpec) -> anyhow::Result<()> {
         match self {
             Api::Real(r) => r.create_node(&spec.name, &spec.subnet.to_string(), spec.ip, &[]),
@@ -98,8 +129,10 @@ pub struct LabNode {
     pub spec: NodeSpec,
     /// Its namespace.
     pub ns: Netns,
-    /// weftd.
+    /// weftd (`None` on a node whose data plane flannel made).
     pub agent: Option<Weftd>,
+    /// What flannel made on this node, until weftd takes it over.
+    pub flannel: Option<FlannelNode>,
     /// Its pods.
     pub pods: Vec<Pod>,
 }
@@ -130,6 +163,7 @@ pub struct Lab {
     cni_bin: PathBuf,
     weftd: PathBuf,
     net_conf: String,
+    backend: Backend,
     nat: NatMode,
 }
 
@@ -137,6 +171,21 @@ impl Lab {
     /// Builds the lab and waits until every agent is ready.
     pub fn start(
         specs: &[NodeSpec],
+        backend: Backend,
+        nat: NatMode,
+        bins: &Binaries,
+    ) -> anyhow::Result<Lab> {
+        Self::start_mixed(specs, &[], backend, nat, bins)
+    }
+
+    /// Builds the lab with the nodes named in `flannel` set up the way
+    /// flanneld would have set them up (see [`FlannelNode`]: annotations,
+    /// device, peers, NAT rules and subnet.env, no weftd) and weftd on the
+    /// others; returns once every weftd is ready and every flannel node
+    /// knows every peer.
+    pub fn start_mixed(
+        specs: &[NodeSpec],
+        flannel: &[&str],
         backend: Backend,
         nat: NatMode,
         bins: &Binaries,
@@ -167,53 +216,181 @@ impl Lab {
         }
         let outside = Netns::new("lab-out")?;
         switch.attach(&outside, "eth0", &format!("{OUTSIDE_IP}/16"))?;
-        for s in specs {
-            // The outside world knows how to reach the pods it talks to (a router would).
-            outside.ip(&[
-                "route",
-                "add",
-                &s.subnet.to_string(),
-                "via",
-                &s.ip.to_string(),
-            ])?;
-        }
-        let net = net_conf(CLUSTER, backend.json(), nat == NatMode::Nftables);
-        let mut nodes = Vec::new();
-        for s in specs {
-            api.create_node(s)?;
-            let role: String = s
-                .name
-                .chars()
-                .filter(char::is_ascii_alphanumeric)
-                .take(8)
-                .collect();
-            let ns = Netns::new(&format!("lab-{role}"))?;
-            switch.attach(&ns, "eth0", &format!("{}/16", s.ip))?;
-            ns.sysctl("net.ipv4.ip_forward", "1")?;
-            let agent = start_agent(&bins.weftd, &ns, s, &api, &net, nat, dir.path())?;
-            nodes.push(LabNode {
-                spec: s.clone(),
-                ns,
-                agent: Some(agent),
-                pods: Vec::new(),
-            });
-        }
-        for n in &mut nodes {
-            if let Some(a) = n.agent.as_mut() {
-                a.wait_ready(Duration::from_secs(60))?;
-            }
-        }
-        Ok(Lab {
+        let mut lab = Lab {
             weftd: bins.weftd.clone(),
-            net_conf: net,
+            net_conf: net_conf(CLUSTER, backend.json(), nat == NatMode::Nftables),
+            backend,
             nat,
-            nodes,
+            nodes: Vec::new(),
             outside,
             api,
             switch,
             dir,
             cni_bin,
-        })
+        };
+        for s in specs {
+            if flannel.contains(&s.name.as_str()) {
+                lab.add_flannel_node(s)?;
+            } else {
+                lab.join_node(s)?;
+            }
+        }
+        for n in &mut lab.nodes {
+            if let Some(a) = n.agent.as_mut() {
+                a.wait_ready(Duration::from_secs(60))?;
+            }
+        }
+        lab.teach_flannel_nodes(Duration::from_secs(30))?;
+        Ok(lab)
+    }
+
+    /// The cluster network.
+    fn network(&self) -> Ipv4Net {
+        CLUSTER.parse().unwrap_or_default()
+    }
+
+    /// The namespace of a new node on the switch, with forwarding on, and
+    /// the outside host's route to its pods (a router would have one).
+    fn node_namespace(&self, s: &NodeSpec) -> anyhow::Result<Netns> {
+        let role: String = s
+            .name
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .take(8)
+            .collect();
+        let ns = Netns::new(&format!("lab-{role}"))?;
+        self.switch.attach(&ns, "eth0", &format!("{}/16", s.ip))?;
+        ns.sysctl("net.ipv4.ip_forward", "1")?;
+        self.outside.ip(&[
+            "route",
+            "replace",
+            &s.subnet.to_string(),
+            "via",
+            &s.ip.to_string(),
+        ])?;
+        Ok(ns)
+    }
+
+    /// Creates the Node in the API, its namespace, and starts weftd there
+    /// (without waiting for it); returns the node's index.
+    fn join_node(&mut self, s: &NodeSpec) -> anyhow::Result<usize> {
+        self.api.create_node(s)?;
+        let ns = self.node_namespace(s)?;
+        let agent = start_agent(
+            &self.weftd,
+            &ns,
+            s,
+            &self.api,
+            &self.net_conf,
+            self.nat,
+            self.dir.path(),
+        )?;
+        self.nodes.push(LabNode {
+            spec: s.clone(),
+            ns,
+            agent: Some(agent),
+            flannel: None,
+            pods: Vec::new(),
+        });
+        Ok(self.nodes.len() - 1)
+    }
+
+    /// A node as flanneld leaves it: its Node annotated as flannel does,
+    /// `flannel.1`, the NAT rules of the lab's mode and subnet.env (peers
+    /// come with [`teach_flannel_nodes`](Self::teach_flannel_nodes)).
+    fn add_flannel_node(&mut self, s: &NodeSpec) -> anyhow::Result<usize> {
+        let f = FlannelNode::new(s, self.backend)?;
+        self.api.create_node(s)?;
+        self.api.annotate_node(&s.name, &f.annotations())?;
+        let ns = self.node_namespace(s)?;
+        let subnet_file = self.dir.path().join(&s.name).join("subnet.env");
+        f.set_up(&ns, self.network(), self.nat, &subnet_file)?;
+        self.nodes.push(LabNode {
+            spec: s.clone(),
+            ns,
+            agent: None,
+            flannel: Some(f),
+            pods: Vec::new(),
+        });
+        Ok(self.nodes.len() - 1)
+    }
+
+    /// Does for every flannel-made node what flanneld's watch would: waits
+    /// until every other node has published flannel's annotations, then
+    /// programs it as a peer.
+    fn teach_flannel_nodes(&self, timeout: Duration) -> anyhow::Result<()> {
+        if self.nodes.iter().all(|n| n.flannel.is_none()) {
+            return Ok(());
+        }
+        let names: Vec<&str> = self.nodes.iter().map(|n| n.spec.name.as_str()).collect();
+        let t0 = std::time::Instant::now();
+        let peers = loop {
+            let peers: Vec<Peer> = self.api.nodes(&names)?.iter().filter_map(peer_of).collect();
+            if peers.len() == names.len() {
+                break peers;
+            }
+            if t0.elapsed() > timeout {
+                bail!(
+                    "not every node published flannel's annotations within {timeout:?}: {peers:?}"
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        for n in &self.nodes {
+            if let Some(f) = &n.flannel {
+                f.add_peers(&n.ns, &peers)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds a node at run time: the Node in the API, its namespace, weftd;
+    /// returns its index once weftd is ready.
+    pub fn add_node(&mut self, s: &NodeSpec) -> anyhow::Result<usize> {
+        let i = self.join_node(s)?;
+        if let Some(a) = self.nodes[i].agent.as_mut() {
+            a.wait_ready(Duration::from_secs(60))?;
+        }
+        Ok(i)
+    }
+
+    /// Removes a node at run time, as a cluster operator does: deletes the
+    /// Node from the API, stops its weftd, and deletes its namespace and
+    /// its pods'.
+    pub fn remove_node(&mut self, node: usize) -> anyhow::Result<()> {
+        if node >= self.nodes.len() {
+            bail!("no node {node}");
+        }
+        let n = self.nodes.remove(node);
+        self.api.delete_node(&n.spec.name)?;
+        let _ = self
+            .outside
+            .ip(&["route", "del", &n.spec.subnet.to_string()]);
+        if let Some(agent) = n.agent {
+            agent.stop()?;
+        }
+        Ok(())
+    }
+
+    /// Migration: starts weftd on a node whose data plane flannel made, with
+    /// the same net-conf.json, subnet file and flags, and returns once it
+    /// is ready.
+    pub fn take_over(&mut self, node: usize) -> anyhow::Result<()> {
+        let n = self.nodes.get_mut(node).context("no such node")?;
+        if n.agent.is_some() {
+            bail!("{} already runs weftd", n.spec.name);
+        }
+        n.agent = Some(start_agent(
+            &self.weftd,
+            &n.ns,
+            &n.spec,
+            &self.api,
+            &self.net_conf,
+            self.nat,
+            self.dir.path(),
+        )?);
+        n.flannel = None;
+        wait_readyz(n)
     }
 
     /// Creates a pod on node `node` through the CNI plugin, as a container runtime does.
@@ -221,16 +398,17 @@ impl Lab {
         let n = self.nodes.get_mut(node).context("no such node")?;
         let ns = Netns::new(name)?;
         let base = self.dir.path().join(&n.spec.name);
-        let conf = json!({
-            "cniVersion": "0.3.1",
-            "name": "cbr0",
-            "type": "flannel",
-            "subnetFile": base.join("subnet.env"),
-            "dataDir": base.join("cni-flannel"),
-            "ipam": {"dataDir": base.join("cni-ipam")},
-            "delegate": {"hairpinMode": true, "isDefaultGateway": true}
-        });
-        let result = cni(&n.ns, &self.cni_bin, "ADD", name, &ns, &conf)?;
+        let conf = pod_conf(&base);
+        let result = match &n.flannel {
+            // What flannel's CNI plugin does: save the delegate under
+            // dataDir/<containerID> (0600), then run bridge with it.
+            Some(f) => {
+                let delegate = f.delegate(CLUSTER.parse()?, &base.join("cni-ipam"));
+                save_private(&base.join("cni-flannel"), name, &delegate.to_string())?;
+                cni(&n.ns, &self.cni_bin, "bridge", "ADD", name, &ns, &delegate)?
+            }
+            None => cni(&n.ns, &self.cni_bin, "flannel", "ADD", name, &ns, &conf)?,
+        };
         let ip = result_ip(&result)
             .with_context(|| format!("no IPv4 address in the CNI result {result}"))?;
         n.pods.push(Pod {
@@ -239,6 +417,29 @@ impl Lab {
             ip,
         });
         Ok(ip)
+    }
+
+    /// Deletes pod `name` of node `node` through the CNI plugin (weft-cni as
+    /// `flannel`, whoever created the pod), as a container runtime does.
+    pub fn delete_pod(&mut self, node: usize, name: &str) -> anyhow::Result<()> {
+        let n = self.nodes.get_mut(node).context("no such node")?;
+        let i = n
+            .pods
+            .iter()
+            .position(|p| p.name == name)
+            .with_context(|| format!("no pod {name} on {}", n.spec.name))?;
+        let base = self.dir.path().join(&n.spec.name);
+        cni(
+            &n.ns,
+            &self.cni_bin,
+            "flannel",
+            "DEL",
+            name,
+            &n.pods[i].ns,
+            &pod_conf(&base),
+        )?;
+        n.pods.remove(i);
+        Ok(())
     }
 
     /// The lab's files.
@@ -265,22 +466,15 @@ impl Lab {
             self.nat,
             self.dir.path(),
         )?);
-        // subnet.env is still there from before: readiness is /readyz.
-        let t0 = std::time::Instant::now();
-        while health_status(&n.ns, 8081, "/readyz") != "200" {
-            if t0.elapsed() > Duration::from_secs(60) {
-                bail!("weftd on {} not ready again after 60 s", n.spec.name);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(())
+        wait_readyz(n)
     }
 
     /// Waits until every node routes to every other node's pod subnet.
     pub fn wait_for_overlay(&self, timeout: Duration) -> anyhow::Result<Duration> {
         let t0 = std::time::Instant::now();
         loop {
-            let done = self.nodes.iter().all(|n| {
+            // flannel-made nodes are programmed when the lab starts.
+            let done = self.nodes.iter().filter(|n| n.agent.is_some()).all(|n| {
                 let routes =
                     n.ns.ip(&["route", "show", "proto", "119"])
                         .unwrap_or_default();
@@ -360,6 +554,24 @@ impl OutsideCheck {
     }
 }
 
+/// Waits until weftd on `n` answers /readyz with 200 (subnet.env may be
+/// there from before, so it is not the sign).
+fn wait_readyz(n: &mut LabNode) -> anyhow::Result<()> {
+    let t0 = std::time::Instant::now();
+    while health_status(&n.ns, 8081, "/readyz") != "200" {
+        if let Some(a) = n.agent.as_mut() {
+            if !a.is_running() {
+                bail!("weftd on {} exited:\n{}", n.spec.name, a.log());
+            }
+        }
+        if t0.elapsed() > Duration::from_secs(60) {
+            bail!("weftd on {} not ready after 60 s", n.spec.name);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
 fn ping(ns: &Netns, ip: Ipv4Addr) -> bool {
     ns.exec_status(&["ping", "-c1", "-W2", "-q", &ip.to_string()])
         .map(|o| o.status.success())
@@ -387,16 +599,51 @@ fn start_agent(
     )
 }
 
-/// Runs the CNI plugin `flannel` from `bin` in `node` for container `id` in `pod`.
+/// The network configuration the runtime hands the `flannel` plugin on a
+/// node whose files are under `base`: flannel's conflist entry, with the
+/// node's subnet file and state directories.
+fn pod_conf(base: &Path) -> Value {
+    json!({
+        "cniVersion": "0.3.1",
+        "name": "cbr0",
+        "type": "flannel",
+        "subnetFile": base.join("subnet.env"),
+        "dataDir": base.join("cni-flannel"),
+        "ipam": {"dataDir": base.join("cni-ipam")},
+        "delegate": {"hairpinMode": true, "isDefaultGateway": true}
+    })
+}
+
+/// Writes `dir/name` readable by its owner only (dir 0700), synced.
+fn save_private(dir: &Path, name: &str, text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(dir.join(name))?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// Runs the CNI plugin `plugin` from `bin` in `node` for container `id` in `pod`.
 fn cni(
     node: &Netns,
     bin: &Path,
+    plugin: &str,
     command: &str,
     id: &str,
     pod: &Netns,
     conf: &Value,
 ) -> anyhow::Result<Value> {
-    let plugin = bin.join("flannel").to_string_lossy().to_string();
+    let plugin = bin.join(plugin).to_string_lossy().to_string();
     let netns = pod.path().to_string_lossy().to_string();
     let call = CniCall {
         command,

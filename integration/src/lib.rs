@@ -6,6 +6,7 @@ pub mod bench_agent;
 pub mod bench_cni;
 pub mod bench_nat;
 pub mod cni_call;
+pub mod flannel_node;
 pub mod kube_api;
 pub mod lab;
 pub mod node_api;

@@ -150,6 +150,28 @@ impl RealApiServer {
         })
     }
 
+    /// Sets `annotations` on Node `name` the way flanneld does: a
+    /// strategic-merge patch through the `status` subresource.
+    pub fn annotate_node(
+        &self,
+        name: &str,
+        annotations: &[(String, String)],
+    ) -> anyhow::Result<()> {
+        let annotations: serde_json::Map<String, Value> = annotations
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
+            .collect();
+        let patch = json!({"metadata": {"annotations": annotations}});
+        let name = name.to_owned();
+        self.admin(move |client| async move {
+            Api::<Node>::all(client)
+                .patch_status(&name, &PatchParams::default(), &Patch::Strategic(&patch))
+                .await
+                .with_context(|| format!("cannot annotate Node {name}"))?;
+            Ok(())
+        })
+    }
+
     /// Node `name` as JSON, or `None` if there is none.
     pub fn node(&self, name: &str) -> anyhow::Result<Option<Value>> {
         let name = name.to_owned();
