@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use weft_integration::lab::{Backend, Binaries, Lab};
+use weft_integration::lab::{Backend, Binaries, Lab, Pinger};
 use weft_integration::seed_nodes;
 use weft_integration::topology::NodeSpec;
 use weft_nat::NatMode;
@@ -166,24 +166,23 @@ fn restarting_weftd_under_traffic_loses_no_packet() {
         lab.add_pod(i, &format!("r{}", i + 1)).unwrap();
     }
     lab.wait_for_overlay(Duration::from_secs(20)).unwrap();
-    let target = lab.nodes[2].pods[0].ip.to_string();
     // 400 pings 10 ms apart from a pod on node 1 to a pod on node 3 while
     // both nodes' weftd restart.
-    let ping = lab.nodes[0].pods[0]
-        .ns
-        .command(&["ping", "-i", "0.01", "-c", "400", "-W", "1", "-q", &target])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut ping = Pinger::start(&lab.nodes[0].pods[0].ns, lab.nodes[2].pods[0].ip, 400).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     lab.restart_agent(2).unwrap();
     lab.restart_agent(0).unwrap();
-    let out = ping.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    eprintln!("{text}");
     assert!(
-        text.contains("400 packets transmitted, 400 received"),
-        "packets lost during the restarts:\n{text}"
+        ping.running(),
+        "the ping ended before the restarts were done"
+    );
+    let summary = ping.finish().unwrap();
+    eprintln!("{}", summary.text);
+    assert_eq!(
+        summary.lost(),
+        0,
+        "packets lost during the restarts:\n{}",
+        summary.text
     );
 }
 
@@ -236,6 +235,16 @@ fn flannel_and_weft_nodes_share_a_cluster() {
     }
 }
 
+/// No two objects of an `ip -j`/`bridge -j` listing share `key`.
+fn assert_unique(listing: &serde_json::Value, key: &str, what: &str) {
+    let keys = listing
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o[key].as_str());
+    assert!(repeated(keys).is_empty(), "{what} twice: {listing:#}");
+}
+
 /// Counts of the lines that occur more than once.
 fn repeated<'a>(items: impl IntoIterator<Item = &'a str>) -> Vec<(&'a str, usize)> {
     let mut seen = std::collections::BTreeMap::new();
@@ -249,40 +258,23 @@ fn repeated<'a>(items: impl IntoIterator<Item = &'a str>) -> Vec<(&'a str, usize
 /// flannel's rule set in the mode `nat` (none in the other modes).
 fn assert_no_duplicates(ns: &Netns, nat: NatMode) {
     let routes = ns
-        .ip_json(&["route", "show", "match", "10.244.0.0/16"])
+        .ip_json(&["route", "show", "root", "10.244.0.0/16"])
         .unwrap();
-    let dsts: Vec<&str> = routes
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|r| r["dst"].as_str())
-        .collect();
+    // This node's own subnet and the two peers' at least.
     assert!(
-        repeated(dsts.iter().copied()).is_empty(),
-        "routes twice: {routes:#}"
+        routes.as_array().is_some_and(|r| r.len() >= 3),
+        "{routes:#}"
     );
+    assert_unique(&routes, "dst", "routes");
     let neigh = ns.ip_json(&["neigh", "show", "nud", "permanent"]).unwrap();
-    let ips: Vec<&str> = neigh
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|n| n["dst"].as_str())
-        .collect();
-    assert!(
-        repeated(ips.iter().copied()).is_empty(),
-        "neighbours twice: {neigh:#}"
-    );
+    assert_unique(&neigh, "dst", "neighbours");
     let fdb = ns
         .exec(&["bridge", "-j", "fdb", "show", "dev", "flannel.1"])
         .unwrap_or_else(|_| "[]".into());
-    let fdb: serde_json::Value = serde_json::from_str(&fdb).unwrap_or_default();
-    let macs: Vec<&str> = fdb
-        .as_array()
-        .map(|a| a.iter().filter_map(|f| f["mac"].as_str()).collect())
-        .unwrap_or_default();
-    assert!(
-        repeated(macs.iter().copied()).is_empty(),
-        "FDB entries twice: {fdb:#}"
+    assert_unique(
+        &serde_json::from_str(&fdb).unwrap_or_default(),
+        "mac",
+        "FDB entries",
     );
 
     let listing = nat_listing(ns, nat);
@@ -339,37 +331,42 @@ fn take_over(backend: Backend, nat: NatMode) {
             .join("subnet.env"),
     )
     .unwrap();
-    // Flannel's own state is clean to begin with.
+    // Flannel's own state is clean to begin with, its routes untagged.
     assert_no_duplicates(&lab.nodes[node].ns, nat);
+    let flannel_routes = |ns: &Netns| {
+        ns.ip(&["route", "show", "root", "10.244.0.0/16", "proto", "boot"])
+            .unwrap()
+    };
+    assert_eq!(
+        flannel_routes(&lab.nodes[node].ns).lines().count(),
+        2,
+        "flannel's two peer routes"
+    );
 
     // A pod on control-plane pings worker2's pod through the switch every
     // 10 ms while weftd takes worker2 over.
-    let target = lab.nodes[node].pods[0].ip.to_string();
-    let mut ping = lab.nodes[0].pods[0]
-        .ns
-        .command(&["ping", "-i", "0.01", "-c", "600", "-W", "1", "-q", &target])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut ping =
+        Pinger::start(&lab.nodes[0].pods[0].ns, lab.nodes[node].pods[0].ip, 600).unwrap();
     std::thread::sleep(Duration::from_millis(500));
     let t0 = std::time::Instant::now();
     lab.take_over(node).unwrap();
     let took = t0.elapsed();
     assert!(
-        ping.try_wait().unwrap().is_none(),
+        ping.running(),
         "the ping ended before weftd was ready ({took:?}): the test proves nothing"
     );
-    let out = ping.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let (sent, received) = ping_counts(&text).unwrap_or_else(|| panic!("{text}"));
+    let summary = ping.finish().unwrap();
     eprintln!(
-        "takeover {backend:?} × {nat} in {ns}: weftd ready after {:.0} ms; {sent} pings sent, {received} received",
-        took.as_secs_f64() * 1e3
+        "takeover {backend:?} × {nat} in {ns}: weftd ready after {:.0} ms; {} pings sent, {} received",
+        took.as_secs_f64() * 1e3,
+        summary.sent,
+        summary.received
     );
     assert!(
-        sent - received <= 1,
-        "{backend:?} × {nat}: {} packets lost:\n{text}",
-        sent - received
+        summary.lost() <= 1,
+        "{backend:?} × {nat}: {} packets lost:\n{}",
+        summary.lost(),
+        summary.text
     );
 
     let n = &lab.nodes[node];
@@ -383,9 +380,7 @@ fn take_over(backend: Backend, nat: NatMode) {
     );
     let t0 = std::time::Instant::now();
     loop {
-        let boot =
-            n.ns.ip(&["route", "show", "match", "10.244.0.0/16", "proto", "boot"])
-                .unwrap();
+        let boot = flannel_routes(&n.ns);
         if boot.trim().is_empty() {
             break;
         }
@@ -414,15 +409,6 @@ fn take_over(backend: Backend, nat: NatMode) {
         reserved, 0,
         "host-local still holds the deleted pod's address"
     );
-}
-
-/// `(transmitted, received)` from ping's summary line.
-fn ping_counts(text: &str) -> Option<(u64, u64)> {
-    let line = text.lines().find(|l| l.contains("packets transmitted"))?;
-    let mut nums = line
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|s| !s.is_empty());
-    Some((nums.next()?.parse().ok()?, nums.next()?.parse().ok()?))
 }
 
 #[test]

@@ -227,25 +227,7 @@ pub fn node_namespace(role: &str) -> anyhow::Result<Netns> {
 
 /// Creates `flannel.1` the way flannel does, with iproute2 (the reference side).
 pub fn create_device_with_ip(ns: &Netns) -> anyhow::Result<()> {
-    ns.ip(&[
-        "link",
-        "add",
-        DEVICE,
-        "type",
-        "vxlan",
-        "id",
-        "1",
-        "local",
-        &LOCAL_IP.to_string(),
-        "dev",
-        "eth0",
-        "dstport",
-        "8472",
-        "nolearning",
-    ])?;
-    ns.add_addr(DEVICE, "10.0.0.0/32")?;
-    ns.link_up(DEVICE)?;
-    Ok(())
+    crate::flannel_node::add_device(ns, LOCAL_IP, &[], "10.0.0.0/32")
 }
 
 /// The `ip -batch` file (neighbours, then routes) and the `bridge -batch`

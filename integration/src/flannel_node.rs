@@ -99,30 +99,13 @@ impl FlannelNode {
         subnet_file: &Path,
     ) -> anyhow::Result<()> {
         if self.backend != Backend::HostGw {
-            let (ip, mtu) = (self.spec.ip.to_string(), self.mtu().to_string());
-            ns.ip(&[
-                "link",
-                "add",
-                DEVICE,
-                "address",
-                &self.vtep_mac,
-                "mtu",
-                &mtu,
-                "type",
-                "vxlan",
-                "id",
-                "1",
-                "local",
-                &ip,
-                "dev",
-                "eth0",
-                "dstport",
-                "8472",
-                "nolearning",
-            ])?;
-            let addr = format!("{}/32", self.spec.subnet.network());
-            ns.ip(&["addr", "add", &addr, "dev", DEVICE])?;
-            ns.ip(&["link", "set", DEVICE, "up"])?;
+            let mtu = self.mtu().to_string();
+            add_device(
+                ns,
+                self.spec.ip,
+                &["address", &self.vtep_mac, "mtu", &mtu],
+                &format!("{}/32", self.spec.subnet.network()),
+            )?;
         }
         let own = self.spec.subnet.to_string();
         match nat {
@@ -218,6 +201,37 @@ impl FlannelNode {
             },
         })
     }
+}
+
+/// Creates `flannel.1` as flanneld does (VXLAN id 1, `local` on `eth0`,
+/// port 8472, nolearning) with `link_options` (`address`, `mtu`), gives it
+/// `addr` and brings it up; with `ip` only.
+pub fn add_device(
+    ns: &Netns,
+    local: Ipv4Addr,
+    link_options: &[&str],
+    addr: &str,
+) -> anyhow::Result<()> {
+    let local = local.to_string();
+    let mut args = vec!["link", "add", DEVICE];
+    args.extend_from_slice(link_options);
+    args.extend_from_slice(&[
+        "type",
+        "vxlan",
+        "id",
+        "1",
+        "local",
+        &local,
+        "dev",
+        "eth0",
+        "dstport",
+        "8472",
+        "nolearning",
+    ]);
+    ns.ip(&args)?;
+    ns.ip(&["addr", "add", addr, "dev", DEVICE])?;
+    ns.ip(&["link", "set", DEVICE, "up"])?;
+    Ok(())
 }
 
 /// A remote node as flannel reads it from a Node object: `None` when the

@@ -276,23 +276,33 @@ impl Lab {
     fn join_node(&mut self, s: &NodeSpec) -> anyhow::Result<usize> {
         self.api.create_node(s)?;
         let ns = self.node_namespace(s)?;
-        let agent = start_agent(
-            &self.weftd,
-            &ns,
-            s,
-            &self.api,
-            &self.net_conf,
-            self.nat,
-            self.dir.path(),
-        )?;
         self.nodes.push(LabNode {
             spec: s.clone(),
             ns,
-            agent: Some(agent),
+            agent: None,
             flannel: None,
             pods: Vec::new(),
         });
-        Ok(self.nodes.len() - 1)
+        let i = self.nodes.len() - 1;
+        self.launch_agent(i)?;
+        Ok(i)
+    }
+
+    /// Starts weftd on node `i` with the lab's net-conf.json and NAT mode,
+    /// its files under `<lab>/<node name>/` (without waiting for it).
+    fn launch_agent(&mut self, i: usize) -> anyhow::Result<()> {
+        let n = self.nodes.get_mut(i).context("no such node")?;
+        let mode = format!("--nat-mode={}", self.nat);
+        n.agent = Some(Weftd::start(
+            &self.weftd,
+            &n.ns,
+            &n.spec.name,
+            &self.api.kubeconfig(),
+            &self.net_conf,
+            &self.dir.path().join(&n.spec.name),
+            &[&mode, "--healthz-port=8081"],
+        )?);
+        Ok(())
     }
 
     /// A node as flanneld leaves it: its Node annotated as flannel does,
@@ -380,17 +390,9 @@ impl Lab {
         if n.agent.is_some() {
             bail!("{} already runs weftd", n.spec.name);
         }
-        n.agent = Some(start_agent(
-            &self.weftd,
-            &n.ns,
-            &n.spec,
-            &self.api,
-            &self.net_conf,
-            self.nat,
-            self.dir.path(),
-        )?);
-        n.flannel = None;
-        wait_readyz(n)
+        self.launch_agent(node)?;
+        self.nodes[node].flannel = None;
+        wait_readyz(&mut self.nodes[node])
     }
 
     /// Creates a pod on node `node` through the CNI plugin, as a container runtime does.
@@ -457,16 +459,8 @@ impl Lab {
                 bail!("weftd on {} exited with {status}", n.spec.name);
             }
         }
-        n.agent = Some(start_agent(
-            &self.weftd,
-            &n.ns,
-            &n.spec,
-            &self.api,
-            &self.net_conf,
-            self.nat,
-            self.dir.path(),
-        )?);
-        wait_readyz(n)
+        self.launch_agent(node)?;
+        wait_readyz(&mut self.nodes[node])
     }
 
     /// Waits until every node routes to every other node's pod subnet.
@@ -554,6 +548,86 @@ impl OutsideCheck {
     }
 }
 
+/// A `ping` every 10 ms running in a pod while the lab changes something.
+pub struct Pinger {
+    child: Option<std::process::Child>,
+}
+
+/// What a [`Pinger`] counted.
+#[derive(Debug, Clone)]
+pub struct PingSummary {
+    /// Echo requests sent.
+    pub sent: u64,
+    /// Replies received.
+    pub received: u64,
+    /// ping's own summary.
+    pub text: String,
+}
+
+impl PingSummary {
+    /// Requests without a reply.
+    pub fn lost(&self) -> u64 {
+        self.sent.saturating_sub(self.received)
+    }
+}
+
+impl Pinger {
+    /// Starts `count` pings 10 ms apart (each waiting at most 1 s) from `from` to `to`.
+    pub fn start(from: &Netns, to: Ipv4Addr, count: u32) -> anyhow::Result<Pinger> {
+        let (to, count) = (to.to_string(), count.to_string());
+        let child = from
+            .command(&["ping", "-i", "0.01", "-c", &count, "-W", "1", "-q", &to])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("cannot start ping")?;
+        Ok(Pinger { child: Some(child) })
+    }
+
+    /// Whether it is still pinging.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Waits for the last ping and returns the counts.
+    pub fn finish(mut self) -> anyhow::Result<PingSummary> {
+        let out = self
+            .child
+            .take()
+            .context("ping already waited for")?
+            .wait_with_output()?;
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let line = text
+            .lines()
+            .find(|l| l.contains("packets transmitted"))
+            .with_context(|| format!("no summary from ping: {text}"))?;
+        let mut nums = line
+            .split(|c: char| !c.is_ascii_digit())
+            .filter(|s| !s.is_empty())
+            .map(str::parse::<u64>);
+        let (Some(Ok(sent)), Some(Ok(received))) = (nums.next(), nums.next()) else {
+            bail!("cannot read ping's summary: {line}");
+        };
+        Ok(PingSummary {
+            sent,
+            received,
+            text,
+        })
+    }
+}
+
+impl Drop for Pinger {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// Waits until weftd on `n` answers /readyz with 200 (subnet.env may be
 /// there from before, so it is not the sign).
 fn wait_readyz(n: &mut LabNode) -> anyhow::Result<()> {
@@ -576,27 +650,6 @@ fn ping(ns: &Netns, ip: Ipv4Addr) -> bool {
     ns.exec_status(&["ping", "-c1", "-W2", "-q", &ip.to_string()])
         .map(|o| o.status.success())
         .unwrap_or(false)
-}
-
-fn start_agent(
-    weftd: &Path,
-    ns: &Netns,
-    spec: &NodeSpec,
-    api: &Api,
-    net_conf: &str,
-    nat: NatMode,
-    dir: &Path,
-) -> anyhow::Result<Weftd> {
-    let mode = format!("--nat-mode={nat}");
-    Weftd::start(
-        weftd,
-        ns,
-        &spec.name,
-        &api.kubeconfig(),
-        net_conf,
-        &dir.join(&spec.name),
-        &[&mode, "--healthz-port=8081"],
-    )
 }
 
 /// The network configuration the runtime hands the `flannel` plugin on a

@@ -44,7 +44,9 @@ pub use cmd::DEFAULT_TIMEOUT;
 pub use error::{Error, Result};
 #[doc(hidden)]
 pub use ns::__skip;
-pub use ns::{available, cleanup_all, prefix, sweep_stale, Netns, NETNS_DIR};
+pub use ns::{
+    available, cleanup_all, cleanup_in_own_handler, prefix, sweep_stale, Netns, NETNS_DIR,
+};
 pub use task::NsTask;
 pub use topology::{veth, Switch};
 

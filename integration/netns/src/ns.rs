@@ -235,12 +235,25 @@ fn init() {
     });
 }
 
+/// Set by [`cleanup_in_own_handler`].
+static OWN_HANDLER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Tells the kit that this process's own signal handler calls
+/// [`cleanup_all`] (as the lab's does): the kit then installs none and
+/// says nothing about it. Call before the first namespace is made.
+pub fn cleanup_in_own_handler() {
+    OWN_HANDLER.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
 /// Installs the Ctrl-C/SIGTERM/SIGHUP handler that runs [`cleanup_all`]
 /// and exits with code 130 — unless the process already catches one of
 /// those signals (its own handler, e.g. the lab's), in which case it says
 /// so on stderr and leaves them alone. Ignored signals (`SIG_IGN`, as in
 /// background jobs of scripts) are taken over.
 fn install_signal_cleanup() {
+    if OWN_HANDLER.load(std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
     let handler = || {
         cleanup_all();
         std::process::exit(130);

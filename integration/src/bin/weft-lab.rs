@@ -14,8 +14,9 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
-use weft_integration::lab::{Backend, Binaries, Lab, OUTSIDE_IP};
+use weft_integration::lab::{Backend, Binaries, Lab, Pinger, OUTSIDE_IP};
 use weft_integration::seed_nodes;
+use weft_integration::topology::CLUSTER;
 use weft_nat::NatMode;
 use weft_netns::Netns;
 
@@ -58,6 +59,11 @@ struct Args {
     /// The NAT mode weftd uses.
     #[arg(long, value_enum, default_value = "iptables-nft")]
     nat: NatArg,
+    /// Set this node up the way flanneld and flannel's CNI plugin would (no
+    /// weftd), show the mixed cluster, then let weftd take the node over
+    /// while a pod pings a pod on it every 10 ms. E.g. `--flannel-node worker2`.
+    #[arg(long, value_name = "NODE")]
+    flannel_node: Option<String>,
     /// Directory with weftd and weft-cni (default: next to weft-lab).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
@@ -77,6 +83,7 @@ fn pid_file() -> PathBuf {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    weft_netns::cleanup_in_own_handler();
     let _ = ctrlc::set_handler(|| {
         if WAITING.load(Ordering::SeqCst) {
             STOP.store(true, Ordering::SeqCst);
@@ -149,15 +156,30 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         specs.len(),
         args.backend
     );
-    let mut lab = Lab::start(&specs, backend, nat, &bins)?;
+    let flannel: Vec<&str> = args.flannel_node.iter().map(String::as_str).collect();
+    if let Some(f) = flannel.first() {
+        if !specs.iter().any(|s| s.name == *f) {
+            let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+            bail!(
+                "--flannel-node: no node {f} (the lab's nodes: {})",
+                names.join(", ")
+            );
+        }
+    }
+    let mut lab = Lab::start_mixed(&specs, &flannel, backend, nat, &bins)?;
     println!("   Kubernetes API: {}", lab.api.describe());
     for n in &lab.nodes {
         println!(
-            "   node {:<14} eth0 {:<11} podCIDR {:<14} netns {}",
+            "   node {:<14} eth0 {:<11} podCIDR {:<14} netns {}{}",
             n.spec.name,
             n.spec.ip,
             n.spec.subnet,
-            n.ns.name()
+            n.ns.name(),
+            if n.flannel.is_some() {
+                "  (set up as flanneld would, no weftd)"
+            } else {
+                ""
+            }
         );
     }
     println!(
@@ -172,7 +194,15 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         for k in 1..=2 {
             let name = format!("pod{}-{k}", i + 1);
             let ip = lab.add_pod(i, &name)?;
-            println!("   pod {name:<8} on {:<14} {ip} (created through weft-cni as /opt/cni/bin/flannel)", lab.nodes[i].spec.name);
+            let how = if lab.nodes[i].flannel.is_some() {
+                "through bridge with flannel's delegate config, as flannel's CNI plugin does"
+            } else {
+                "through weft-cni as /opt/cni/bin/flannel"
+            };
+            println!(
+                "   pod {name:<8} on {:<14} {ip} (created {how})",
+                lab.nodes[i].spec.name
+            );
         }
     }
     lab.wait_for_overlay(std::time::Duration::from_secs(20))?;
@@ -222,8 +252,11 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     }
     println!("   (proto 119 marks the routes weft owns; flannel's carry no tag)");
 
-    let ok = matrix(&lab)?;
+    let mut ok = matrix(&lab)?;
     walk(&lab, backend);
+    if let Some(i) = lab.nodes.iter().position(|n| n.flannel.is_some()) {
+        ok &= take_over(&mut lab, i)?;
+    }
     if args.action == Some(Action::Up) {
         std::fs::write(pid_file(), std::process::id().to_string())?;
         println!(
@@ -351,6 +384,61 @@ fn matrix(lab: &Lab) -> anyhow::Result<bool> {
     Ok(ok)
 }
 
+/// Migration: weftd takes over flannel-made node `i` while a pod on
+/// another node pings a pod on it every 10 ms; shows what changed.
+fn take_over(lab: &mut Lab, i: usize) -> anyhow::Result<bool> {
+    let from = if i == 0 { lab.nodes.len() - 1 } else { 0 };
+    let (src, dst) = (&lab.nodes[from].pods[0], &lab.nodes[i].pods[0]);
+    let name = lab.nodes[i].spec.name.clone();
+    section(&format!(
+        "Migration: weftd takes over {name} while {} pings {} ({}) every 10 ms",
+        src.name, dst.name, dst.ip
+    ));
+    println!("Before (flannel's state):");
+    shell(&lab.nodes[i].ns, &["ip", "route", "show", "root", CLUSTER]);
+    let before = lab.nodes[i]
+        .ns
+        .ip(&["-o", "link", "show", "flannel.1"])
+        .ok();
+    let mut ping = Pinger::start(&src.ns, dst.ip, 300)?;
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let t0 = Instant::now();
+    lab.take_over(i)?;
+    println!(
+        "weftd ready on {name} after {:.0} ms",
+        t0.elapsed().as_secs_f64() * 1e3
+    );
+    let overlapped = ping.running();
+    let summary = ping.finish()?;
+    let n = &lab.nodes[i];
+    println!("After (weft's: the same routes, now tagged proto 119):");
+    shell(&n.ns, &["ip", "route", "show", "root", CLUSTER]);
+    let kept = before.is_none() || n.ns.ip(&["-o", "link", "show", "flannel.1"]).ok() == before;
+    println!(
+        "flannel.1: {}",
+        match (before.is_some(), kept) {
+            (false, _) => "none (host-gw)",
+            (true, true) => "kept (same index, same MAC: the other nodes change nothing)",
+            (true, false) => "FAIL: recreated or changed",
+        }
+    );
+    let ping_ok = overlapped && summary.lost() <= 1;
+    println!(
+        "ping: {} sent, {} received, {} lost{}",
+        summary.sent,
+        summary.received,
+        summary.lost(),
+        if ping_ok {
+            "  ok"
+        } else if !overlapped {
+            "  FAIL (ended before the takeover)"
+        } else {
+            "  FAIL"
+        }
+    );
+    Ok(kept && ping_ok)
+}
+
 /// The seed's "day in the life of a packet": pod1-1 on node 1 to pod3-1 on node 3.
 fn walk(lab: &Lab, backend: Backend) {
     let (Some(a), Some(c)) = (lab.nodes.first(), lab.nodes.last()) else {
@@ -387,7 +475,12 @@ fn walk(lab: &Lab, backend: Backend) {
         );
     }
     println!(
-        "6. Decapsulated, its destination is looked up on {}:",
+        "6. {}, its destination is looked up on {}:",
+        if backend == Backend::Vxlan {
+            "Decapsulated"
+        } else {
+            "Arrived"
+        },
         c.spec.name
     );
     shell(&c.ns, &["ip", "route", "get", &dst_ip]);
