@@ -8,7 +8,7 @@ export PATH := justfile_directory() + "/.tools/just/bin:" + env_var("PATH")
 default:
     @just --list --unsorted
 
-# The lab: three nodes in network namespaces running weftd against a Kubernetes API, pods made through weft-cni, an outside host; prints the seed's tables, a connectivity matrix and a packet walk, then cleans up. Options: --backend vxlan|host-gw|vxlan-direct, --nat iptables-legacy|iptables-nft|nftables.
+# The lab: three nodes in network namespaces running weftd against a Kubernetes API, pods made through weft-cni, an outside host; prints the seed's tables, a connectivity matrix and a packet walk, then cleans up. Options: --backend vxlan|host-gw|vxlan-direct, --nat iptables-legacy|iptables-nft|nftables, --flannel-node NODE (a flannel-made node, then taken over by weftd); `just lab up` keeps it, `just lab down` removes it.
 lab *args: deps
     cargo build --release -q -p weft --bin weftd --bin weft-cni
     cargo build --release -q -p weft-integration --bin weft-lab
@@ -18,7 +18,7 @@ lab *args: deps
 test: deps lint
     cargo test --workspace --all-targets -- --nocapture
 
-# The end-to-end suite alone (also part of `just test`): every backend × NAT mode through the lab, and weftd against both API servers.
+# The end-to-end suite alone (also part of `just test`): every backend × NAT mode through the lab, mixed flannel/weft clusters, takeover of a flannel node under traffic, nodes added/removed, weftd restarted under traffic, weftd against both API servers.
 integration: deps
     cargo test -p weft --test e2e --test weftd -- --nocapture
 
