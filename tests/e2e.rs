@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use weft_integration::lab::{Backend, Binaries, Lab, Pinger};
+use weft_integration::lab::{ApiChoice, Backend, Binaries, Lab, LabSpec, Pinger};
 use weft_integration::seed_nodes;
 use weft_integration::topology::NodeSpec;
 use weft_nat::NatMode;
@@ -102,8 +102,21 @@ fn assert_nat(lab: &Lab, nat: NatMode) {
     }
 }
 
+/// Against the real kube-apiserver where ../shared/kube has it (CI), else
+/// the embedded Node API server; the output says which.
 fn combination(backend: Backend, nat: NatMode) {
-    let mut lab = Lab::start(&seed_nodes(), backend, nat, &binaries()).unwrap();
+    combination_with(backend, nat, ApiChoice::Auto);
+}
+
+fn combination_with(backend: Backend, nat: NatMode, api: ApiChoice) {
+    let spec = LabSpec {
+        nodes: &seed_nodes(),
+        flannel: &[],
+        backend,
+        nat,
+        api,
+    };
+    let mut lab = Lab::start_with(&spec, &binaries()).unwrap();
     for i in 0..lab.nodes.len() {
         for k in 1..=2 {
             lab.add_pod(i, &format!("p{}{k}", i + 1)).unwrap();
@@ -132,6 +145,13 @@ fn all_backends(nat: NatMode) {
     for backend in [Backend::Vxlan, Backend::HostGw, Backend::VxlanDirect] {
         combination(backend, nat);
     }
+}
+
+/// The lab where ../shared/kube is absent: weft's embedded Node API server.
+#[test]
+fn the_lab_with_the_embedded_api_server() {
+    require_netns!();
+    combination_with(Backend::Vxlan, NatMode::Nftables, ApiChoice::Embedded);
 }
 
 #[test]

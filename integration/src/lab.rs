@@ -48,6 +48,35 @@ impl Backend {
     }
 }
 
+/// Which Kubernetes API a lab should run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ApiChoice {
+    /// The real kube-apiserver where one is found
+    /// ([`RealApiServer::locate`]: `$WEFT_KUBE_DIR`, `../shared/kube`), else
+    /// the embedded Node API server.
+    #[default]
+    Auto,
+    /// The real kube-apiserver; an error if there is none.
+    Real,
+    /// weft's embedded Node API server.
+    Embedded,
+}
+
+/// What a lab is made of.
+#[derive(Debug, Clone, Copy)]
+pub struct LabSpec<'a> {
+    /// The nodes.
+    pub nodes: &'a [NodeSpec],
+    /// The names of the nodes set up as flannel would, without weftd.
+    pub flannel: &'a [&'a str],
+    /// The backend.
+    pub backend: Backend,
+    /// The NAT mode.
+    pub nat: NatMode,
+    /// The Kubernetes API.
+    pub api: ApiChoice,
+}
+
 /// Which API server the lab runs.
 pub enum Api {
     /// ../shared/kube's kube-apiserver.
@@ -60,8 +89,8 @@ impl Api {
     /// What the lab says it uses.
     pub fn describe(&self) -> &'static str {
         match self {
-            Api::Real(_) => "the real kube-apiserver v1.32 (../shared/kube), agents with flannel's RBAC rights only",
-            Api::Embedded(..) => "weft's embedded Node API server (no ../shared/kube here)",
+            Api::Real(_) => "the real kube-apiserver (../shared/kube, or --kube-dir / $WEFT_KUBE_DIR), agents with flannel's RBAC rights only",
+            Api::Embedded(..) => "weft's embedded Node API server (no real kube-apiserver found, or --api embedded)",
         }
     }
 
@@ -190,10 +219,40 @@ impl Lab {
         nat: NatMode,
         bins: &Binaries,
     ) -> anyhow::Result<Lab> {
+        Self::start_with(
+            &LabSpec {
+                nodes: specs,
+                flannel,
+                backend,
+                nat,
+                api: ApiChoice::Auto,
+            },
+            bins,
+        )
+    }
+
+    /// Builds the lab `spec` describes; see [`start_mixed`](Self::start_mixed).
+    pub fn start_with(spec: &LabSpec<'_>, bins: &Binaries) -> anyhow::Result<Lab> {
+        let LabSpec {
+            nodes: specs,
+            flannel,
+            backend,
+            nat,
+            api,
+        } = *spec;
         let switch = Switch::new("lab-sw")?;
         switch.add_addr("br0", &format!("{API_IP}/16"))?;
         let dir = tempfile::Builder::new().prefix("weft-lab-").tempdir()?;
-        let api = if RealApiServer::locate().is_ok() {
+        let real = match api {
+            ApiChoice::Auto => RealApiServer::locate().is_ok(),
+            ApiChoice::Real => {
+                RealApiServer::locate()
+                    .map_err(|e| anyhow::anyhow!("no real kube-apiserver: {e}"))?;
+                true
+            }
+            ApiChoice::Embedded => false,
+        };
+        let api = if real {
             let r = RealApiServer::start(&switch, API_IP, 6443)?;
             r.grant_flannel_role()?;
             Api::Real(r)

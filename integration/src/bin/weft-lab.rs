@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
-use weft_integration::lab::{Backend, Binaries, Lab, Pinger, OUTSIDE_IP};
+use weft_integration::lab::{ApiChoice, Backend, Binaries, Lab, LabSpec, Pinger, OUTSIDE_IP};
 use weft_integration::seed_nodes;
 use weft_integration::topology::CLUSTER;
 use weft_nat::NatMode;
@@ -35,6 +35,13 @@ enum NatArg {
     IptablesLegacy,
     IptablesNft,
     Nftables,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ApiArg {
+    Auto,
+    Real,
+    Embedded,
 }
 
 /// `up`: leave the lab running for exploration; `down`: remove a lab left up.
@@ -64,6 +71,15 @@ struct Args {
     /// while a pod pings a pod on it every 10 ms. E.g. `--flannel-node worker2`.
     #[arg(long, value_name = "NODE")]
     flannel_node: Option<String>,
+    /// The Kubernetes API: the real kube-apiserver where one is found
+    /// (--kube-dir, $WEFT_KUBE_DIR, ../shared/kube), else the embedded Node
+    /// API server (auto); or insist on one.
+    #[arg(long, value_enum, default_value = "auto")]
+    api: ApiArg,
+    /// A directory with kube-apiserver.xz, etcd.xz and the start/stop
+    /// scripts (as ../shared/kube); implies --api real.
+    #[arg(long, value_name = "DIR")]
+    kube_dir: Option<PathBuf>,
     /// Directory with weftd and weft-cni (default: next to weft-lab).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
@@ -166,7 +182,29 @@ fn run(args: &Args) -> anyhow::Result<bool> {
             );
         }
     }
-    let mut lab = Lab::start_mixed(&specs, &flannel, backend, nat, &bins)?;
+    let api = match (&args.kube_dir, args.api) {
+        (Some(dir), ApiArg::Auto | ApiArg::Real) => {
+            weft_integration::kube_api::check_dir(dir)
+                .map_err(|e| anyhow::anyhow!("--kube-dir: {e}"))?;
+            // Read by RealApiServer::locate; no other thread reads the environment.
+            std::env::set_var("WEFT_KUBE_DIR", dir);
+            ApiChoice::Real
+        }
+        (Some(_), ApiArg::Embedded) => bail!("--kube-dir and --api embedded contradict each other"),
+        (None, ApiArg::Auto) => ApiChoice::Auto,
+        (None, ApiArg::Real) => ApiChoice::Real,
+        (None, ApiArg::Embedded) => ApiChoice::Embedded,
+    };
+    let mut lab = Lab::start_with(
+        &LabSpec {
+            nodes: &specs,
+            flannel: &flannel,
+            backend,
+            nat,
+            api,
+        },
+        &bins,
+    )?;
     println!("   Kubernetes API: {}", lab.api.describe());
     for n in &lab.nodes {
         println!(
