@@ -9,7 +9,7 @@
 //!   (and missing jump rules) through one `iptables-restore --noflush -w`;
 //! - [`NftablesBackend`] for native nftables: table, chains and rules in one
 //!   netlink batch built with rustables (masquerade flags added to the
-//!   finalized batch, see [`masq_flags`]).
+//!   finalized batch, see [`masq_flags`]; sent by [`nfnl`]).
 //!
 //! [`detect()`] picks the mode the host already uses; [`Reconciler`] keeps the
 //! rules in place (nf_tables events or a cheap poll).
@@ -18,7 +18,10 @@ pub mod detect;
 pub mod error;
 pub mod iptables;
 pub mod masq_flags;
+pub mod nfnl;
+mod nft_dump;
 pub mod nftables;
+mod nlmsg;
 pub mod reconciler;
 pub mod render;
 pub mod rules;

@@ -32,6 +32,8 @@ use rustables::{
 
 use crate::error::NatError;
 use crate::masq_flags::{self, NF_NAT_RANGE_PROTO_RANDOM_FULLY};
+use crate::nfnl;
+use crate::nft_dump::{dump_ip, parse_chains, parse_rules, NFT_MSG_GETCHAIN, NFT_MSG_GETRULE};
 use crate::render::{self, NFT_FORWARD, NFT_POSTRTG, NFT_TABLE};
 use crate::rules::{self, Addr, RuleSet, Verdict};
 use crate::{NatBackend, NatMode, Snapshot};
@@ -40,7 +42,7 @@ use crate::{NatBackend, NatMode, Snapshot};
 pub const NFT_TABLE6: &str = "flannel-ipv6";
 
 /// `NFTNL_UDATA_RULE_COMMENT`: the user-data TLV nft prints as `comment "…"`.
-const UDATA_RULE_COMMENT: u8 = 0;
+pub(crate) const UDATA_RULE_COMMENT: u8 = 0;
 
 /// How a chain is hooked.
 #[derive(Debug, Clone, Copy)]
@@ -87,7 +89,7 @@ fn chain_type_name(t: ChainType) -> &'static str {
     }
 }
 
-fn hook_name(hook: u32) -> String {
+pub(crate) fn hook_name(hook: u32) -> String {
     match hook {
         0 => "prerouting".into(),
         1 => "input".into(),
@@ -237,7 +239,7 @@ impl NftablesBackend {
             return Ok(());
         }
         let what = format!("deleting nftables table(s) {}", names.join(", "));
-        masq_flags::send_batch_with(&what, &b.batch.finalize(), &|seq| b.what.get(&seq).cloned())?;
+        nfnl::send_batch_with(&what, &b.batch.finalize(), &|seq| b.what.get(&seq).cloned())?;
         tracing::debug!(tables = %names.join(", "), "nftables tables deleted");
         Ok(())
     }
@@ -365,7 +367,7 @@ impl NatBackend for NftablesBackend {
         // difference and replaces the table as a whole.
         let built = self.build(rules, current.is_empty())?;
         let what = format!("the nftables batch for table ip {NFT_TABLE}");
-        masq_flags::send_batch_with(&what, &built.bytes, &|seq| built.what.get(&seq).cloned())?;
+        nfnl::send_batch_with(&what, &built.bytes, &|seq| built.what.get(&seq).cloned())?;
         tracing::debug!(
             bytes = built.bytes.len(),
             rules = rules.postrouting.len() + rules.forward.len(),
@@ -418,228 +420,6 @@ enum ObserveError {
     Nat(NatError),
     /// The ruleset changed during a dump.
     Interrupted,
-}
-
-/// A rule as the kernel dumps it: enough to tell weft's rules from others.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct DumpedRule {
-    chain: String,
-    exprs: Vec<String>,
-    userdata: Option<Vec<u8>>,
-}
-
-impl DumpedRule {
-    /// The rule's comment, or `foreign rule <expression names>`.
-    fn text(&self) -> String {
-        if let Some(comment) = self.userdata.as_deref().and_then(udata_comment) {
-            return comment;
-        }
-        format!("foreign rule {}", self.exprs.join(" "))
-    }
-}
-
-/// A chain as the kernel dumps it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct DumpedChain {
-    name: String,
-    kind: Option<String>,
-    /// Hook number and priority.
-    hook: Option<(u32, i32)>,
-    policy: Option<u32>,
-}
-
-impl DumpedChain {
-    /// `chain <name> [<type>] [<hook> <priority>] [<policy>]`, as
-    /// [`ChainSpec::line`] renders a wanted chain.
-    fn line(&self) -> String {
-        let mut s = format!("chain {}", self.name);
-        if let Some(kind) = &self.kind {
-            s.push_str(&format!(" {kind}"));
-        }
-        if let Some((hook, priority)) = self.hook {
-            s.push_str(&format!(" {} {priority}", hook_name(hook)));
-        }
-        match self.policy {
-            None => {}
-            Some(NF_ACCEPT) => s.push_str(" accept"),
-            Some(NF_DROP) => s.push_str(" drop"),
-            Some(p) => s.push_str(&format!(" policy {p}")),
-        }
-        s
-    }
-}
-
-const NFNL_SUBSYS_NFTABLES: u16 = 0x0a;
-const NFT_MSG_NEWCHAIN: u16 = 0x03;
-const NFT_MSG_GETCHAIN: u16 = 0x04;
-const NFT_MSG_NEWRULE: u16 = 0x06;
-const NFT_MSG_GETRULE: u16 = 0x07;
-const NFPROTO_IPV4: u8 = 2;
-const NF_DROP: u32 = 0;
-const NF_ACCEPT: u32 = 1;
-/// `NFTA_RULE_TABLE` and `NFTA_CHAIN_TABLE`.
-const NFTA_TABLE_ATTR: u16 = 1;
-const NFTA_CHAIN_NAME: u16 = 3;
-const NFTA_CHAIN_HOOK: u16 = 4;
-const NFTA_CHAIN_POLICY: u16 = 5;
-const NFTA_CHAIN_TYPE: u16 = 7;
-const NFTA_HOOK_HOOKNUM: u16 = 1;
-const NFTA_HOOK_PRIORITY: u16 = 2;
-const NFTA_RULE_CHAIN: u16 = 2;
-const NFTA_RULE_EXPRESSIONS: u16 = 4;
-const NFTA_RULE_USERDATA: u16 = 7;
-const NFTA_EXPR_NAME: u16 = 1;
-
-/// A dump request (`NLM_F_DUMP`) for family `ip` with a table attribute
-/// (the kernel filters rules by it; chains are filtered here).
-fn dump_request(msg: u16, table: &str) -> Vec<u8> {
-    let attr_len = 4 + table.len() + 1;
-    let len = 16 + 4 + masq_flags::align4(attr_len);
-    let mut req = Vec::with_capacity(len);
-    req.extend_from_slice(&(len as u32).to_ne_bytes());
-    req.extend_from_slice(&(NFNL_SUBSYS_NFTABLES << 8 | msg).to_ne_bytes());
-    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
-    req.extend_from_slice(&flags.to_ne_bytes());
-    req.extend_from_slice(&1u32.to_ne_bytes()); // seq
-    req.extend_from_slice(&0u32.to_ne_bytes()); // port id
-    req.extend_from_slice(&[NFPROTO_IPV4, 0, 0, 0]); // nfgenmsg: family, version 0, res_id 0
-    req.extend_from_slice(&(attr_len as u16).to_ne_bytes());
-    req.extend_from_slice(&NFTA_TABLE_ATTR.to_ne_bytes());
-    req.extend_from_slice(table.as_bytes());
-    req.push(0);
-    req.resize(len, 0);
-    req
-}
-
-/// The replies to a dump of `msg` objects of `ip <table>`; `None` if a
-/// change interrupted the dump, nothing if the table is gone.
-fn dump_ip(msg: u16, table: &str, what: &str) -> Result<Option<Vec<u8>>, NatError> {
-    match masq_flags::dump(what, &dump_request(msg, table))? {
-        masq_flags::Dump::Interrupted => Ok(None),
-        masq_flags::Dump::Refused(errno) if errno == libc::ENOENT => Ok(Some(Vec::new())),
-        masq_flags::Dump::Refused(errno) => Err(NatError::Kernel {
-            what: what.to_string(),
-            detail: io::Error::from_raw_os_error(errno).to_string(),
-        }),
-        masq_flags::Dump::Messages(bytes) => Ok(Some(bytes)),
-    }
-}
-
-fn attr_string(buf: &[u8], a: &masq_flags::Attr) -> String {
-    let p = a.payload(buf);
-    String::from_utf8_lossy(p.split(|b| *b == 0).next().unwrap_or_default()).into_owned()
-}
-
-fn attr_be32(buf: &[u8], a: &masq_flags::Attr) -> Option<u32> {
-    <[u8; 4]>::try_from(a.payload(buf))
-        .ok()
-        .map(u32::from_be_bytes)
-}
-
-/// The attributes of every `msg` message of family `ip` and table `table`
-/// in `buf` (a dump's replies; a batch has the same layout).
-fn objects_of(
-    buf: &[u8],
-    msg: u16,
-    table: &str,
-) -> Result<Vec<Vec<masq_flags::Attr>>, masq_flags::MalformedBatch> {
-    let mut out = Vec::new();
-    for m in masq_flags::messages(buf)? {
-        if m.ty != NFNL_SUBSYS_NFTABLES << 8 | msg || m.len < 20 {
-            continue;
-        }
-        if buf.get(m.off + 16) != Some(&NFPROTO_IPV4) {
-            continue;
-        }
-        let attrs = masq_flags::attrs(buf, m.off + 20, m.off + m.len)?;
-        let in_table = attrs
-            .iter()
-            .any(|a| a.kind() == NFTA_TABLE_ATTR && attr_string(buf, a) == table);
-        if in_table {
-            out.push(attrs);
-        }
-    }
-    Ok(out)
-}
-
-/// The chains of `ip <table>` in `buf`, in kernel order.
-fn parse_chains(buf: &[u8], table: &str) -> Result<Vec<DumpedChain>, masq_flags::MalformedBatch> {
-    let mut chains = Vec::new();
-    for attrs in objects_of(buf, NFT_MSG_NEWCHAIN, table)? {
-        let mut chain = DumpedChain {
-            name: String::new(),
-            kind: None,
-            hook: None,
-            policy: None,
-        };
-        for a in attrs {
-            match a.kind() {
-                NFTA_CHAIN_NAME => chain.name = attr_string(buf, &a),
-                NFTA_CHAIN_TYPE => chain.kind = Some(attr_string(buf, &a)),
-                NFTA_CHAIN_POLICY => chain.policy = attr_be32(buf, &a),
-                NFTA_CHAIN_HOOK => {
-                    let mut num = None;
-                    let mut priority = None;
-                    for h in masq_flags::attrs(buf, a.off + 4, a.off + a.len)? {
-                        match h.kind() {
-                            NFTA_HOOK_HOOKNUM => num = attr_be32(buf, &h),
-                            NFTA_HOOK_PRIORITY => priority = attr_be32(buf, &h).map(|p| p as i32),
-                            _ => {}
-                        }
-                    }
-                    if let (Some(num), Some(priority)) = (num, priority) {
-                        chain.hook = Some((num, priority));
-                    }
-                }
-                _ => {}
-            }
-        }
-        chains.push(chain);
-    }
-    Ok(chains)
-}
-
-/// The rules of `ip <table>` in `buf`, in kernel order.
-fn parse_rules(buf: &[u8], table: &str) -> Result<Vec<DumpedRule>, masq_flags::MalformedBatch> {
-    let mut rules = Vec::new();
-    for attrs in objects_of(buf, NFT_MSG_NEWRULE, table)? {
-        let mut rule = DumpedRule {
-            chain: String::new(),
-            exprs: Vec::new(),
-            userdata: None,
-        };
-        for a in attrs {
-            match a.kind() {
-                NFTA_RULE_CHAIN => rule.chain = attr_string(buf, &a),
-                NFTA_RULE_USERDATA => rule.userdata = Some(a.payload(buf).to_vec()),
-                NFTA_RULE_EXPRESSIONS => {
-                    for elem in masq_flags::attrs(buf, a.off + 4, a.off + a.len)? {
-                        let inner = masq_flags::attrs(buf, elem.off + 4, elem.off + elem.len)?;
-                        let name = inner.iter().find(|x| x.kind() == NFTA_EXPR_NAME);
-                        rule.exprs
-                            .push(name.map_or_else(|| "?".to_string(), |x| attr_string(buf, x)));
-                    }
-                }
-                _ => {}
-            }
-        }
-        rules.push(rule);
-    }
-    Ok(rules)
-}
-
-/// The comment in nft's rule user data (TLVs: type u8, length u8, value).
-fn udata_comment(udata: &[u8]) -> Option<String> {
-    let mut rest = udata;
-    while let [ty, len, tail @ ..] = rest {
-        let value = tail.get(..usize::from(*len))?;
-        if *ty == UDATA_RULE_COMMENT {
-            let value = value.split(|b| *b == 0).next().unwrap_or_default();
-            return Some(String::from_utf8_lossy(value).into_owned());
-        }
-        rest = &tail[usize::from(*len)..];
-    }
-    None
 }
 
 /// nft's user data for `comment "<text>"`.
@@ -719,6 +499,7 @@ mod tests {
 
     use super::*;
     use crate::masq_flags::masq_flags_in;
+    use crate::nft_dump::{dump_request, udata_comment, DumpedChain, DumpedRule, NF_DROP};
     use crate::rules::{Options, SnatRules};
 
     fn rules(options: Options) -> RuleSet {
