@@ -90,102 +90,18 @@ async fn agent(
     env: HashMap<String, String>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
-    if !flags.kube_subnet_mgr {
-        return Err(AgentError::Config(
-            "weft only has the Kubernetes subnet manager: pass --kube-subnet-mgr (flanneld's default, etcd, is not supported)".into(),
-        ));
-    }
-    let conf =
-        NetConf::load(&flags.net_config_path).map_err(|e| AgentError::Config(e.to_string()))?;
-    for note in &conf.ignored {
-        tracing::warn!(%note, "net-conf.json field ignored");
-    }
-    let annotations = Annotations::new(&flags.kube_annotation_prefix)
-        .map_err(|e| AgentError::Config(e.to_string()))?;
-    let regexes = flags
-        .iface_regex
-        .iter()
-        .map(|r| Regex::new(r).map_err(|e| AgentError::Config(format!("--iface-regex {r:?}: {e}"))))
-        .collect::<Result<Vec<_>, _>>()?;
+    // 1. Configuration and the cluster.
+    let settings = Settings::load(&flags)?;
     let ready = Readiness::default();
-    if flags.healthz_port != 0 {
-        let addr = SocketAddr::new(flags.healthz_ip, flags.healthz_port);
-        let r = ready.clone();
-        tokio::spawn(async move {
-            if let Err(e) = health::serve(addr, r).await {
-                tracing::error!(%addr, error = %e, "health server failed");
-            }
-        });
-    }
+    serve_health(&flags, &ready);
+    let cluster = Cluster::join(&client, &env, &settings.conf).await?;
 
-    let node_name = kube_sm::node_name(&client, &env).await?;
-    tracing::info!(node = %node_name, network = %conf.network, backend = conf.backend.kind(), "starting");
-    let nodes = NodeClient::new(client.clone(), &node_name);
-
-    // Watch every Node; the store is the single source of the peers.
-    let (store, writer) = reflector::store::<Node>();
-    let changed = Arc::new(Notify::new());
-    tokio::spawn(follow_nodes(nodes.api().clone(), writer, changed.clone()));
-    store
-        .wait_until_ready()
-        .await
-        .map_err(|e| AgentError::Node(format!("the Node watch ended: {e}")))?;
-    let own = wait_for_own_node(&store, &node_name, &changed).await?;
-    let subnet = crate::subnet::annotations::pod_cidr(&own).map_err(|(field, reason)| {
-        AgentError::Node(format!("node {node_name}: {field}: {reason}"))
-    })?;
-    if !conf.network.contains(&subnet) {
-        return Err(AgentError::Node(format!(
-            "node {node_name}: spec.podCIDR {subnet} is not inside the cluster network {} of net-conf.json",
-            conf.network
-        )));
-    }
-
-    // The underlay.
+    // 2. The underlay, the overlay from the whole cluster at once, and what
+    //    the other nodes need to reach this one.
     let kernel = Kernel::connect()?;
-    let public_ip_flag = flags
-        .public_ip
-        .or_else(|| kube_sm::node_public_ip(&own, &annotations));
-    let can_reach = match flags.iface_can_reach {
-        Some(ip) => Some(kernel.route_to(ip).await?.ok_or_else(|| {
-            AgentError::Config(format!("--iface-can-reach {ip}: no route to it"))
-        })?),
-        None => None,
-    };
-    let req = iface::Request {
-        iface: &flags.iface,
-        iface_regex: &regexes,
-        can_reach,
-        public_ip: public_ip_flag,
-        default_route: kernel.default_route_interface().await?,
-    };
-    let underlay = iface::choose(&req, &kernel.interfaces().await?).map_err(AgentError::Config)?;
-    let public_ip = public_ip_flag.unwrap_or(underlay.ip);
-    tracing::info!(iface = %underlay.name, ip = %underlay.ip, %public_ip, mtu = underlay.mtu, "underlay chosen");
-
-    // The overlay, from the whole cluster at once.
-    let vtep_mac = match conf.backend {
-        BackendConfig::Vxlan(_) => kube_sm::previous_vtep_mac(&own, &annotations),
-        BackendConfig::HostGw => None,
-    };
-    let local = LocalNode {
-        name: node_name.clone(),
-        subnet,
-        public_ip: underlay.ip,
-        underlay: underlay.name.clone(),
-        vtep_mac,
-    };
-    let overlay_config = weft_overlay::OverlayConfig {
-        network: conf.network,
-        backend: conf.backend.clone(),
-    };
+    let (underlay, public_ip) = choose_underlay(&flags, &settings, &kernel, &cluster.own).await?;
     let mut skipped: HashMap<String, String> = HashMap::new();
-    let leases = current_leases(&store, &annotations, &node_name, &mut skipped);
-    let input = Input {
-        config: overlay_config,
-        local,
-        leases,
-    };
+    let input = overlay_input(&settings, &cluster, &underlay, &mut skipped);
     let (reconciler, overlay) = Reconciler::start(input.clone(), OverlayOptions::default())?;
     let overlay_task = tokio::task::spawn_local(reconciler.run());
     let first = overlay
@@ -199,9 +115,225 @@ async fn agent(
         )));
     }
     tracing::info!(writes = first.writes, plan = %first.plan, "overlay in place");
+    let wanted = publish(&settings, &cluster, first.vtep_mac, public_ip).await?;
 
-    // Publish what the other nodes need.
-    let backend_data = match (&conf.backend, first.vtep_mac) {
+    // 3. NAT, then the subnet file, then ready.
+    let nat = start_nat(&flags, &settings.conf, cluster.subnet)?;
+    let mtu = write_subnet_env(&flags, &settings.conf, cluster.subnet, underlay.mtu)?;
+    ready.set_ready();
+    tracing::info!(subnet_file = %flags.subnet_file.display(), subnet = %cluster.subnet, mtu, nat = %nat.mode(), "ready");
+    if flags.set_node_network_unavailable {
+        let now = k8s_openapi::jiff::Timestamp::now().to_string();
+        if let Err(e) = cluster
+            .nodes
+            .set_network_available(&cluster.own, &now)
+            .await
+        {
+            tracing::warn!(error = %e, "cannot set NetworkUnavailable=False");
+        }
+    }
+
+    // Follow the cluster until told to stop.
+    tokio::pin!(shutdown);
+    let mut last = input.leases;
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = cluster.changed.notified() => {
+                let leases = current_leases(&cluster.store, &settings.annotations, &cluster.name, &mut skipped);
+                if leases != last {
+                    let generation = overlay.set_leases(leases.clone());
+                    tracing::debug!(generation, peers = leases.len(), "peers changed");
+                    last = leases;
+                }
+                if let Some(own) = cluster.store.get(&reflector::ObjectRef::new(&cluster.name)) {
+                    if let Err(e) = cluster.nodes.publish(&own, &wanted).await {
+                        tracing::warn!(error = %e, "cannot restore this node's annotations");
+                    }
+                }
+            }
+        }
+    }
+    tracing::info!("stopping; routes, neighbours, FDB entries and NAT rules stay in place");
+    drop(overlay);
+    let _ = overlay_task.await;
+    nat.stop();
+    Ok(())
+}
+
+/// What the flags and `net-conf.json` say, checked.
+struct Settings {
+    conf: NetConf,
+    annotations: Annotations,
+    iface_regex: Vec<Regex>,
+}
+
+impl Settings {
+    fn load(flags: &Flags) -> Result<Settings, AgentError> {
+        if !flags.kube_subnet_mgr {
+            return Err(AgentError::Config(
+                "weft only has the Kubernetes subnet manager: pass --kube-subnet-mgr (flanneld's default, etcd, is not supported)".into(),
+            ));
+        }
+        let conf =
+            NetConf::load(&flags.net_config_path).map_err(|e| AgentError::Config(e.to_string()))?;
+        for note in &conf.ignored {
+            tracing::warn!(%note, "net-conf.json field ignored");
+        }
+        let annotations = Annotations::new(&flags.kube_annotation_prefix)
+            .map_err(|e| AgentError::Config(e.to_string()))?;
+        let iface_regex = flags
+            .iface_regex
+            .iter()
+            .map(|r| {
+                Regex::new(r).map_err(|e| AgentError::Config(format!("--iface-regex {r:?}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Settings {
+            conf,
+            annotations,
+            iface_regex,
+        })
+    }
+}
+
+/// `/healthz` and `/readyz` on `--healthz-ip:--healthz-port` (off with port 0).
+fn serve_health(flags: &Flags, ready: &Readiness) {
+    if flags.healthz_port == 0 {
+        return;
+    }
+    let addr = SocketAddr::new(flags.healthz_ip, flags.healthz_port);
+    let r = ready.clone();
+    tokio::spawn(async move {
+        if let Err(e) = health::serve(addr, r).await {
+            tracing::error!(%addr, error = %e, "health server failed");
+        }
+    });
+}
+
+/// This node in the cluster: its Node, its subnet, and the watched store of
+/// every Node (the single source of the peers).
+struct Cluster {
+    name: String,
+    nodes: NodeClient,
+    store: Store<Node>,
+    changed: Arc<Notify>,
+    own: Arc<Node>,
+    subnet: ipnet::Ipv4Net,
+}
+
+impl Cluster {
+    /// Finds this Node, starts watching all Nodes and waits for the first
+    /// full list (so the overlay starts from the whole cluster); checks that
+    /// the podCIDR lies in the cluster network.
+    async fn join(
+        client: &Client,
+        env: &HashMap<String, String>,
+        conf: &NetConf,
+    ) -> Result<Cluster, AgentError> {
+        let name = kube_sm::node_name(client, env).await?;
+        tracing::info!(node = %name, network = %conf.network, backend = conf.backend.kind(), "starting");
+        let nodes = NodeClient::new(client.clone(), &name);
+        let (store, writer) = reflector::store::<Node>();
+        let changed = Arc::new(Notify::new());
+        tokio::spawn(follow_nodes(nodes.api().clone(), writer, changed.clone()));
+        store
+            .wait_until_ready()
+            .await
+            .map_err(|e| AgentError::Node(format!("the Node watch ended: {e}")))?;
+        let own = wait_for_own_node(&store, &name, &changed).await?;
+        let subnet = crate::subnet::annotations::pod_cidr(&own).map_err(|(field, reason)| {
+            AgentError::Node(format!("node {name}: {field}: {reason}"))
+        })?;
+        if !conf.network.contains(&subnet) {
+            return Err(AgentError::Node(format!(
+                "node {name}: spec.podCIDR {subnet} is not inside the cluster network {} of net-conf.json",
+                conf.network
+            )));
+        }
+        Ok(Cluster {
+            name,
+            nodes,
+            store,
+            changed,
+            own,
+            subnet,
+        })
+    }
+}
+
+/// The underlay as flanneld chooses it, and the public IP (`--public-ip`,
+/// the `node-public-ip` annotation, else the underlay's address).
+async fn choose_underlay(
+    flags: &Flags,
+    settings: &Settings,
+    kernel: &Kernel,
+    own: &Node,
+) -> Result<(iface::Underlay, std::net::Ipv4Addr), AgentError> {
+    let public_ip_flag = flags
+        .public_ip
+        .or_else(|| kube_sm::node_public_ip(own, &settings.annotations));
+    let can_reach = match flags.iface_can_reach {
+        Some(ip) => Some(kernel.route_to(ip).await?.ok_or_else(|| {
+            AgentError::Config(format!("--iface-can-reach {ip}: no route to it"))
+        })?),
+        None => None,
+    };
+    let req = iface::Request {
+        iface: &flags.iface,
+        iface_regex: &settings.iface_regex,
+        can_reach,
+        public_ip: public_ip_flag,
+        default_route: kernel.default_route_interface().await?,
+    };
+    let underlay = iface::choose(&req, &kernel.interfaces().await?).map_err(AgentError::Config)?;
+    let public_ip = public_ip_flag.unwrap_or(underlay.ip);
+    tracing::info!(iface = %underlay.name, ip = %underlay.ip, %public_ip, mtu = underlay.mtu, "underlay chosen");
+    Ok((underlay, public_ip))
+}
+
+/// The overlay's input: this node (keeping its previous VTEP MAC) and every
+/// usable peer in the store.
+fn overlay_input(
+    settings: &Settings,
+    cluster: &Cluster,
+    underlay: &iface::Underlay,
+    skipped: &mut HashMap<String, String>,
+) -> Input {
+    let vtep_mac = match settings.conf.backend {
+        BackendConfig::Vxlan(_) => kube_sm::previous_vtep_mac(&cluster.own, &settings.annotations),
+        BackendConfig::HostGw => None,
+    };
+    Input {
+        config: weft_overlay::OverlayConfig {
+            network: settings.conf.network,
+            backend: settings.conf.backend.clone(),
+        },
+        local: LocalNode {
+            name: cluster.name.clone(),
+            subnet: cluster.subnet,
+            public_ip: underlay.ip,
+            underlay: underlay.name.clone(),
+            vtep_mac,
+        },
+        leases: current_leases(
+            &cluster.store,
+            &settings.annotations,
+            &cluster.name,
+            skipped,
+        ),
+    }
+}
+
+/// Publishes flannel's annotations for this node (only what differs) and
+/// returns them, to restore them if someone removes them.
+async fn publish(
+    settings: &Settings,
+    cluster: &Cluster,
+    vtep_mac: Option<weft_overlay::MacAddr>,
+    public_ip: std::net::Ipv4Addr,
+) -> Result<BTreeMap<String, String>, AgentError> {
+    let backend_data = match (&settings.conf.backend, vtep_mac) {
         (BackendConfig::Vxlan(v), Some(mac)) => weft_overlay::VxlanBackendData {
             vni: u64::from(v.vni),
             vtep_mac: mac,
@@ -214,13 +346,24 @@ async fn agent(
         }
         (BackendConfig::HostGw, _) => "null".to_string(),
     };
-    let advertised = kube_sm::advertised_ip(&own, &annotations, public_ip);
-    let wanted = annotations.published(conf.backend.kind(), &backend_data, advertised);
-    if nodes.publish(&own, &wanted).await? {
-        tracing::info!(node = %node_name, public_ip = %advertised, %backend_data, "annotations published");
+    let advertised = kube_sm::advertised_ip(&cluster.own, &settings.annotations, public_ip);
+    let wanted =
+        settings
+            .annotations
+            .published(settings.conf.backend.kind(), &backend_data, advertised);
+    if cluster.nodes.publish(&cluster.own, &wanted).await? {
+        tracing::info!(node = %cluster.name, public_ip = %advertised, %backend_data, "annotations published");
     }
+    Ok(wanted)
+}
 
-    // NAT, then the subnet file, then ready.
+/// Detects (or takes the forced) NAT mode and starts the NAT loop, which
+/// returns once flannel's rules are in place.
+fn start_nat(
+    flags: &Flags,
+    conf: &NetConf,
+    subnet: ipnet::Ipv4Net,
+) -> Result<weft_nat::ReconcilerHandle, AgentError> {
     let mode = match flags.nat_mode {
         NatModeChoice::Forced(m) => weft_nat::detect(conf.enable_nftables, Some(m)),
         NatModeChoice::Auto => weft_nat::detect(conf.enable_nftables, None),
@@ -236,65 +379,39 @@ async fn agent(
         },
     )
     .map_err(|e| AgentError::Config(e.to_string()))?;
-    let nat = weft_nat::Reconciler::spawn(
+    Ok(weft_nat::Reconciler::spawn(
         mode.mode,
         rules,
         LoopOptions {
             resync: Duration::from_secs(flags.iptables_resync.max(1)),
             ..LoopOptions::default()
         },
-    )?;
+    )?)
+}
+
+/// Writes `subnet.env` (only if its content differs); returns the MTU in it.
+fn write_subnet_env(
+    flags: &Flags,
+    conf: &NetConf,
+    subnet: ipnet::Ipv4Net,
+    underlay_mtu: u32,
+) -> Result<u32, AgentError> {
     let mtu = match &conf.backend {
-        BackendConfig::Vxlan(v) => v.mtu.unwrap_or(underlay.mtu).saturating_sub(VXLAN_OVERHEAD),
-        BackendConfig::HostGw => underlay.mtu,
+        BackendConfig::Vxlan(v) => v.mtu.unwrap_or(underlay_mtu).saturating_sub(VXLAN_OVERHEAD),
+        BackendConfig::HostGw => underlay_mtu,
     };
-    let env_file = SubnetEnv {
+    SubnetEnv {
         network: conf.network,
         subnet,
         mtu,
         ipmasq: flags.ip_masq,
-    };
-    env_file
-        .write(&flags.subnet_file)
-        .map_err(|source| AgentError::SubnetFile {
-            path: flags.subnet_file.display().to_string(),
-            source,
-        })?;
-    ready.set_ready();
-    tracing::info!(subnet_file = %flags.subnet_file.display(), %subnet, mtu, nat = %nat.mode(), "ready");
-    if flags.set_node_network_unavailable {
-        let now = k8s_openapi::jiff::Timestamp::now().to_string();
-        if let Err(e) = nodes.set_network_available(&own, &now).await {
-            tracing::warn!(error = %e, "cannot set NetworkUnavailable=False");
-        }
     }
-
-    // Follow the cluster until told to stop.
-    tokio::pin!(shutdown);
-    let mut last = input;
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            _ = changed.notified() => {
-                let leases = current_leases(&store, &annotations, &node_name, &mut skipped);
-                if leases != last.leases {
-                    let generation = overlay.set_leases(leases.clone());
-                    tracing::debug!(generation, peers = leases.len(), "peers changed");
-                    last.leases = leases;
-                }
-                if let Some(own) = store.get(&reflector::ObjectRef::new(&node_name)) {
-                    if let Err(e) = nodes.publish(&own, &wanted).await {
-                        tracing::warn!(error = %e, "cannot restore this node's annotations");
-                    }
-                }
-            }
-        }
-    }
-    tracing::info!("stopping; routes, neighbours, FDB entries and NAT rules stay in place");
-    drop(overlay);
-    let _ = overlay_task.await;
-    nat.stop();
-    Ok(())
+    .write(&flags.subnet_file)
+    .map_err(|source| AgentError::SubnetFile {
+        path: flags.subnet_file.display().to_string(),
+        source,
+    })?;
+    Ok(mtu)
 }
 
 /// Drives the Node watch into the store and signals every change.
