@@ -229,6 +229,8 @@ pub fn add_device(
         "nolearning",
     ]);
     ns.ip(&args)?;
+    // flanneld turns router advertisements off on the device, ignoring failure.
+    let _ = ns.sysctl(&format!("net/ipv6/conf/{DEVICE}/accept_ra"), "0");
     ns.ip(&["addr", "add", addr, "dev", DEVICE])?;
     ns.ip(&["link", "set", DEVICE, "up"])?;
     Ok(())
