@@ -1,7 +1,8 @@
 //! iptables-legacy and iptables-nft: flannel's chains `FLANNEL-POSTRTG` (nat)
 //! and `FLANNEL-FWD` (filter), jumped to from `POSTROUTING` and `FORWARD`.
 //!
-//! Reading is one `iptables-*-save`; writing is one
+//! Reading is one `iptables-*-save` (skipped when weft's chains certainly
+//! do not exist: see `certainly_absent`); writing is one
 //! `iptables-*-restore --noflush -w`: the chain bodies are declared (which
 //! empties them) and refilled, missing jump rules appended, duplicates and
 //! chains of a switched-off option removed — all in one transaction per
@@ -12,6 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::error::NatError;
+use crate::nft_dump;
 use crate::render::{self, iptables_jump, iptables_place};
 use crate::rules::{Chain, RuleSet};
 use crate::{NatBackend, NatMode, Snapshot};
@@ -73,6 +75,34 @@ impl IptablesBackend {
         }
     }
 
+    /// Whether none of weft's (or flannel's) chains can exist, known without
+    /// running a process: for iptables-legacy, no table at all has been
+    /// instantiated in this network namespace; for iptables-nft, no table of
+    /// family `ip` holds a chain of that name (one netlink dump) (a jump needs its target
+    /// chain, so no jump can exist either). `false` when unsure: then
+    /// `iptables-save` is read. True on a fresh node before anything made
+    /// rules, and for the flavor a host does not use. Must be called from a
+    /// thread in the namespace to look at.
+    pub fn certainly_absent(&self) -> bool {
+        match self.flavor {
+            Flavor::Legacy => {
+                // The calling thread's namespace (weft's loop thread may have
+                // setns'd). No such file: ip_tables is not even loaded.
+                match std::fs::read_to_string("/proc/thread-self/net/ip_tables_names") {
+                    Ok(names) => names.trim().is_empty(),
+                    Err(e) => {
+                        e.kind() == std::io::ErrorKind::NotFound
+                            && std::path::Path::new("/proc/thread-self/net").is_dir()
+                    }
+                }
+            }
+            Flavor::Nft => matches!(
+                nft_dump::ip_chain_names("reading the chains of family ip"),
+                Ok(Some(names)) if !names.iter().any(|n| OUR_CHAINS.contains(&n.as_str()))
+            ),
+        }
+    }
+
     /// The `iptables-save` output of the nat and filter tables.
     pub fn save(&self) -> Result<String, NatError> {
         run(&self.binary("-save"), &[], None, self.timeout, self.mode())
@@ -88,16 +118,18 @@ impl IptablesBackend {
             None => payload,
         };
         tracing::debug!(mode = %self.mode(), %payload, "iptables-restore");
-        run(
+        run_writer(
             &self.binary("-restore"),
             &["--noflush", "-w", "5"],
-            Some(payload),
+            payload,
             self.timeout,
             self.mode(),
         )
-        .map(|_| ())
     }
 }
+
+/// weft's (and flannel's) chain names.
+const OUR_CHAINS: [&str; 2] = [render::POSTRTG_CHAIN, render::FWD_CHAIN];
 
 /// What `iptables-save` shows of weft's chains, per table.
 #[derive(Debug, Default)]
@@ -111,7 +143,7 @@ struct Seen {
 }
 
 fn parse_save(save: &str) -> Seen {
-    let ours = [render::POSTRTG_CHAIN, render::FWD_CHAIN];
+    let ours = OUR_CHAINS;
     let mut seen = Seen::default();
     let mut table = String::new();
     for line in save.lines() {
@@ -137,7 +169,7 @@ fn parse_save(save: &str) -> Seen {
 impl Seen {
     /// Back from the canonical lines of [`Seen::snapshot`].
     fn from_snapshot(snapshot: &Snapshot) -> Seen {
-        let ours = [render::POSTRTG_CHAIN, render::FWD_CHAIN];
+        let ours = OUR_CHAINS;
         let mut seen = Seen::default();
         for line in &snapshot.0 {
             let Some((table, rest)) = line.split_once(' ') else {
@@ -256,6 +288,9 @@ impl NatBackend for IptablesBackend {
     }
 
     fn observe(&mut self) -> Result<Snapshot, NatError> {
+        if self.certainly_absent() {
+            return Ok(Seen::default().snapshot());
+        }
         Ok(parse_save(&self.save()?).snapshot())
     }
 
@@ -290,6 +325,9 @@ impl NatBackend for IptablesBackend {
             postrouting: Vec::new(),
             forward: Vec::new(),
         };
+        if self.certainly_absent() {
+            return Ok(());
+        }
         let seen = parse_save(&self.save()?);
         let payload = payload(&empty, &seen);
         if payload.is_empty() {
@@ -299,11 +337,117 @@ impl NatBackend for IptablesBackend {
     }
 }
 
+/// One thread for the whole process that kills commands overrunning their
+/// timeout, so running a command costs no thread of its own.
+mod watchdog {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+    use std::sync::{Arc, Mutex, OnceLock};
+    use std::time::{Duration, Instant};
+
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+
+    struct Entry {
+        pid: Pid,
+        deadline: Instant,
+        done: Arc<AtomicBool>,
+        killed: Arc<AtomicBool>,
+    }
+
+    /// A watched command; [`Watch::finish`] once it has been waited for.
+    pub(super) struct Watch {
+        done: Arc<AtomicBool>,
+        killed: Arc<AtomicBool>,
+    }
+
+    impl Watch {
+        /// Stops watching; whether the command was killed for overrunning.
+        pub(super) fn finish(self) -> bool {
+            self.done.store(true, Ordering::SeqCst);
+            self.killed.load(Ordering::SeqCst)
+        }
+    }
+
+    impl Drop for Watch {
+        fn drop(&mut self) {
+            self.done.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Kills `pid` (SIGKILL) unless it is finished within `timeout`.
+    pub(super) fn watch(pid: Pid, timeout: Duration) -> Watch {
+        let done = Arc::new(AtomicBool::new(false));
+        let killed = Arc::new(AtomicBool::new(false));
+        let entry = Entry {
+            pid,
+            deadline: Instant::now() + timeout,
+            done: done.clone(),
+            killed: killed.clone(),
+        };
+        static THREAD: OnceLock<Mutex<Sender<Entry>>> = OnceLock::new();
+        let sender = THREAD.get_or_init(|| {
+            let (tx, rx) = mpsc::channel::<Entry>();
+            std::thread::spawn(move || {
+                let mut watched: Vec<Entry> = Vec::new();
+                loop {
+                    watched.retain(|e| !e.done.load(Ordering::SeqCst));
+                    let now = Instant::now();
+                    for e in watched.iter().filter(|e| e.deadline <= now) {
+                        if !e.done.load(Ordering::SeqCst) {
+                            let _ = kill(e.pid, Signal::SIGKILL);
+                            e.killed.store(true, Ordering::SeqCst);
+                        }
+                    }
+                    watched.retain(|e| e.deadline > now);
+                    let next = watched.iter().map(|e| e.deadline).min();
+                    let got = match next {
+                        Some(d) => rx.recv_timeout(d.saturating_duration_since(now)),
+                        None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                    };
+                    match got {
+                        Ok(e) => watched.push(e),
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => return,
+                    }
+                }
+            });
+            Mutex::new(tx)
+        });
+        if let Ok(tx) = sender.lock() {
+            let _ = tx.send(entry);
+        }
+        Watch { done, killed }
+    }
+}
+
 /// Runs a command with optional stdin and a timeout; its stdout.
 pub(crate) fn run(
     binary: &str,
     args: &[&str],
     stdin: Option<&str>,
+    timeout: Duration,
+    mode: NatMode,
+) -> Result<String, NatError> {
+    execute(binary, args, stdin, Stdio::piped(), timeout, mode)
+}
+
+/// Like [`run`], for a writer whose stdout is not read (`/dev/null`).
+fn run_writer(
+    binary: &str,
+    args: &[&str],
+    stdin: &str,
+    timeout: Duration,
+    mode: NatMode,
+) -> Result<(), NatError> {
+    execute(binary, args, Some(stdin), Stdio::null(), timeout, mode).map(drop)
+}
+
+fn execute(
+    binary: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+    stdout: Stdio,
     timeout: Duration,
     mode: NatMode,
 ) -> Result<String, NatError> {
@@ -317,7 +461,7 @@ pub(crate) fn run(
         } else {
             Stdio::null()
         })
-        .stdout(Stdio::piped())
+        .stdout(stdout)
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| match e.kind() {
@@ -330,16 +474,9 @@ pub(crate) fn run(
                 source: e,
             },
         })?;
-    // A watchdog kills the command if it hangs; waiting itself blocks (no polling delay).
+    // The watchdog kills the command if it hangs; waiting itself blocks (no polling delay).
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
-    let (done, watchdog) = std::sync::mpsc::channel::<()>();
-    let killer = std::thread::spawn(move || {
-        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = watchdog.recv_timeout(timeout) {
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-            return true;
-        }
-        false
-    });
+    let watch = watchdog::watch(pid, timeout);
     if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
         pipe.write_all(text.as_bytes()).map_err(|e| NatError::Io {
             context: format!("writing to {command}"),
@@ -347,8 +484,7 @@ pub(crate) fn run(
         })?;
     }
     let out = child.wait_with_output();
-    let _ = done.send(());
-    let killed = killer.join().unwrap_or(false);
+    let killed = watch.finish();
     let out = out.map_err(|e| NatError::Io {
         context: format!("reading {command}"),
         source: e,
@@ -374,6 +510,37 @@ pub(crate) fn run(
 mod tests {
     use super::*;
     use crate::rules::{Options, SnatRules};
+
+    #[test]
+    fn a_hanging_command_is_killed_at_its_timeout_and_others_are_not() {
+        let t0 = std::time::Instant::now();
+        let slow = std::thread::spawn(|| {
+            run(
+                "sleep",
+                &["5"],
+                None,
+                Duration::from_millis(200),
+                NatMode::IptablesNft,
+            )
+        });
+        // Commands run meanwhile, with a long timeout, are left alone.
+        for _ in 0..5 {
+            let out = run(
+                "cat",
+                &[],
+                Some("x"),
+                Duration::from_secs(10),
+                NatMode::IptablesNft,
+            );
+            assert_eq!(out.unwrap(), "x");
+        }
+        let e = slow.join().unwrap().unwrap_err();
+        assert!(
+            matches!(&e, NatError::Command { status, .. } if status.contains("killed after")),
+            "{e}"
+        );
+        assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    }
 
     fn seed() -> RuleSet {
         SnatRules::build(

@@ -79,10 +79,11 @@ const NFTA_RULE_EXPRESSIONS: u16 = 4;
 const NFTA_RULE_USERDATA: u16 = 7;
 const NFTA_EXPR_NAME: u16 = 1;
 
-/// A dump request (`NLM_F_DUMP`) for family `ip` with a table attribute
-/// (the kernel filters rules by it; chains are filtered here).
-pub(crate) fn dump_request(msg: u16, table: &str) -> Vec<u8> {
-    let attr_len = 4 + table.len() + 1;
+/// A dump request (`NLM_F_DUMP`) for family `ip`, with a table attribute
+/// when `table` is given (the kernel filters rules by it; chains are
+/// filtered here).
+pub(crate) fn dump_request(msg: u16, table: Option<&str>) -> Vec<u8> {
+    let attr_len = table.map_or(0, |t| 4 + t.len() + 1);
     let len = 16 + 4 + align4(attr_len);
     let mut req = Vec::with_capacity(len);
     req.extend_from_slice(&(len as u32).to_ne_bytes());
@@ -92,17 +93,24 @@ pub(crate) fn dump_request(msg: u16, table: &str) -> Vec<u8> {
     req.extend_from_slice(&1u32.to_ne_bytes()); // seq
     req.extend_from_slice(&0u32.to_ne_bytes()); // port id
     req.extend_from_slice(&[NFPROTO_IPV4, 0, 0, 0]); // nfgenmsg: family, version 0, res_id 0
-    req.extend_from_slice(&(attr_len as u16).to_ne_bytes());
-    req.extend_from_slice(&NFTA_TABLE_ATTR.to_ne_bytes());
-    req.extend_from_slice(table.as_bytes());
-    req.push(0);
+    if let Some(table) = table {
+        req.extend_from_slice(&(attr_len as u16).to_ne_bytes());
+        req.extend_from_slice(&NFTA_TABLE_ATTR.to_ne_bytes());
+        req.extend_from_slice(table.as_bytes());
+        req.push(0);
+    }
     req.resize(len, 0);
     req
 }
 
-/// The replies to a dump of `msg` objects of `ip <table>`; `None` if a
-/// change interrupted the dump, nothing if the table is gone.
-pub(crate) fn dump_ip(msg: u16, table: &str, what: &str) -> Result<Option<Vec<u8>>, NatError> {
+/// The replies to a dump of `msg` objects of `ip <table>` (every table of
+/// family `ip` without one); `None` if a change interrupted the dump,
+/// nothing if the table is gone.
+pub(crate) fn dump_ip(
+    msg: u16,
+    table: Option<&str>,
+    what: &str,
+) -> Result<Option<Vec<u8>>, NatError> {
     match nfnl::dump(what, &dump_request(msg, table))? {
         Dump::Interrupted => Ok(None),
         Dump::Refused(errno) if errno == libc::ENOENT => Ok(Some(Vec::new())),
@@ -112,6 +120,24 @@ pub(crate) fn dump_ip(msg: u16, table: &str, what: &str) -> Result<Option<Vec<u8
         }),
         Dump::Messages(bytes) => Ok(Some(bytes)),
     }
+}
+
+/// The name of every chain of family `ip`, in any table, by one dump;
+/// `None` if a change interrupted it.
+pub(crate) fn ip_chain_names(what: &str) -> Result<Option<Vec<String>>, NatError> {
+    let Some(buf) = dump_ip(NFT_MSG_GETCHAIN, None, what)? else {
+        return Ok(None);
+    };
+    let mut names = Vec::new();
+    for attrs in objects_of(&buf, NFT_MSG_NEWCHAIN, None).map_err(NatError::from)? {
+        names.extend(
+            attrs
+                .iter()
+                .filter(|a| a.kind() == NFTA_CHAIN_NAME)
+                .map(|a| attr_string(&buf, a)),
+        );
+    }
+    Ok(Some(names))
 }
 
 fn attr_string(buf: &[u8], a: &Attr) -> String {
@@ -126,8 +152,9 @@ fn attr_be32(buf: &[u8], a: &Attr) -> Option<u32> {
 }
 
 /// The attributes of every `msg` message of family `ip` and table `table`
-/// in `buf` (a dump's replies; a batch has the same layout).
-fn objects_of(buf: &[u8], msg: u16, table: &str) -> Result<Vec<Vec<Attr>>, MalformedBatch> {
+/// (any table without one) in `buf` (a dump's replies; a batch has the same
+/// layout).
+fn objects_of(buf: &[u8], msg: u16, table: Option<&str>) -> Result<Vec<Vec<Attr>>, MalformedBatch> {
     let mut out = Vec::new();
     for m in messages(buf)? {
         if m.ty != NFNL_SUBSYS_NFTABLES << 8 | msg || m.len < 20 {
@@ -137,9 +164,11 @@ fn objects_of(buf: &[u8], msg: u16, table: &str) -> Result<Vec<Vec<Attr>>, Malfo
             continue;
         }
         let attrs = nlmsg::attrs(buf, m.off + 20, m.off + m.len)?;
-        let in_table = attrs
-            .iter()
-            .any(|a| a.kind() == NFTA_TABLE_ATTR && attr_string(buf, a) == table);
+        let in_table = table.is_none_or(|table| {
+            attrs
+                .iter()
+                .any(|a| a.kind() == NFTA_TABLE_ATTR && attr_string(buf, a) == table)
+        });
         if in_table {
             out.push(attrs);
         }
@@ -150,7 +179,7 @@ fn objects_of(buf: &[u8], msg: u16, table: &str) -> Result<Vec<Vec<Attr>>, Malfo
 /// The chains of `ip <table>` in `buf`, in kernel order.
 pub(crate) fn parse_chains(buf: &[u8], table: &str) -> Result<Vec<DumpedChain>, MalformedBatch> {
     let mut chains = Vec::new();
-    for attrs in objects_of(buf, NFT_MSG_NEWCHAIN, table)? {
+    for attrs in objects_of(buf, NFT_MSG_NEWCHAIN, Some(table))? {
         let mut chain = DumpedChain {
             name: String::new(),
             kind: None,
@@ -187,7 +216,7 @@ pub(crate) fn parse_chains(buf: &[u8], table: &str) -> Result<Vec<DumpedChain>, 
 /// The rules of `ip <table>` in `buf`, in kernel order.
 pub(crate) fn parse_rules(buf: &[u8], table: &str) -> Result<Vec<DumpedRule>, MalformedBatch> {
     let mut rules = Vec::new();
-    for attrs in objects_of(buf, NFT_MSG_NEWRULE, table)? {
+    for attrs in objects_of(buf, NFT_MSG_NEWRULE, Some(table))? {
         let mut rule = DumpedRule {
             chain: String::new(),
             exprs: Vec::new(),

@@ -262,12 +262,12 @@ impl NftablesBackend {
         // flannel-ipv4` would hide ours), and it reads policy drop as accept.
         let what = format!("listing nftables table ip {NFT_TABLE}");
         let Some(chain_bytes) =
-            dump_ip(NFT_MSG_GETCHAIN, NFT_TABLE, &what).map_err(ObserveError::Nat)?
+            dump_ip(NFT_MSG_GETCHAIN, Some(NFT_TABLE), &what).map_err(ObserveError::Nat)?
         else {
             return Err(ObserveError::Interrupted);
         };
         let Some(rule_bytes) =
-            dump_ip(NFT_MSG_GETRULE, NFT_TABLE, &what).map_err(ObserveError::Nat)?
+            dump_ip(NFT_MSG_GETRULE, Some(NFT_TABLE), &what).map_err(ObserveError::Nat)?
         else {
             return Err(ObserveError::Interrupted);
         };
@@ -677,7 +677,7 @@ mod tests {
 
     #[test]
     fn dump_request_layout() {
-        let req = dump_request(NFT_MSG_GETRULE, NFT_TABLE);
+        let req = dump_request(NFT_MSG_GETRULE, Some(NFT_TABLE));
         assert_eq!(req.len(), 16 + 4 + 4 + 16);
         assert_eq!(
             u32::from_ne_bytes(req[0..4].try_into().unwrap()) as usize,

@@ -579,3 +579,49 @@ fn without_rules_pod_traffic_to_the_outside_is_not_masqueraded() {
         Some(POD_IP)
     );
 }
+
+/// The save-less fast path: `certainly_absent` is true only where no chain
+/// of weft's can exist, and observing there equals what iptables-save says.
+#[test]
+fn chains_known_absent_without_iptables_save() {
+    require_netns!();
+    for (mode, tool) in [
+        (NatMode::IptablesLegacy, "iptables-legacy"),
+        (NatMode::IptablesNft, "iptables-nft"),
+    ] {
+        let absent = |ns: &Netns| {
+            ns.run(move || async move {
+                let b = if mode == NatMode::IptablesLegacy {
+                    IptablesBackend::legacy()
+                } else {
+                    IptablesBackend::nft()
+                };
+                b.certainly_absent()
+            })
+            .unwrap()
+        };
+        let ns = Netns::new("absent").unwrap();
+        assert!(absent(&ns), "{mode}: a fresh namespace");
+        // A foreign chain: nft still knows for sure, legacy no longer does.
+        ns.exec(&[tool, "-t", "nat", "-N", "KUBE-POSTROUTING"])
+            .unwrap();
+        assert_eq!(
+            absent(&ns),
+            mode == NatMode::IptablesNft,
+            "{mode}: a foreign chain"
+        );
+        // One of weft's chain names anywhere: not absent.
+        ns.exec(&[tool, "-t", "mangle", "-N", "FLANNEL-FWD"])
+            .unwrap();
+        assert!(!absent(&ns), "{mode}: FLANNEL-FWD in mangle");
+        ns.exec(&[tool, "-t", "mangle", "-X", "FLANNEL-FWD"])
+            .unwrap();
+        // weft's rules in place: not absent; and observing matches them.
+        let r = rules(Options::default());
+        let wrote = with_backend(&ns, mode, move |b| b.reconcile(&r).unwrap());
+        assert!(wrote);
+        assert!(!absent(&ns), "{mode}: weft's rules");
+        let r = rules(Options::default());
+        assert!(!with_backend(&ns, mode, move |b| b.reconcile(&r).unwrap()));
+    }
+}
