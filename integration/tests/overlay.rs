@@ -73,6 +73,15 @@ fn start(node: &Node, specs: &[NodeSpec], config: &OverlayConfig) -> OverlayAgen
     agent
 }
 
+/// An agent on every node of `cluster`, each past its first clean reconcile.
+fn start_all(cluster: &Cluster, specs: &[NodeSpec], config: &OverlayConfig) -> Vec<OverlayAgent> {
+    cluster
+        .nodes
+        .iter()
+        .map(|n| start(n, specs, config))
+        .collect()
+}
+
 /// Runs a future to completion on a throwaway runtime, failing after 20 s.
 fn block<T>(fut: impl Future<Output = T>) -> T {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -229,11 +238,7 @@ fn vxlan_converges_to_the_seed_tables_and_pods_reach_each_other() {
     let specs = seed_nodes();
     let cluster = Cluster::new(&specs).unwrap();
     let config = vxlan(false);
-    let agents: Vec<OverlayAgent> = cluster
-        .nodes
-        .iter()
-        .map(|n| start(n, &specs, &config))
-        .collect();
+    let agents = start_all(&cluster, &specs, &config);
     for a in &agents {
         let r = a.handle.last_report();
         assert!(r.rejected.is_empty(), "{r:?}");
@@ -275,11 +280,7 @@ fn host_gw_routes_via_node_ips_and_pods_reach_each_other() {
         network: CLUSTER.parse().unwrap(),
         backend: BackendConfig::HostGw,
     };
-    let agents: Vec<OverlayAgent> = cluster
-        .nodes
-        .iter()
-        .map(|n| start(n, &specs, &config))
-        .collect();
+    let agents = start_all(&cluster, &specs, &config);
     let worker2 = &cluster.node("worker2").unwrap().ns;
     let routes = routes_in_cluster(worker2);
     let got: Vec<(String, String, String)> = routes
@@ -315,11 +316,7 @@ fn direct_routing_bypasses_the_overlay_on_one_l2_network() {
     let specs = seed_nodes();
     let cluster = Cluster::new(&specs).unwrap();
     let config = vxlan(true);
-    let agents: Vec<OverlayAgent> = cluster
-        .nodes
-        .iter()
-        .map(|n| start(n, &specs, &config))
-        .collect();
+    let agents = start_all(&cluster, &specs, &config);
     let worker2 = &cluster.node("worker2").unwrap().ns;
     let routes = routes_in_cluster(worker2);
     assert_eq!(routes.len(), 2);
@@ -348,11 +345,7 @@ fn deleted_objects_come_back_within_a_second() {
     let specs = seed_nodes();
     let cluster = Cluster::new(&specs).unwrap();
     let config = vxlan(false);
-    let agents: Vec<OverlayAgent> = cluster
-        .nodes
-        .iter()
-        .map(|n| start(n, &specs, &config))
-        .collect();
+    let agents = start_all(&cluster, &specs, &config);
     let w2 = &cluster.node("worker2").unwrap().ns;
     let route_back = || {
         routes_in_cluster(w2)

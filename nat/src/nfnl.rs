@@ -95,14 +95,7 @@ pub fn send_batch_with(
         })
         .map(|m| m.seq)
         .collect();
-    let kernel = |detail: String| NatError::Kernel {
-        what: what.to_string(),
-        detail,
-    };
-    let io_err = |context: &str, source: io::Error| NatError::Io {
-        context: format!("{context} (for {what})"),
-        source,
-    };
+    let (kernel, io_err) = (kernel_error(what), io_error(what));
 
     let sock = netfilter_socket(what)?;
     // Short acks (no copy of each request) and the offending attribute's offset.
@@ -194,12 +187,25 @@ const NLMSG_DONE: u16 = 3;
 const NLM_F_MULTI: u16 = 0x02;
 const NLM_F_DUMP_INTR: u16 = 0x10;
 
-/// A bound `NETLINK_NETFILTER` socket; errors say what it was for.
-fn netfilter_socket(what: &str) -> Result<Socket, NatError> {
-    let io_err = |context: &str, source: io::Error| NatError::Io {
+/// A kernel refusal or failure, saying what it was for.
+fn kernel_error(what: &str) -> impl Fn(String) -> NatError + '_ {
+    move |detail| NatError::Kernel {
+        what: what.to_string(),
+        detail,
+    }
+}
+
+/// An I/O error with its context, saying what it was for.
+fn io_error(what: &str) -> impl Fn(&str, io::Error) -> NatError + '_ {
+    move |context, source| NatError::Io {
         context: format!("{context} (for {what})"),
         source,
-    };
+    }
+}
+
+/// A bound `NETLINK_NETFILTER` socket; errors say what it was for.
+fn netfilter_socket(what: &str) -> Result<Socket, NatError> {
+    let io_err = io_error(what);
     let mut sock = Socket::new(NETLINK_NETFILTER)
         .map_err(|e| io_err("opening a NETLINK_NETFILTER socket", e))?;
     sock.bind_auto()
@@ -211,14 +217,7 @@ fn netfilter_socket(what: &str) -> Result<Socket, NatError> {
 /// socket and collects the replies until `NLMSG_DONE`, at most
 /// [`ACK_TIMEOUT`] between two datagrams.
 pub(crate) fn dump(what: &str, request: &[u8]) -> Result<Dump, NatError> {
-    let kernel = |detail: String| NatError::Kernel {
-        what: what.to_string(),
-        detail,
-    };
-    let io_err = |context: &str, source: io::Error| NatError::Io {
-        context: format!("{context} (for {what})"),
-        source,
-    };
+    let (kernel, io_err) = (kernel_error(what), io_error(what));
     let sock = netfilter_socket(what)?;
     let _ = sock.set_ext_ack(true);
     let sent = sock

@@ -262,30 +262,17 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     }
     section(&format!("5. SNAT rules ({name}, {nat})"));
     match nat {
-        NatMode::IptablesLegacy => shell(
-            &node3.ns,
-            &[
-                "iptables-legacy",
-                "-t",
-                "nat",
-                "-L",
-                "FLANNEL-POSTRTG",
-                "-n",
-                "-v",
-            ],
-        ),
-        NatMode::IptablesNft => shell(
-            &node3.ns,
-            &[
-                "iptables-nft",
-                "-t",
-                "nat",
-                "-L",
-                "FLANNEL-POSTRTG",
-                "-n",
-                "-v",
-            ],
-        ),
+        NatMode::IptablesLegacy | NatMode::IptablesNft => {
+            let tool = if nat == NatMode::IptablesLegacy {
+                "iptables-legacy"
+            } else {
+                "iptables-nft"
+            };
+            shell(
+                &node3.ns,
+                &[tool, "-t", "nat", "-L", "FLANNEL-POSTRTG", "-n", "-v"],
+            );
+        }
         NatMode::Nftables => shell(&node3.ns, &["nft", "list", "table", "ip", "flannel-ipv4"]),
     }
     println!("   (proto 119 marks the routes weft owns; flannel's carry no tag)");
