@@ -240,35 +240,17 @@ impl Kernel {
             }
             DeviceOp::SetMtu(mtu) => {
                 let msg = LinkUnspec::new_with_index(idx()?).mtu(*mtu).build();
-                self.handle
-                    .link()
-                    .set(msg)
-                    .execute()
-                    .await
-                    .map_err(req(format!("set mtu {mtu}")))?;
-                Ok(None)
+                self.set_link(msg, format!("set mtu {mtu}")).await
             }
             DeviceOp::SetMac(mac) => {
                 let msg = LinkUnspec::new_with_index(idx()?)
                     .address(mac.octets().to_vec())
                     .build();
-                self.handle
-                    .link()
-                    .set(msg)
-                    .execute()
-                    .await
-                    .map_err(req(format!("set address {mac}")))?;
-                Ok(None)
+                self.set_link(msg, format!("set address {mac}")).await
             }
             DeviceOp::SetUp => {
                 let msg = LinkUnspec::new_with_index(idx()?).up().build();
-                self.handle
-                    .link()
-                    .set(msg)
-                    .execute()
-                    .await
-                    .map_err(req("set up"))?;
-                Ok(None)
+                self.set_link(msg, "set up".into()).await
             }
             DeviceOp::AddAddress(a) => {
                 self.handle
@@ -294,6 +276,17 @@ impl Kernel {
                 Ok(None)
             }
         }
+    }
+
+    /// One `RTM_NEWLINK` change to an existing link.
+    async fn set_link(&self, msg: LinkMessage, what: String) -> Result<Option<u32>, KernelError> {
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(req(what))?;
+        Ok(None)
     }
 
     async fn create_device(&self, d: &VxlanDevice) -> Result<u32, KernelError> {
