@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 use weft::cni::error::code;
-use weft_integration::cni_call::CniCall;
+use weft_integration::cni_call::{flannel_netconf, CniCall};
 use weft_netns::{require_netns, Netns};
 
 const BIN: &str = env!("CARGO_BIN_EXE_weft-cni");
@@ -43,11 +43,13 @@ impl Node {
 
     /// kube-flannel.yml's conflist entry, with private paths.
     fn netconf(&self, version: &str) -> Value {
-        json!({"cniVersion": version, "name": "cbr0", "type": "flannel",
-               "subnetFile": self.root().join("subnet.env"),
-               "dataDir": self.root().join("data"),
-               "ipam": {"dataDir": self.root().join("ipam")},
-               "delegate": {"hairpinMode": true, "isDefaultGateway": true}})
+        let root = self.root();
+        flannel_netconf(
+            version,
+            &root.join("subnet.env"),
+            &root.join("data"),
+            &root.join("ipam"),
+        )
     }
 
     fn ipam_dir(&self) -> PathBuf {

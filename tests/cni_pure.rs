@@ -10,6 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use weft_integration::cni_call::flannel_netconf;
 
 use serde_json::{json, Value};
 use weft::cni::error::code;
@@ -549,11 +550,13 @@ if [ "$CNI_COMMAND" = ADD ]; then echo '{FAKE_RESULT}'; fi
     }
 
     fn netconf(&self, version: &str) -> Value {
-        json!({"cniVersion": version, "name": "cbr0", "type": "flannel",
-               "subnetFile": self.root().join("subnet.env"),
-               "dataDir": self.root().join("data"),
-               "ipam": {"dataDir": self.root().join("ipam")},
-               "delegate": {"hairpinMode": true, "isDefaultGateway": true}})
+        let root = self.root();
+        flannel_netconf(
+            version,
+            &root.join("subnet.env"),
+            &root.join("data"),
+            &root.join("ipam"),
+        )
     }
 
     fn run(&self, command: &str, id: &str, stdin: &Value, extra: &[(&str, &str)]) -> (Value, bool) {

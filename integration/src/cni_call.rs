@@ -3,6 +3,8 @@
 
 use std::io::Write;
 use std::path::Path;
+
+use serde_json::{json, Value};
 use std::process::{Command, Output, Stdio};
 
 /// One plugin invocation.
@@ -40,4 +42,24 @@ impl CniCall<'_> {
         }
         child.wait_with_output()
     }
+}
+
+/// kube-flannel.yml's `flannel` conflist entry (`hairpinMode`,
+/// `isDefaultGateway`) at CNI `version`, with its subnet file and the
+/// plugin's and host-local's state directories at the given paths.
+pub fn flannel_netconf(
+    version: &str,
+    subnet_file: &Path,
+    data_dir: &Path,
+    ipam_dir: &Path,
+) -> Value {
+    json!({
+        "cniVersion": version,
+        "name": "cbr0",
+        "type": "flannel",
+        "subnetFile": subnet_file,
+        "dataDir": data_dir,
+        "ipam": {"dataDir": ipam_dir},
+        "delegate": {"hairpinMode": true, "isDefaultGateway": true}
+    })
 }

@@ -14,7 +14,7 @@ use weft_nat::NatMode;
 use weft_netns::probe::seen_source;
 use weft_netns::{Netns, Switch};
 
-use crate::cni_call::CniCall;
+use crate::cni_call::{flannel_netconf, CniCall};
 use crate::flannel_node::{peer_of, FlannelNode, Peer};
 use crate::kube_api::RealApiServer;
 use crate::node_api::NodeApi;
@@ -715,15 +715,12 @@ fn ping(ns: &Netns, ip: Ipv4Addr) -> bool {
 /// node whose files are under `base`: flannel's conflist entry, with the
 /// node's subnet file and state directories.
 fn pod_conf(base: &Path) -> Value {
-    json!({
-        "cniVersion": "0.3.1",
-        "name": "cbr0",
-        "type": "flannel",
-        "subnetFile": base.join("subnet.env"),
-        "dataDir": base.join("cni-flannel"),
-        "ipam": {"dataDir": base.join("cni-ipam")},
-        "delegate": {"hairpinMode": true, "isDefaultGateway": true}
-    })
+    flannel_netconf(
+        "0.3.1",
+        &base.join("subnet.env"),
+        &base.join("cni-flannel"),
+        &base.join("cni-ipam"),
+    )
 }
 
 /// Writes `dir/name` readable by its owner only (dir 0700), synced.
