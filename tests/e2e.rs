@@ -8,7 +8,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use weft_integration::lab::{ApiChoice, Backend, Binaries, Lab, LabSpec, Pinger};
+use weft_integration::lab::{ApiChoice, Backend, Binaries, Lab, LabSpec};
+use weft_integration::pinger::Pinger;
 use weft_integration::seed_nodes;
 use weft_integration::topology::NodeSpec;
 use weft_nat::NatMode;

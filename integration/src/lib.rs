@@ -11,6 +11,7 @@ pub mod kube_api;
 pub mod lab;
 pub mod node_api;
 pub mod overlay_agent;
+pub mod pinger;
 pub mod topology;
 pub mod weftd;
 pub mod witness;

@@ -14,7 +14,8 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
-use weft_integration::lab::{ApiChoice, Backend, Binaries, Lab, LabSpec, Pinger, OUTSIDE_IP};
+use weft_integration::lab::{ApiChoice, Backend, Binaries, Lab, LabSpec, OUTSIDE_IP};
+use weft_integration::pinger::Pinger;
 use weft_integration::seed_nodes;
 use weft_integration::topology::CLUSTER;
 use weft_nat::NatMode;

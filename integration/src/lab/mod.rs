@@ -9,12 +9,16 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use ipnet::Ipv4Net;
-use serde_json::{json, Value};
 use weft_nat::NatMode;
 use weft_netns::probe::seen_source;
 use weft_netns::{Netns, Switch};
 
-use crate::cni_call::{flannel_netconf, CniCall};
+mod api;
+mod cni;
+
+pub use api::{Api, ApiChoice};
+use cni::{cni, pod_conf, result_ip, save_private};
+
 use crate::flannel_node::{peer_of, FlannelNode, Peer};
 use crate::kube_api::RealApiServer;
 use crate::node_api::NodeApi;
@@ -48,20 +52,6 @@ impl Backend {
     }
 }
 
-/// Which Kubernetes API a lab should run.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum ApiChoice {
-    /// The real kube-apiserver where one is found
-    /// ([`RealApiServer::locate`]: `$WEFT_KUBE_DIR`, `../shared/kube`), else
-    /// the embedded Node API server.
-    #[default]
-    Auto,
-    /// The real kube-apiserver; an error if there is none.
-    Real,
-    /// weft's embedded Node API server.
-    Embedded,
-}
-
 /// What a lab is made of.
 #[derive(Debug, Clone, Copy)]
 pub struct LabSpec<'a> {
@@ -75,71 +65,6 @@ pub struct LabSpec<'a> {
     pub nat: NatMode,
     /// The Kubernetes API.
     pub api: ApiChoice,
-}
-
-/// Which API server the lab runs.
-pub enum Api {
-    /// ../shared/kube's kube-apiserver.
-    Real(RealApiServer),
-    /// weft's embedded Node API server.
-    Embedded(NodeApi, PathBuf),
-}
-
-impl Api {
-    /// What the lab says it uses.
-    pub fn describe(&self) -> &'static str {
-        match self {
-            Api::Real(_) => "the real kube-apiserver (../shared/kube, or --kube-dir / $WEFT_KUBE_DIR), agents with flannel's RBAC rights only",
-            Api::Embedded(..) => "weft's embedded Node API server (no real kube-apiserver found, or --api embedded)",
-        }
-    }
-
-    fn kubeconfig(&self) -> PathBuf {
-        match self {
-            Api::Real(r) => r.agent_kubeconfig(),
-            Api::Embedded(_, kc) => kc.clone(),
-        }
-    }
-
-    /// Sets annotations on a Node as flanneld does (status subresource).
-    fn annotate_node(&self, name: &str, annotations: &[(String, String)]) -> anyhow::Result<()> {
-        match self {
-            Api::Real(r) => r.annotate_node(name, annotations),
-            Api::Embedded(e, _) => e
-                .update_node(name, |node| {
-                    for (k, v) in annotations {
-                        node["metadata"]["annotations"][k] = Value::from(v.as_str());
-                    }
-                })
-                .map(drop),
-        }
-    }
-
-    /// Every Node of the API, as JSON.
-    pub fn nodes(&self, names: &[&str]) -> anyhow::Result<Vec<Value>> {
-        match self {
-            Api::Real(r) => names.iter().filter_map(|n| r.node(n).transpose()).collect(),
-            Api::Embedded(e, _) => Ok(names.iter().filter_map(|n| e.node(n)).collect()),
-        }
-    }
-
-    fn delete_node(&self, name: &str) -> anyhow::Result<()> {
-        match self {
-            Api::Real(r) => r.delete_node(name),
-            Api::Embedded(e, _) => e.delete_node(name),
-        }
-    }
-
-    fn create_node(&self, spec: &NodeSpec) -> anyhow::Result<()> {
-        match self {
-            Api::Real(r) => r.create_node(&spec.name, &spec.subnet.to_string(), spec.ip, &[]),
-            Api::Embedded(e, _) => e.create_node(json!({
-                "apiVersion": "v1", "kind": "Node", "metadata": {"name": spec.name},
-                "spec": {"podCIDR": spec.subnet.to_string(), "podCIDRs": [spec.subnet.to_string()]},
-                "status": {"addresses": [{"type": "InternalIP", "address": spec.ip.to_string()}]}
-            })),
-        }
-    }
 }
 
 /// A pod created through the CNI plugin.
@@ -456,6 +381,7 @@ impl Lab {
 
     /// Creates a pod on node `node` through the CNI plugin, as a container runtime does.
     pub fn add_pod(&mut self, node: usize, name: &str) -> anyhow::Result<Ipv4Addr> {
+        let network = self.network();
         let n = self.nodes.get_mut(node).context("no such node")?;
         let ns = Netns::new(name)?;
         let base = self.dir.path().join(&n.spec.name);
@@ -464,7 +390,7 @@ impl Lab {
             // What flannel's CNI plugin does: save the delegate under
             // dataDir/<containerID> (0600), then run bridge with it.
             Some(f) => {
-                let delegate = f.delegate(CLUSTER.parse()?, &base.join("cni-ipam"));
+                let delegate = f.delegate(network, &base.join("cni-ipam"));
                 save_private(&base.join("cni-flannel"), name, &delegate.to_string())?;
                 cni(&n.ns, &self.cni_bin, "bridge", "ADD", name, &ns, &delegate)?
             }
@@ -607,86 +533,6 @@ impl OutsideCheck {
     }
 }
 
-/// A `ping` every 10 ms running in a pod while the lab changes something.
-pub struct Pinger {
-    child: Option<std::process::Child>,
-}
-
-/// What a [`Pinger`] counted.
-#[derive(Debug, Clone)]
-pub struct PingSummary {
-    /// Echo requests sent.
-    pub sent: u64,
-    /// Replies received.
-    pub received: u64,
-    /// ping's own summary.
-    pub text: String,
-}
-
-impl PingSummary {
-    /// Requests without a reply.
-    pub fn lost(&self) -> u64 {
-        self.sent.saturating_sub(self.received)
-    }
-}
-
-impl Pinger {
-    /// Starts `count` pings 10 ms apart (each waiting at most 1 s) from `from` to `to`.
-    pub fn start(from: &Netns, to: Ipv4Addr, count: u32) -> anyhow::Result<Pinger> {
-        let (to, count) = (to.to_string(), count.to_string());
-        let child = from
-            .command(&["ping", "-i", "0.01", "-c", &count, "-W", "1", "-q", &to])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .context("cannot start ping")?;
-        Ok(Pinger { child: Some(child) })
-    }
-
-    /// Whether it is still pinging.
-    pub fn running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
-    }
-
-    /// Waits for the last ping and returns the counts.
-    pub fn finish(mut self) -> anyhow::Result<PingSummary> {
-        let out = self
-            .child
-            .take()
-            .context("ping already waited for")?
-            .wait_with_output()?;
-        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        let line = text
-            .lines()
-            .find(|l| l.contains("packets transmitted"))
-            .with_context(|| format!("no summary from ping: {text}"))?;
-        let mut nums = line
-            .split(|c: char| !c.is_ascii_digit())
-            .filter(|s| !s.is_empty())
-            .map(str::parse::<u64>);
-        let (Some(Ok(sent)), Some(Ok(received))) = (nums.next(), nums.next()) else {
-            bail!("cannot read ping's summary: {line}");
-        };
-        Ok(PingSummary {
-            sent,
-            received,
-            text,
-        })
-    }
-}
-
-impl Drop for Pinger {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 /// Waits until weftd on `n` answers /readyz with 200 (subnet.env may be
 /// there from before, so it is not the sign).
 fn wait_readyz(n: &mut LabNode) -> anyhow::Result<()> {
@@ -709,80 +555,4 @@ fn ping(ns: &Netns, ip: Ipv4Addr) -> bool {
     ns.exec_status(&["ping", "-c1", "-W2", "-q", &ip.to_string()])
         .map(|o| o.status.success())
         .unwrap_or(false)
-}
-
-/// The network configuration the runtime hands the `flannel` plugin on a
-/// node whose files are under `base`: flannel's conflist entry, with the
-/// node's subnet file and state directories.
-fn pod_conf(base: &Path) -> Value {
-    flannel_netconf(
-        "0.3.1",
-        &base.join("subnet.env"),
-        &base.join("cni-flannel"),
-        &base.join("cni-ipam"),
-    )
-}
-
-/// Writes `dir/name` readable by its owner only (dir 0700), synced.
-fn save_private(dir: &Path, name: &str, text: &str) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(dir.join(name))?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    Ok(())
-}
-
-/// Runs the CNI plugin `plugin` from `bin` in `node` for container `id` in `pod`.
-fn cni(
-    node: &Netns,
-    bin: &Path,
-    plugin: &str,
-    command: &str,
-    id: &str,
-    pod: &Netns,
-    conf: &Value,
-) -> anyhow::Result<Value> {
-    let plugin = bin.join(plugin).to_string_lossy().to_string();
-    let netns = pod.path().to_string_lossy().to_string();
-    let call = CniCall {
-        command,
-        id,
-        netns: &netns,
-        ifname: "eth0",
-        cni_path: bin,
-    };
-    let out = call.run(
-        node.command(&[plugin.as_str()]),
-        conf.to_string().as_bytes(),
-    )?;
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    if !out.status.success() {
-        bail!(
-            "CNI {command} for {id} failed: {text} {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    if text.trim().is_empty() {
-        return Ok(Value::Null);
-    }
-    Ok(serde_json::from_str(&text)?)
-}
-
-/// The first IPv4 address of a CNI result (0.3.x/0.4.0/1.x `ips`, or 0.2.0 `ip4`).
-fn result_ip(r: &Value) -> Option<Ipv4Addr> {
-    let cidr = r["ips"]
-        .as_array()
-        .and_then(|ips| ips.iter().find_map(|i| i["address"].as_str()))
-        .or_else(|| r["ip4"]["ip"].as_str())?;
-    cidr.split('/').next()?.parse().ok()
 }
