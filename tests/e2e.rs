@@ -131,11 +131,7 @@ fn combination_with(backend: Backend, nat: NatMode, api: ApiChoice) {
     );
     assert_tables(&lab, backend);
     assert_nat(&lab, nat);
-    let matrix = lab.ping_matrix();
-    assert!(
-        matrix.iter().flatten().all(|ok| *ok),
-        "{backend:?} × {nat}: pod ping matrix {matrix:?}"
-    );
+    assert_full_matrix(&lab, &format!("{backend:?} × {nat}"));
     for c in lab.outside_checks().unwrap() {
         assert!(c.masqueraded(), "{backend:?} × {nat}: {c:?}");
         assert!(c.kept_source(), "{backend:?} × {nat}: {c:?}");
