@@ -169,20 +169,22 @@ fn every_backend_with_nftables() {
     all_backends(NatMode::Nftables);
 }
 
+/// The seed's nodes (those named in `flannel` set up as flannel would),
+/// one pod per node named `<prefix><node number>`, once every node routes
+/// to every other.
+fn seed_lab(flannel: &[&str], backend: Backend, nat: NatMode, prefix: &str) -> Lab {
+    let mut lab = Lab::start_mixed(&seed_nodes(), flannel, backend, nat, &binaries()).unwrap();
+    for i in 0..lab.nodes.len() {
+        lab.add_pod(i, &format!("{prefix}{}", i + 1)).unwrap();
+    }
+    lab.wait_for_overlay(Duration::from_secs(20)).unwrap();
+    lab
+}
+
 #[test]
 fn restarting_weftd_under_traffic_loses_no_packet() {
     require_netns!();
-    let mut lab = Lab::start(
-        &seed_nodes(),
-        Backend::Vxlan,
-        NatMode::IptablesNft,
-        &binaries(),
-    )
-    .unwrap();
-    for i in 0..lab.nodes.len() {
-        lab.add_pod(i, &format!("r{}", i + 1)).unwrap();
-    }
-    lab.wait_for_overlay(Duration::from_secs(20)).unwrap();
+    let mut lab = seed_lab(&[], Backend::Vxlan, NatMode::IptablesNft, "r");
     // 400 pings 10 ms apart from a pod on node 1 to a pod on node 3 while
     // both nodes' weftd restart.
     let mut ping = Pinger::start(&lab.nodes[0].pods[0].ns, lab.nodes[2].pods[0].ip, 400).unwrap();
@@ -209,14 +211,9 @@ const FLANNEL_NODE: usize = 2;
 /// A lab whose worker2 flanneld and flannel's CNI plugin set up (no weftd
 /// there), with one pod per node, once every node routes to every other.
 fn mixed_lab(backend: Backend, nat: NatMode) -> Lab {
-    let specs = seed_nodes();
-    let flannel = specs[FLANNEL_NODE].name.clone();
-    let mut lab = Lab::start_mixed(&specs, &[&flannel], backend, nat, &binaries()).unwrap();
+    let flannel = seed_nodes()[FLANNEL_NODE].name.clone();
+    let lab = seed_lab(&[&flannel], backend, nat, "m");
     assert!(lab.nodes[FLANNEL_NODE].agent.is_none());
-    for i in 0..lab.nodes.len() {
-        lab.add_pod(i, &format!("m{}", i + 1)).unwrap();
-    }
-    lab.wait_for_overlay(Duration::from_secs(20)).unwrap();
     lab
 }
 
@@ -450,17 +447,7 @@ fn weftd_takes_over_a_flannel_node_nftables() {
 #[test]
 fn nodes_added_and_removed_at_run_time() {
     require_netns!();
-    let mut lab = Lab::start(
-        &seed_nodes(),
-        Backend::Vxlan,
-        NatMode::Nftables,
-        &binaries(),
-    )
-    .unwrap();
-    for i in 0..lab.nodes.len() {
-        lab.add_pod(i, &format!("a{}", i + 1)).unwrap();
-    }
-    lab.wait_for_overlay(Duration::from_secs(20)).unwrap();
+    let mut lab = seed_lab(&[], Backend::Vxlan, NatMode::Nftables, "a");
     let worker3 = NodeSpec {
         name: "worker3".into(),
         ip: "172.18.0.5".parse().unwrap(),
