@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use crate::iptables::run;
+use crate::command::run;
 use crate::NatMode;
 
 /// The chosen mode and why, for the log.

@@ -8,10 +8,9 @@
 //! chains of a switched-off option removed — all in one transaction per
 //! table, never rule by rule.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::command::{run, run_writer};
 use crate::error::NatError;
 use crate::nft_dump;
 use crate::render::{self, iptables_jump, iptables_place};
@@ -34,6 +33,8 @@ pub struct IptablesBackend {
     timeout: Duration,
     /// A line appended to every restore payload (tests of atomicity only).
     poison: Option<String>,
+    /// The last observation found something of weft's.
+    chains_seen: bool,
 }
 
 impl IptablesBackend {
@@ -43,6 +44,7 @@ impl IptablesBackend {
             flavor: Flavor::Legacy,
             timeout: Duration::from_secs(10),
             poison: None,
+            chains_seen: false,
         }
     }
 
@@ -52,6 +54,7 @@ impl IptablesBackend {
             flavor: Flavor::Nft,
             timeout: Duration::from_secs(10),
             poison: None,
+            chains_seen: false,
         }
     }
 
@@ -77,9 +80,9 @@ impl IptablesBackend {
 
     /// Whether none of weft's (or flannel's) chains can exist, known without
     /// running a process: for iptables-legacy, no table at all has been
-    /// instantiated in this network namespace; for iptables-nft, no table of
-    /// family `ip` holds a chain of that name (one netlink dump) (a jump needs its target
-    /// chain, so no jump can exist either). `false` when unsure: then
+    /// instantiated in this network namespace; for iptables-nft, one netlink
+    /// dump finds no chain of that name in any table of family `ip`. (A jump
+    /// needs its target chain, so no jump can exist either.) `false` when unsure: then
     /// `iptables-save` is read. True on a fresh node before anything made
     /// rules, and for the flavor a host does not use. Must be called from a
     /// thread in the namespace to look at.
@@ -143,7 +146,6 @@ struct Seen {
 }
 
 fn parse_save(save: &str) -> Seen {
-    let ours = OUR_CHAINS;
     let mut seen = Seen::default();
     let mut table = String::new();
     for line in save.lines() {
@@ -151,14 +153,17 @@ fn parse_save(save: &str) -> Seen {
             table = t.trim().to_string();
         } else if let Some(decl) = line.strip_prefix(':') {
             let name = decl.split_whitespace().next().unwrap_or_default();
-            if ours.contains(&name) {
+            if OUR_CHAINS.contains(&name) {
                 seen.chains.push((table.clone(), name.to_string()));
             }
         } else if let Some(rest) = line.strip_prefix("-A ") {
             let chain = rest.split_whitespace().next().unwrap_or_default();
-            if ours.contains(&chain) {
+            if OUR_CHAINS.contains(&chain) {
                 seen.rules.push((table.clone(), line.to_string()));
-            } else if ours.iter().any(|c| line.ends_with(&format!("-j {c}"))) {
+            } else if OUR_CHAINS
+                .iter()
+                .any(|c| line.ends_with(&format!("-j {c}")))
+            {
                 seen.jumps.push((table.clone(), line.to_string()));
             }
         }
@@ -169,7 +174,6 @@ fn parse_save(save: &str) -> Seen {
 impl Seen {
     /// Back from the canonical lines of [`Seen::snapshot`].
     fn from_snapshot(snapshot: &Snapshot) -> Seen {
-        let ours = OUR_CHAINS;
         let mut seen = Seen::default();
         for line in &snapshot.0 {
             let Some((table, rest)) = line.split_once(' ') else {
@@ -181,7 +185,7 @@ impl Seen {
                 let chain = rest
                     .strip_prefix("-A ")
                     .and_then(|r| r.split_whitespace().next());
-                if chain.is_some_and(|c| ours.contains(&c)) {
+                if chain.is_some_and(|c| OUR_CHAINS.contains(&c)) {
                     seen.rules.push((table.to_string(), rest.to_string()));
                 } else {
                     seen.jumps.push((table.to_string(), rest.to_string()));
@@ -288,10 +292,14 @@ impl NatBackend for IptablesBackend {
     }
 
     fn observe(&mut self) -> Result<Snapshot, NatError> {
-        if self.certainly_absent() {
+        // Where the last look found weft's chains, the check could only say
+        // "not sure": go straight to iptables-save (the loop's steady state).
+        if !self.chains_seen && self.certainly_absent() {
             return Ok(Seen::default().snapshot());
         }
-        Ok(parse_save(&self.save()?).snapshot())
+        let snapshot = parse_save(&self.save()?).snapshot();
+        self.chains_seen = !snapshot.is_empty();
+        Ok(snapshot)
     }
 
     fn expected(&self, rules: &RuleSet) -> Snapshot {
@@ -321,13 +329,13 @@ impl NatBackend for IptablesBackend {
     }
 
     fn remove(&mut self) -> Result<(), NatError> {
+        if self.certainly_absent() {
+            return Ok(());
+        }
         let empty = RuleSet {
             postrouting: Vec::new(),
             forward: Vec::new(),
         };
-        if self.certainly_absent() {
-            return Ok(());
-        }
         let seen = parse_save(&self.save()?);
         let payload = payload(&empty, &seen);
         if payload.is_empty() {
@@ -337,210 +345,10 @@ impl NatBackend for IptablesBackend {
     }
 }
 
-/// One thread for the whole process that kills commands overrunning their
-/// timeout, so running a command costs no thread of its own.
-mod watchdog {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::mpsc::{self, RecvTimeoutError, Sender};
-    use std::sync::{Arc, Mutex, OnceLock};
-    use std::time::{Duration, Instant};
-
-    use nix::sys::signal::{kill, Signal};
-    use nix::unistd::Pid;
-
-    struct Entry {
-        pid: Pid,
-        deadline: Instant,
-        done: Arc<AtomicBool>,
-        killed: Arc<AtomicBool>,
-    }
-
-    /// A watched command; [`Watch::finish`] once it has been waited for.
-    pub(super) struct Watch {
-        done: Arc<AtomicBool>,
-        killed: Arc<AtomicBool>,
-    }
-
-    impl Watch {
-        /// Stops watching; whether the command was killed for overrunning.
-        pub(super) fn finish(self) -> bool {
-            self.done.store(true, Ordering::SeqCst);
-            self.killed.load(Ordering::SeqCst)
-        }
-    }
-
-    impl Drop for Watch {
-        fn drop(&mut self) {
-            self.done.store(true, Ordering::SeqCst);
-        }
-    }
-
-    /// Kills `pid` (SIGKILL) unless it is finished within `timeout`.
-    pub(super) fn watch(pid: Pid, timeout: Duration) -> Watch {
-        let done = Arc::new(AtomicBool::new(false));
-        let killed = Arc::new(AtomicBool::new(false));
-        let entry = Entry {
-            pid,
-            deadline: Instant::now() + timeout,
-            done: done.clone(),
-            killed: killed.clone(),
-        };
-        static THREAD: OnceLock<Mutex<Sender<Entry>>> = OnceLock::new();
-        let sender = THREAD.get_or_init(|| {
-            let (tx, rx) = mpsc::channel::<Entry>();
-            std::thread::spawn(move || {
-                let mut watched: Vec<Entry> = Vec::new();
-                loop {
-                    watched.retain(|e| !e.done.load(Ordering::SeqCst));
-                    let now = Instant::now();
-                    for e in watched.iter().filter(|e| e.deadline <= now) {
-                        if !e.done.load(Ordering::SeqCst) {
-                            let _ = kill(e.pid, Signal::SIGKILL);
-                            e.killed.store(true, Ordering::SeqCst);
-                        }
-                    }
-                    watched.retain(|e| e.deadline > now);
-                    let next = watched.iter().map(|e| e.deadline).min();
-                    let got = match next {
-                        Some(d) => rx.recv_timeout(d.saturating_duration_since(now)),
-                        None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-                    };
-                    match got {
-                        Ok(e) => watched.push(e),
-                        Err(RecvTimeoutError::Timeout) => {}
-                        Err(RecvTimeoutError::Disconnected) => return,
-                    }
-                }
-            });
-            Mutex::new(tx)
-        });
-        if let Ok(tx) = sender.lock() {
-            let _ = tx.send(entry);
-        }
-        Watch { done, killed }
-    }
-}
-
-/// Runs a command with optional stdin and a timeout; its stdout.
-pub(crate) fn run(
-    binary: &str,
-    args: &[&str],
-    stdin: Option<&str>,
-    timeout: Duration,
-    mode: NatMode,
-) -> Result<String, NatError> {
-    execute(binary, args, stdin, Stdio::piped(), timeout, mode)
-}
-
-/// Like [`run`], for a writer whose stdout is not read (`/dev/null`).
-fn run_writer(
-    binary: &str,
-    args: &[&str],
-    stdin: &str,
-    timeout: Duration,
-    mode: NatMode,
-) -> Result<(), NatError> {
-    execute(binary, args, Some(stdin), Stdio::null(), timeout, mode).map(drop)
-}
-
-fn execute(
-    binary: &str,
-    args: &[&str],
-    stdin: Option<&str>,
-    stdout: Stdio,
-    timeout: Duration,
-    mode: NatMode,
-) -> Result<String, NatError> {
-    let command = format!("{binary} {}", args.join(" "))
-        .trim_end()
-        .to_string();
-    let mut child = Command::new(binary)
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(stdout)
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => NatError::MissingBinary {
-                binary: binary.to_string(),
-                mode: mode.name(),
-            },
-            _ => NatError::Io {
-                context: format!("cannot run {command}"),
-                source: e,
-            },
-        })?;
-    // The watchdog kills the command if it hangs; waiting itself blocks (no polling delay).
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
-    let watch = watchdog::watch(pid, timeout);
-    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(text.as_bytes()).map_err(|e| NatError::Io {
-            context: format!("writing to {command}"),
-            source: e,
-        })?;
-    }
-    let out = child.wait_with_output();
-    let killed = watch.finish();
-    let out = out.map_err(|e| NatError::Io {
-        context: format!("reading {command}"),
-        source: e,
-    })?;
-    if killed {
-        return Err(NatError::Command {
-            command,
-            status: format!("killed after {timeout:?}"),
-            stderr: String::new(),
-        });
-    }
-    if !out.status.success() {
-        return Err(NatError::Command {
-            command,
-            status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::rules::{Options, SnatRules};
-
-    #[test]
-    fn a_hanging_command_is_killed_at_its_timeout_and_others_are_not() {
-        let t0 = std::time::Instant::now();
-        let slow = std::thread::spawn(|| {
-            run(
-                "sleep",
-                &["5"],
-                None,
-                Duration::from_millis(200),
-                NatMode::IptablesNft,
-            )
-        });
-        // Commands run meanwhile, with a long timeout, are left alone.
-        for _ in 0..5 {
-            let out = run(
-                "cat",
-                &[],
-                Some("x"),
-                Duration::from_secs(10),
-                NatMode::IptablesNft,
-            );
-            assert_eq!(out.unwrap(), "x");
-        }
-        let e = slow.join().unwrap().unwrap_err();
-        assert!(
-            matches!(&e, NatError::Command { status, .. } if status.contains("killed after")),
-            "{e}"
-        );
-        assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
-    }
 
     fn seed() -> RuleSet {
         SnatRules::build(
@@ -626,29 +434,5 @@ mod tests {
             "{p}"
         );
         assert!(p.contains("*filter\n-D FORWARD -m comment --comment \"flanneld forward\" -j FLANNEL-FWD\n-F FLANNEL-FWD\n-X FLANNEL-FWD\nCOMMIT\n"), "{p}");
-    }
-}
-
-#[cfg(test)]
-mod missing_binary {
-    use super::*;
-
-    #[test]
-    fn a_missing_binary_is_a_typed_error_naming_it_and_the_mode() {
-        let e = run(
-            "weft-no-such-iptables-save",
-            &[],
-            None,
-            Duration::from_secs(1),
-            NatMode::IptablesLegacy,
-        )
-        .unwrap_err();
-        assert!(
-            matches!(&e, NatError::MissingBinary { binary, mode } if binary == "weft-no-such-iptables-save" && *mode == "iptables-legacy")
-        );
-        assert!(
-            e.to_string().contains("install the iptables package"),
-            "{e}"
-        );
     }
 }

@@ -14,6 +14,7 @@
 //! [`detect()`] picks the mode the host already uses; [`Reconciler`] keeps the
 //! rules in place (nf_tables events or a cheap poll).
 
+mod command;
 pub mod detect;
 pub mod error;
 pub mod iptables;
