@@ -2,14 +2,19 @@
 //!
 //! `EnableNFTables` in `net-conf.json` selects native nftables, and an explicit
 //! mode overrides everything. Otherwise weft follows the host, as Kubernetes'
-//! iptables-wrapper does: the flavor holding kubelet's or kube-proxy's hint
-//! chains wins; else the one holding more rules; on a tie (a fresh host)
+//! iptables-wrapper does: where kube-proxy runs in nftables mode (its table
+//! `ip kube-proxy` exists) and no iptables flavor holds a rule, native
+//! nftables; else the flavor holding kubelet's or kube-proxy's hint chains
+//! wins; else the one holding more rules; on a tie (a fresh host)
 //! iptables-nft where its binaries work, iptables-legacy otherwise.
 
 use std::time::Duration;
 
 use crate::command::run;
-use crate::NatMode;
+use crate::{nft_dump, NatMode};
+
+/// kube-proxy's table in nftables mode (`ip kube-proxy`).
+pub const KUBE_PROXY_TABLE: &str = "kube-proxy";
 
 /// The chosen mode and why, for the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,12 +36,14 @@ pub struct FlavorFacts {
     pub kube_hint: bool,
 }
 
-/// Decides from the facts (pure).
+/// Decides from the facts (pure). `kube_proxy_nftables`: kube-proxy's
+/// nftables table is present.
 pub fn choose(
     enable_nftables: bool,
     forced: Option<NatMode>,
     legacy: &FlavorFacts,
     nft: &FlavorFacts,
+    kube_proxy_nftables: bool,
 ) -> Detection {
     let pick = |mode: NatMode, reason: String| Detection { mode, reason };
     if let Some(mode) = forced {
@@ -63,6 +70,14 @@ pub fn choose(
         }
         (false, true) => return pick(NatMode::IptablesNft, "only iptables-nft works here".into()),
         (true, true) => {}
+    }
+    if kube_proxy_nftables && legacy.rules == 0 && nft.rules == 0 {
+        return pick(
+            NatMode::Nftables,
+            "kube-proxy runs in nftables mode (table ip kube-proxy) and no iptables flavor \
+             holds a rule"
+                .into(),
+        );
     }
     match (legacy.kube_hint, nft.kube_hint) {
         (true, false) => {
@@ -137,6 +152,7 @@ pub fn detect(enable_nftables: bool, forced: Option<NatMode>) -> Detection {
             forced,
             &FlavorFacts::default(),
             &FlavorFacts::default(),
+            false,
         );
     }
     choose(
@@ -144,6 +160,16 @@ pub fn detect(enable_nftables: bool, forced: Option<NatMode>) -> Detection {
         None,
         &facts(NatMode::IptablesLegacy),
         &facts(NatMode::IptablesNft),
+        kube_proxy_nftables(),
+    )
+}
+
+/// Whether kube-proxy's nftables table exists here (false if it cannot be
+/// read: then the iptables facts decide).
+pub fn kube_proxy_nftables() -> bool {
+    matches!(
+        nft_dump::ip_table_has_chains(KUBE_PROXY_TABLE, "kube-proxy's nftables table"),
+        Ok(Some(true))
     )
 }
 
@@ -166,41 +192,56 @@ mod tests {
                 true,
                 Some(NatMode::IptablesLegacy),
                 &f(true, 0, false),
-                &f(true, 9, true)
+                &f(true, 9, true),
+                false
             )
             .mode,
             NatMode::IptablesLegacy
         );
         assert_eq!(
-            choose(true, None, &f(true, 50, true), &f(true, 0, false)).mode,
+            choose(true, None, &f(true, 50, true), &f(true, 0, false), false).mode,
             NatMode::Nftables
+        );
+    }
+
+    #[test]
+    fn kube_proxy_in_nftables_mode_means_nftables() {
+        assert_eq!(
+            choose(false, None, &f(true, 0, false), &f(true, 0, true), true).mode,
+            NatMode::Nftables,
+            "kubelet's empty hint chains do not outweigh kube-proxy's nftables table"
+        );
+        assert_eq!(
+            choose(false, None, &f(true, 0, false), &f(true, 3, true), true).mode,
+            NatMode::IptablesNft,
+            "iptables rules in use keep weft on iptables"
         );
     }
 
     #[test]
     fn follows_the_host() {
         assert_eq!(
-            choose(false, None, &f(true, 30, false), &f(true, 2, false)).mode,
+            choose(false, None, &f(true, 30, false), &f(true, 2, false), false).mode,
             NatMode::IptablesLegacy
         );
         assert_eq!(
-            choose(false, None, &f(true, 0, false), &f(true, 2, false)).mode,
+            choose(false, None, &f(true, 0, false), &f(true, 2, false), false).mode,
             NatMode::IptablesNft
         );
         assert_eq!(
-            choose(false, None, &f(true, 1, true), &f(true, 90, false)).mode,
+            choose(false, None, &f(true, 1, true), &f(true, 90, false), false).mode,
             NatMode::IptablesLegacy,
             "hint chains beat counts"
         );
         assert_eq!(
-            choose(false, None, &f(true, 0, false), &f(true, 0, false)).mode,
+            choose(false, None, &f(true, 0, false), &f(true, 0, false), false).mode,
             NatMode::IptablesNft
         );
         assert_eq!(
-            choose(false, None, &f(true, 0, false), &f(false, 0, false)).mode,
+            choose(false, None, &f(true, 0, false), &f(false, 0, false), false).mode,
             NatMode::IptablesLegacy
         );
-        let d = choose(false, None, &f(true, 30, false), &f(true, 2, false));
+        let d = choose(false, None, &f(true, 30, false), &f(true, 2, false), false);
         assert!(d.reason.contains("30 rules"), "{}", d.reason);
     }
 }

@@ -140,6 +140,16 @@ pub(crate) fn ip_chain_names(what: &str) -> Result<Option<Vec<String>>, NatError
     Ok(Some(names))
 }
 
+/// Whether table `ip <table>` exists with at least one chain, by one
+/// chain dump; `None` if a change interrupted it.
+pub(crate) fn ip_table_has_chains(table: &str, what: &str) -> Result<Option<bool>, NatError> {
+    let Some(buf) = dump_ip(NFT_MSG_GETCHAIN, Some(table), what)? else {
+        return Ok(None);
+    };
+    let chains = objects_of(&buf, NFT_MSG_NEWCHAIN, Some(table)).map_err(NatError::from)?;
+    Ok(Some(!chains.is_empty()))
+}
+
 fn attr_string(buf: &[u8], a: &Attr) -> String {
     let p = a.payload(buf);
     String::from_utf8_lossy(p.split(|b| *b == 0).next().unwrap_or_default()).into_owned()

@@ -17,7 +17,7 @@ use anyhow::{bail, Context as _};
 /// The binaries the start script unpacks into `<state>/bin`.
 const BINARIES: [&str; 2] = ["kube-apiserver", "etcd"];
 
-fn cache_dir() -> Option<PathBuf> {
+pub(crate) fn cache_dir() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("WEFT_KUBE_BIN_CACHE") {
         return (!dir.is_empty()).then(|| PathBuf::from(dir));
     }
@@ -51,7 +51,7 @@ fn link_all(kube_dir: &Path, cache: &Path, state: &Path) -> anyhow::Result<()> {
 
 /// The unpacked `xz` in the cache, unpacked now if it is not there yet
 /// (into a temporary name, then renamed: concurrent starts are safe).
-fn unpacked(xz: &Path, cache: &Path, name: &str) -> anyhow::Result<PathBuf> {
+pub(crate) fn unpacked(xz: &Path, cache: &Path, name: &str) -> anyhow::Result<PathBuf> {
     let meta = std::fs::metadata(xz).with_context(|| format!("no {}", xz.display()))?;
     let mtime = meta.modified()?.duration_since(UNIX_EPOCH)?.as_secs();
     let cached = cache.join(format!("{name}-{}-{mtime}", meta.len()));

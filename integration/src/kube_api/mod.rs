@@ -22,7 +22,7 @@
 //! dropping the server (SIGKILL, Ctrl-C). The binaries are unpacked once
 //! into `target/weft-kube-bin` (see `bin_cache`), saving ~2.7 s a start.
 
-mod bin_cache;
+pub(crate) mod bin_cache;
 mod locate;
 mod objects;
 mod process;
@@ -55,6 +55,26 @@ const ADMIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// The processes `start` records, by pid file name (`<state>/<name>.pid`).
 const PROCESSES: [&str; 2] = ["apiserver", "etcd"];
 
+/// In [`ApiOptions::extra_args`], replaced by the state directory.
+pub const STATE_PLACEHOLDER: &str = "{state}";
+
+/// How [`RealApiServer::start_with`] starts the server.
+#[derive(Debug, Clone, Default)]
+pub struct ApiOptions {
+    /// The directory holding the `start` and `stop` scripts (default:
+    /// [`RealApiServer::locate`]).
+    pub script_dir: Option<PathBuf>,
+    /// `KUBE_ENDPOINT_RECONCILER=lease`: the `kubernetes` Service gets
+    /// endpoints, which in-cluster clients need.
+    pub endpoint_reconciler_lease: bool,
+    /// Flags appended to kube-apiserver's (the last occurrence wins);
+    /// `{state}` stands for the state directory.
+    pub extra_args: Vec<String>,
+    /// `kube-apiserver` and `etcd` to run instead of the script's own
+    /// `.xz` files, by name.
+    pub binaries: Vec<(String, PathBuf)>,
+}
+
 type Job = Box<dyn FnOnce(kube::Client) -> LocalBoxFuture<'static, ()> + Send>;
 
 /// A running kube-apiserver (with its etcd) inside a kit namespace; see the
@@ -86,7 +106,21 @@ impl RealApiServer {
     /// a fresh temporary directory, and connects an admin client from a
     /// thread inside `ns`.
     pub fn start(ns: &Netns, bind_ip: Ipv4Addr, port: u16) -> anyhow::Result<RealApiServer> {
-        let dir = Self::locate().map_err(|e| anyhow!("no real kube-apiserver: {e}"))?;
+        Self::start_with(ns, bind_ip, port, &ApiOptions::default())
+    }
+
+    /// [`start`](Self::start) with [`ApiOptions`]: the start script's
+    /// environment, extra flags and the binaries to run.
+    pub fn start_with(
+        ns: &Netns,
+        bind_ip: Ipv4Addr,
+        port: u16,
+        options: &ApiOptions,
+    ) -> anyhow::Result<RealApiServer> {
+        let dir = match &options.script_dir {
+            Some(dir) => dir.clone(),
+            None => Self::locate().map_err(|e| anyhow!("no real kube-apiserver: {e}"))?,
+        };
         let state = tempfile::Builder::new()
             .prefix("weft-kube-")
             .tempdir()
@@ -106,21 +140,43 @@ impl RealApiServer {
             worker: None,
         };
         let began = Instant::now();
-        bin_cache::prepare(&server.dir, &server.state_path);
-        server.url = server.run_start(ns, bind_ip, port)?;
+        if options.binaries.is_empty() {
+            bin_cache::prepare(&server.dir, &server.state_path);
+        } else {
+            link_binaries(&options.binaries, &server.state_path)?;
+        }
+        server.url = server.run_start(ns, bind_ip, port, options)?;
         server.startup = began.elapsed();
         server.spawn_worker(ns)?;
         Ok(server)
     }
 
-    fn run_start(&self, ns: &Netns, bind_ip: Ipv4Addr, port: u16) -> anyhow::Result<String> {
+    fn run_start(
+        &self,
+        ns: &Netns,
+        bind_ip: Ipv4Addr,
+        port: u16,
+        options: &ApiOptions,
+    ) -> anyhow::Result<String> {
         let out_path = self.state_path.join("start.out");
         let out = File::create(&out_path).context("cannot create start.out")?;
         let script = self.dir.join("start");
         let (ip, port) = (bind_ip.to_string(), port.to_string());
         let args = [path_str(&script)?, path_str(&self.state_path)?, &ip, &port];
-        let mut child = ns
-            .command(&args)
+        let mut command = ns.command(&args);
+        if options.endpoint_reconciler_lease {
+            command.env("KUBE_ENDPOINT_RECONCILER", "lease");
+        }
+        if !options.extra_args.is_empty() {
+            let state = path_str(&self.state_path)?;
+            let extra: Vec<String> = options
+                .extra_args
+                .iter()
+                .map(|a| a.replace(STATE_PLACEHOLDER, state))
+                .collect();
+            command.env("KUBE_APISERVER_EXTRA_ARGS", extra.join(" "));
+        }
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
@@ -332,6 +388,18 @@ pub async fn client(kubeconfig: &Path, timeout: Option<Duration>) -> anyhow::Res
         config.reset_reader_on_write = true;
     }
     kube::Client::try_from(config).context("cannot build a kube client")
+}
+
+/// Links the given binaries into `<state>/bin`, where the start script
+/// takes them instead of unpacking its own.
+fn link_binaries(binaries: &[(String, PathBuf)], state: &Path) -> anyhow::Result<()> {
+    let bin = state.join("bin");
+    std::fs::create_dir_all(&bin)?;
+    for (name, path) in binaries {
+        std::os::unix::fs::symlink(path, bin.join(name))
+            .with_context(|| format!("cannot link {}", path.display()))?;
+    }
+    Ok(())
 }
 
 fn path_str(path: &Path) -> anyhow::Result<&str> {
