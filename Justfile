@@ -14,13 +14,19 @@ lab *args: deps
     cargo build --release -q -p weft-integration --bin weft-lab
     target/release/weft-lab {{args}}
 
-# Every check: formatting, clippy, pure and network-namespace tests (the latter need root; they skip without).
+# A real Kubernetes cluster in network namespaces (kube-apiserver, controller-manager, scheduler; nodes with containerd, kubelet, kube-proxy; an outside host), weft deployed from its image and manifest; prints the nodes, weft's pods and the connectivity matrix (Services included), then removes everything. Options: --nodes N, --manifest legacy|nftables, --kube-dir DIR; `just cluster up` keeps it, `just cluster down` removes it.
+cluster *args: deps
+    cargo build --release -q -p weft --bin weftd --bin weft-cni
+    cargo build --release -q -p weft-integration --bin weft-cluster
+    target/release/weft-cluster {{args}}
+
+# Every check: formatting, clippy, pure and network-namespace tests (the latter need root; they skip without, and fail instead with WEFT_REQUIRE_NETNS=1 as in CI).
 test: deps lint
     cargo test --workspace --all-targets -- --nocapture
 
-# The end-to-end suite alone (also part of `just test`): every backend × NAT mode through the lab, mixed flannel/weft clusters, takeover of a flannel node under traffic, nodes added/removed, weftd restarted under traffic, weftd against both API servers.
+# The end-to-end suite alone (also part of `just test`): every backend × NAT mode through the lab, mixed flannel/weft clusters, takeover of a flannel node under traffic, nodes added/removed, weftd restarted under traffic, weftd against both API servers, and weft's manifests on a real cluster (both manifests × three host/kube-proxy kinds, rolling update and pod deletion under ping, a node joining and leaving, pod churn).
 integration: deps
-    cargo test -p weft --test e2e --test weftd -- --nocapture
+    cargo test -p weft --test e2e --test weftd --test cluster -- --nocapture
 
 # Formatting and clippy.
 lint:

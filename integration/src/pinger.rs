@@ -32,9 +32,19 @@ impl PingSummary {
 impl Pinger {
     /// Starts `count` pings 10 ms apart (each waiting at most 1 s) from `from` to `to`.
     pub fn start(from: &Netns, to: Ipv4Addr, count: u32) -> anyhow::Result<Pinger> {
+        Self::start_with(from.command(&["ping"]), to, count)
+    }
+
+    /// The same with `ping`, a command that runs ping in the source's
+    /// namespace (e.g. through `nsenter` into a pod).
+    pub fn start_with(
+        mut ping: std::process::Command,
+        to: Ipv4Addr,
+        count: u32,
+    ) -> anyhow::Result<Pinger> {
         let (to, count) = (to.to_string(), count.to_string());
-        let child = from
-            .command(&["ping", "-i", "0.01", "-c", &count, "-W", "1", "-q", &to])
+        let child = ping
+            .args(["-i", "0.01", "-c", &count, "-W", "1", "-q", &to])
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
@@ -50,8 +60,25 @@ impl Pinger {
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
+    /// Ends it now (SIGINT: ping prints its summary) and returns the counts.
+    pub fn stop(mut self) -> anyhow::Result<PingSummary> {
+        if let Some(child) = self.child.as_ref() {
+            if let Ok(pid) = i32::try_from(child.id()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGINT,
+                );
+            }
+        }
+        self.finish_now()
+    }
+
     /// Waits for the last ping and returns the counts.
     pub fn finish(mut self) -> anyhow::Result<PingSummary> {
+        self.finish_now()
+    }
+
+    fn finish_now(&mut self) -> anyhow::Result<PingSummary> {
         let out = self
             .child
             .take()

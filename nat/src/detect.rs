@@ -34,6 +34,10 @@ pub struct FlavorFacts {
     pub rules: usize,
     /// It holds `KUBE-IPTABLES-HINT` or `KUBE-KUBELET-CANARY`.
     pub kube_hint: bool,
+    /// Rules that are neither kubelet's own (`KUBE-FIREWALL`, its canary)
+    /// nor flannel's/weft's (`FLANNEL-*`): kube-proxy's, Docker's, the
+    /// administrator's.
+    pub others: usize,
 }
 
 /// Decides from the facts (pure). `kube_proxy_nftables`: kube-proxy's
@@ -71,11 +75,11 @@ pub fn choose(
         (false, true) => return pick(NatMode::IptablesNft, "only iptables-nft works here".into()),
         (true, true) => {}
     }
-    if kube_proxy_nftables && legacy.rules == 0 && nft.rules == 0 {
+    if kube_proxy_nftables && legacy.others == 0 && nft.others == 0 {
         return pick(
             NatMode::Nftables,
             "kube-proxy runs in nftables mode (table ip kube-proxy) and no iptables flavor \
-             holds a rule"
+             holds rules other than kubelet's and flannel's"
                 .into(),
         );
     }
@@ -128,6 +132,10 @@ pub fn facts(mode: NatMode) -> FlavorFacts {
         return FlavorFacts::default();
     };
     let rules = text.lines().filter(|l| l.starts_with("-A ")).count();
+    let others = text
+        .lines()
+        .filter(|l| l.starts_with("-A ") && !kubelet_or_flannel(l))
+        .count();
     let kube_hint = match iptables::new(false) {
         Ok(mut ipt) => {
             ipt.cmd = cmd;
@@ -141,7 +149,25 @@ pub fn facts(mode: NatMode) -> FlavorFacts {
         works: true,
         rules,
         kube_hint,
+        others,
     }
+}
+
+/// Whether an `-A` line of `*-save` is kubelet's own (its localnet
+/// firewall and canary) or flannel's/weft's.
+fn kubelet_or_flannel(line: &str) -> bool {
+    let mut words = line.split_whitespace().skip(1);
+    let chain = words.next().unwrap_or_default();
+    let own =
+        |c: &str| c.starts_with("FLANNEL-") || c == "KUBE-FIREWALL" || c == "KUBE-KUBELET-CANARY";
+    if own(chain) {
+        return true;
+    }
+    let target = line
+        .split(" -j ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next());
+    target.is_some_and(own)
 }
 
 /// Detects the mode on this host (in the current network namespace).
@@ -182,6 +208,25 @@ mod tests {
             works,
             rules,
             kube_hint,
+            others: rules,
+        }
+    }
+
+    #[test]
+    fn kubelet_and_flannel_rules_are_not_others() {
+        for own in [
+            "-A INPUT -j KUBE-FIREWALL",
+            "-A KUBE-FIREWALL ! -s 127.0.0.0/8 -d 127.0.0.0/8 -j DROP",
+            "-A FORWARD -m comment --comment \"flanneld forward\" -j FLANNEL-FWD",
+            "-A FLANNEL-POSTRTG -s 10.244.0.0/16 -j MASQUERADE --random-fully",
+        ] {
+            assert!(kubelet_or_flannel(own), "{own}");
+        }
+        for other in [
+            "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
+            "-A DOCKER -j RETURN",
+        ] {
+            assert!(!kubelet_or_flannel(other), "{other}");
         }
     }
 
@@ -210,6 +255,17 @@ mod tests {
             choose(false, None, &f(true, 0, false), &f(true, 0, true), true).mode,
             NatMode::Nftables,
             "kubelet's empty hint chains do not outweigh kube-proxy's nftables table"
+        );
+        let kubelet_only = FlavorFacts {
+            works: true,
+            rules: 3,
+            kube_hint: true,
+            others: 0,
+        };
+        assert_eq!(
+            choose(false, None, &f(true, 0, false), &kubelet_only, true).mode,
+            NatMode::Nftables,
+            "kubelet's own KUBE-FIREWALL rules do not count"
         );
         assert_eq!(
             choose(false, None, &f(true, 0, false), &f(true, 3, true), true).mode,

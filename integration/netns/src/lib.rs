@@ -46,6 +46,7 @@ pub use error::{Error, Result};
 pub use ns::__skip;
 pub use ns::{
     available, cleanup_all, cleanup_in_own_handler, prefix, sweep_stale, Netns, NETNS_DIR,
+    REQUIRE_ENV,
 };
 pub use task::NsTask;
 pub use topology::{veth, Switch};

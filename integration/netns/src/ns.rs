@@ -417,6 +417,9 @@ fn probe() -> std::result::Result<(), String> {
 /// `<test>` is the current thread's name (libtest names test threads after
 /// the test), else `fallback`. Written straight to the stderr handle rather
 /// than with `eprintln!`, so libtest's output capture does not hide it.
+///
+/// With [`REQUIRE_ENV`] set (CI sets it), a skip is a failure: the test
+/// panics instead, so a run where namespaces cannot be made cannot pass.
 #[doc(hidden)]
 pub fn __skip(fallback: &str, reason: &str) {
     use std::io::Write;
@@ -424,8 +427,15 @@ pub fn __skip(fallback: &str, reason: &str) {
         Some(name) if name != "main" => name.to_owned(),
         _ => fallback.to_owned(),
     };
+    if std::env::var_os(REQUIRE_ENV).is_some_and(|v| !v.is_empty() && v != "0") {
+        panic!("{test}: network namespaces are required ({REQUIRE_ENV} is set) but {reason}");
+    }
     let _ = writeln!(std::io::stderr(), "SKIPPED: {test}: {reason}");
 }
+
+/// Set (to anything but empty or `0`) to make every namespace test fail
+/// instead of skipping where namespaces cannot be made.
+pub const REQUIRE_ENV: &str = "WEFT_REQUIRE_NETNS";
 
 #[cfg(test)]
 mod tests {

@@ -20,6 +20,7 @@ pub mod node;
 mod pki;
 mod proc;
 mod reap;
+pub mod scenario;
 mod sweep;
 pub mod workload;
 
