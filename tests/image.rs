@@ -13,14 +13,12 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
-use weft_integration::cluster::image::{pause_image, weft_image, workload_image, OciArchive};
+use weft_integration::cluster::image::{
+    pause_image, weft_image, without_debug_info, workload_image, OciArchive,
+};
 
 /// The PATH the chrooted programs run with.
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 fn require_root() {
     use std::os::unix::fs::MetadataExt;
@@ -105,17 +103,17 @@ fn size_mib(path: &Path) -> u64 {
 
 #[test]
 fn weft_image_runs_weft_and_both_iptables_flavors() {
-    let bin_dir = workspace().join("target/release");
-    for bin in ["weftd", "weft-cni"] {
-        if !bin_dir.join(bin).is_file() {
-            println!(
-                "SKIPPED: {} is missing (cargo build --release -p weft --bin weftd --bin weft-cni)",
-                bin_dir.join(bin).display()
-            );
-            return;
-        }
-    }
     require_root();
+    // This build's binaries, without debug sections (as the cluster tests
+    // put them into the image).
+    let bin_dir = without_debug_info(
+        &[
+            ("weftd", env!("CARGO_BIN_EXE_weftd").as_ref()),
+            ("weft-cni", env!("CARGO_BIN_EXE_weft-cni").as_ref()),
+        ],
+        &PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("image-bins"),
+    )
+    .unwrap();
     let started = Instant::now();
     let archive = weft_image("localhost/weft:test", &bin_dir).unwrap();
     println!(
