@@ -20,6 +20,12 @@ cluster *args: deps
     cargo build --release -q -p weft-integration --bin weft-cluster
     target/release/weft-cluster {{args}}
 
+# weft's image as an OCI archive (manifests/Containerfile's runtime stage over binaries built here, on a Debian base made with debootstrap; no registry needed), for `ctr -n k8s.io images import` or `podman load`.
+image: deps
+    cargo build --release -q -p weft --bin weftd --bin weft-cni
+    cargo build --release -q -p weft-integration --bin weft-cluster
+    target/release/weft-cluster image
+
 # Every check: formatting, clippy, pure and network-namespace tests (the latter need root; they skip without, and fail instead with WEFT_REQUIRE_NETNS=1 as in CI).
 test: deps lint
     cargo test --workspace --all-targets -- --nocapture

@@ -24,6 +24,9 @@ enum Action {
     Up,
     /// Remove the cluster that `just cluster up` left running.
     Down,
+    /// Only build weft's image (an OCI archive for `ctr images import`,
+    /// `podman load`, …) and print where it is.
+    Image,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -71,6 +74,15 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("weft-cluster down: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    if args.action == Some(Action::Image) {
+        return match image(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("weft-cluster image: {e:#}");
                 ExitCode::from(2)
             }
         };
@@ -170,6 +182,26 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         began.elapsed()
     );
     Ok(ok)
+}
+
+fn image(args: &Args) -> anyhow::Result<()> {
+    let bin_dir = args
+        .bin_dir
+        .canonicalize()
+        .with_context(|| format!("--bin-dir {}", args.bin_dir.display()))?;
+    let t = Instant::now();
+    let archive = cluster::image::weft_image(MANIFEST_IMAGE, &bin_dir)?;
+    println!(
+        "{} ({}) in {:.1?}",
+        archive.path.display(),
+        archive.reference,
+        t.elapsed()
+    );
+    println!(
+        "import it on a node: ctr -n k8s.io images import {}",
+        archive.path.display()
+    );
+    Ok(())
 }
 
 fn up_banner(cluster: &Cluster, kubectl: &cluster::Kubectl) -> anyhow::Result<()> {
