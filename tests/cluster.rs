@@ -113,6 +113,24 @@ fn legacy_manifest_on_a_real_cluster() {
     assert_nat_mode(&cluster, "node2", "iptables-nft");
     assert_nat_mode(&cluster, "node3", "nftables");
     assert_matrix(&cluster, "manifests/legacy");
+    // The outside host's NodePort requests carry kube-proxy's masquerade
+    // mark 0x4000, and kube-proxy masquerades them itself: its jump comes
+    // first in POSTROUTING (it inserts, weft appends, as flannel does), and
+    // weft's RETURN for the mark covers the reverse order.
+    for (node, save) in [
+        ("node1", "iptables-legacy-save"),
+        ("node2", "iptables-nft-save"),
+    ] {
+        let (kube_proxy, weft_return) = checks::mark_counters(&cluster, node, save).unwrap();
+        println!(
+            "{node}: packets with kube-proxy's mark 0x4000: {kube_proxy} masqueraded by kube-proxy, \
+             {weft_return} returned by weft"
+        );
+        assert!(
+            kube_proxy > 0,
+            "{node}: the NodePort traffic was not kube-proxy's to masquerade"
+        );
+    }
 
     let (took, pings) = scenario::under_ping(&cluster, || {
         scenario::rolling_update(&cluster, "localhost/weft:0.1.0-next", &bin_dir())

@@ -287,3 +287,27 @@ pub fn pod_cidrs(cluster: &Cluster) -> anyhow::Result<Vec<(String, String)>> {
         })
         .collect())
 }
+
+/// Packet counters of two rules on `node`, read with the iptables flavor
+/// `save` (`iptables-legacy-save` or `iptables-nft-save`): kube-proxy's
+/// MASQUERADE for its mark `0x4000` (in `KUBE-POSTROUTING`) and weft's
+/// RETURN for that mark (first rule of `FLANNEL-POSTRTG`).
+pub fn mark_counters(cluster: &Cluster, node: &str, save: &str) -> anyhow::Result<(u64, u64)> {
+    let n = cluster.node(node)?;
+    let text = n.ns.exec(&[save, "-c", "-t", "nat"])?;
+    let packets = |chain: &str, needle: &str| -> anyhow::Result<u64> {
+        let line = text
+            .lines()
+            .find(|l| l.contains(&format!("-A {chain} ")) && l.contains(needle))
+            .with_context(|| format!("{node}: no `{needle}` rule in {chain} ({save})"))?;
+        // `[packets:bytes] -A …`
+        line.strip_prefix('[')
+            .and_then(|r| r.split(':').next())
+            .and_then(|p| p.parse().ok())
+            .with_context(|| format!("{node}: no counters on {line}"))
+    };
+    Ok((
+        packets("KUBE-POSTROUTING", "-j MASQUERADE")?,
+        packets("FLANNEL-POSTRTG", "--mark 0x4000/0x4000")?,
+    ))
+}
