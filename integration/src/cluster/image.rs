@@ -415,6 +415,26 @@ fn remove_stale(cache: &Path, stem: &str, keep: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Copies of `binaries` (name, built file) without their debug sections
+/// (`objcopy --strip-debug`: the same code) in `dir`, which is returned.
+/// A test build's weftd and weft-cni carry ~300 MB of debug information
+/// that every node would otherwise import.
+pub fn without_debug_info(binaries: &[(&str, &Path)], dir: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    for (name, built) in binaries {
+        let status = std::process::Command::new("objcopy")
+            .arg("--strip-debug")
+            .arg(built)
+            .arg(dir.join(name))
+            .status()
+            .context("cannot run objcopy (binutils)")?;
+        if !status.success() {
+            anyhow::bail!("objcopy --strip-debug {}: {status}", built.display());
+        }
+    }
+    Ok(dir.to_path_buf())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -508,24 +528,4 @@ mod tests {
         let share = lines.iter().find(|l| l.ends_with("./usr/share/")).unwrap();
         assert!(share.starts_with("drwxr-xr-x 0/0"), "{share}");
     }
-}
-
-/// Copies of `binaries` (name, built file) without their debug sections
-/// (`objcopy --strip-debug`: the same code) in `dir`, which is returned.
-/// A test build's weftd and weft-cni carry ~300 MB of debug information
-/// that every node would otherwise import.
-pub fn without_debug_info(binaries: &[(&str, &Path)], dir: &Path) -> Result<PathBuf> {
-    std::fs::create_dir_all(dir)?;
-    for (name, built) in binaries {
-        let status = std::process::Command::new("objcopy")
-            .arg("--strip-debug")
-            .arg(built)
-            .arg(dir.join(name))
-            .status()
-            .context("cannot run objcopy (binutils)")?;
-        if !status.success() {
-            anyhow::bail!("objcopy --strip-debug {}: {status}", built.display());
-        }
-    }
-    Ok(dir.to_path_buf())
 }
