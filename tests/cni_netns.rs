@@ -352,3 +352,114 @@ fn path_traversal_container_id_is_rejected_and_nothing_is_written() {
         "only lo: no delegate ran"
     );
 }
+
+/// (b) The bridge plugin refuses the pod after host-local reserved its
+/// address (cni0 already carries an address of another subnet, flannel's
+/// classic "cni0 already has an IP address different from …"): the failed
+/// ADD leaves no reservation and no saved file behind, and the runtime's
+/// follow-up DEL succeeds.
+#[test]
+fn a_failed_add_leaves_nothing_behind() {
+    require_netns!();
+    let node = Node::new();
+    node.host.add_bridge("cni0").unwrap();
+    node.host.add_addr("cni0", "10.99.0.1/24").unwrap();
+    let pod = Netns::new("cni-pod").unwrap();
+    let conf = node.netconf("1.0.0");
+    for attempt in 0..3 {
+        let id = format!("refused{attempt}");
+        let (err, ok) = node.cni("ADD", &id, Some(&pod), &conf);
+        assert!(!ok, "ADD should fail: {err}");
+        assert!(
+            err["msg"].as_str().unwrap_or("").contains("cni0"),
+            "the bridge plugin's error is passed on: {err}"
+        );
+        assert_eq!(
+            node.reservations(),
+            vec![],
+            "attempt {attempt}: address leaked"
+        );
+        assert_eq!(
+            node.saved(),
+            Vec::<String>::new(),
+            "attempt {attempt}: file leaked"
+        );
+        let (out, ok) = node.cni("DEL", &id, Some(&pod), &conf);
+        assert!(ok, "DEL after a failed ADD: {out}");
+    }
+}
+
+/// (a) A relative `dataDir`, `subnetFile` or `ipam.dataDir` is refused
+/// with code 7 naming the field, before anything is written anywhere.
+#[test]
+fn relative_paths_are_refused() {
+    require_netns!();
+    let node = Node::new();
+    let pod = Netns::new("cni-pod").unwrap();
+    for (field, patch) in [
+        ("dataDir", json!({"dataDir": "data"})),
+        ("subnetFile", json!({"subnetFile": "run/subnet.env"})),
+        ("ipam.dataDir", json!({"ipam": {"dataDir": "./ipam"}})),
+    ] {
+        let mut conf = node.netconf("1.0.0");
+        for (k, v) in patch.as_object().unwrap() {
+            conf[k] = v.clone();
+        }
+        for command in ["ADD", "DEL"] {
+            let (err, ok) = node.cni(command, "rel", Some(&pod), &conf);
+            assert!(!ok, "{field} {command}: {err}");
+            assert_eq!(err["code"], code::INVALID_NETWORK_CONFIG, "{field}: {err}");
+            let msg = err["msg"].as_str().unwrap();
+            assert!(
+                msg.contains(&format!("`{field}`")) && msg.contains("absolute"),
+                "{msg}"
+            );
+        }
+        assert!(node.reservations().is_empty() && node.saved().is_empty());
+    }
+}
+
+/// (c) Runtimes hand plugins their whole environment: a bad
+/// WEFT_CNI_DELEGATE_TIMEOUT there falls back to the default with a
+/// warning, so ADD and DEL still work and nothing leaks; DEL of a container
+/// never added succeeds.
+#[test]
+fn a_bad_timeout_in_the_environment_does_not_break_del() {
+    require_netns!();
+    let node = Node::new();
+    let pod = Netns::new("cni-pod").unwrap();
+    let conf = node.netconf("1.0.0");
+    let run = |command: &str, id: &str| {
+        let call = CniCall {
+            command,
+            id,
+            netns: &pod.path().display().to_string(),
+            ifname: "eth0",
+            cni_path: Path::new(CNI_PATH),
+        };
+        let mut cmd = node.host.command(&[BIN]);
+        cmd.env("WEFT_CNI_DELEGATE_TIMEOUT", "soon");
+        call.run(cmd, conf.to_string().as_bytes()).unwrap()
+    };
+    let add = run("ADD", "envctr");
+    assert!(
+        add.status.success(),
+        "{}",
+        String::from_utf8_lossy(&add.stderr)
+    );
+    assert!(String::from_utf8_lossy(&add.stderr).contains("WEFT_CNI_DELEGATE_TIMEOUT"));
+    assert_eq!(node.saved(), vec!["envctr".to_string()]);
+    let del = run("DEL", "envctr");
+    assert!(
+        del.status.success(),
+        "{}",
+        String::from_utf8_lossy(&del.stderr)
+    );
+    assert!(node.saved().is_empty() && node.reservations().is_empty());
+    let unknown = run("DEL", "never-added");
+    assert!(
+        unknown.status.success(),
+        "{}",
+        String::from_utf8_lossy(&unknown.stderr)
+    );
+}

@@ -201,6 +201,21 @@ fn netconf_errors() {
             "`dataDir`",
         ),
         (
+            br#"{"name":"n","dataDir":"var/lib/cni/flannel"}"#,
+            code::INVALID_NETWORK_CONFIG,
+            "`dataDir` must be an absolute path",
+        ),
+        (
+            br#"{"name":"n","subnetFile":"subnet.env"}"#,
+            code::INVALID_NETWORK_CONFIG,
+            "`subnetFile` must be an absolute path",
+        ),
+        (
+            br#"{"name":"n","ipam":{"dataDir":"ipam"}}"#,
+            code::INVALID_NETWORK_CONFIG,
+            "`ipam.dataDir` must be an absolute path",
+        ),
+        (
             br#"{"name":"n","delegate":[]}"#,
             code::INVALID_NETWORK_CONFIG,
             "`delegate`",
@@ -492,13 +507,34 @@ fn environment_errors() {
             e.msg
         );
     }
+    // A bad delegate timeout falls back to the default (with a warning):
+    // runtimes pass their whole environment, and a DEL must not fail on it.
     let mut timeout = full.to_vec();
     timeout.push(("WEFT_CNI_DELEGATE_TIMEOUT", "-1"));
-    assert!(vars(&timeout)
-        .check(Cmd::Add)
-        .unwrap_err()
-        .msg
-        .contains("WEFT_CNI_DELEGATE_TIMEOUT"));
+    for cmd in [Cmd::Add, Cmd::Del] {
+        let checked = vars(&timeout).check(cmd).unwrap();
+        assert_eq!(
+            checked.delegate_timeout,
+            weft::cni::env::DEFAULT_DELEGATE_TIMEOUT
+        );
+    }
+}
+
+#[test]
+fn subnet_outside_network_is_refused_naming_both() {
+    let text = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.99.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n";
+    let e = weft::cni::subnet_file::SubnetFile::parse(
+        text,
+        std::path::Path::new("/run/flannel/subnet.env"),
+    )
+    .unwrap_err();
+    assert_eq!(e.code, code::INVALID_NETWORK_CONFIG);
+    assert!(
+        e.msg.contains("FLANNEL_SUBNET=10.99.1.0/24")
+            && e.msg.contains("FLANNEL_NETWORK=10.244.0.0/16"),
+        "{}",
+        e.msg
+    );
 }
 
 // ---------------------------------------------------------------------------

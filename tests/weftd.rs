@@ -606,3 +606,66 @@ fn readyz_is_503_until_the_node_exists() {
     });
     assert_eq!(health_status(ns, 8479, "/readyz"), "503");
 }
+
+/// The subnet file cannot be written (its path is a directory): weftd
+/// keeps the data plane, says why once, stays not ready, and retries on its
+/// own until the path is usable — then writes the file and turns ready,
+/// without any Node event to wake it.
+#[test]
+fn an_unwritable_subnet_file_is_retried_until_it_works() {
+    require_netns!();
+    let lab = lab(false).unwrap();
+    let mut agents = lab.agents;
+    let pos = agents.iter().position(|a| a.node == "worker2").unwrap();
+    agents.remove(pos).stop().unwrap();
+    let ns = &lab.cluster.node("worker2").unwrap().ns;
+    let dir = lab.dir.path().join("worker2-again");
+    std::fs::create_dir_all(dir.join("subnet.env")).unwrap();
+    let mut agent = Weftd::start(
+        Path::new(env!("CARGO_BIN_EXE_weftd")),
+        ns,
+        "worker2",
+        &lab.api.kubeconfig(),
+        &net_conf(CLUSTER, r#"{"Type":"vxlan"}"#, false),
+        &dir,
+        &["--healthz-port=8472"],
+    )
+    .unwrap();
+    wait_until(
+        "the failure in weftd's log",
+        Duration::from_secs(30),
+        || agent.log().contains("writing the subnet file"),
+    );
+    assert_eq!(health_status(ns, 8472, "/readyz"), "503");
+    let peers = overlay_routes(ns);
+    assert_eq!(
+        peers.len(),
+        2,
+        "the data plane is in place meanwhile: {peers:?}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let log = agent.log();
+    assert_eq!(
+        log.matches("retrying with backoff").count(),
+        1,
+        "logged once per failure streak:\n{log}"
+    );
+    std::fs::remove_dir(dir.join("subnet.env")).unwrap();
+    let t = wait_until(
+        "the subnet file written by a retry",
+        Duration::from_secs(40),
+        || {
+            std::fs::read_to_string(dir.join("subnet.env"))
+                .is_ok_and(|s| s.contains("FLANNEL_SUBNET"))
+        },
+    );
+    eprintln!(
+        "subnet file written {:.0} ms after its path became usable",
+        t.as_secs_f64() * 1e3
+    );
+    wait_until("/readyz 200", Duration::from_secs(10), || {
+        health_status(ns, 8472, "/readyz") == "200"
+    });
+    assert!(agent.log().contains("succeeded after retrying"));
+    assert!(agent.is_running());
+}

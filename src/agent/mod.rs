@@ -12,6 +12,7 @@
 //!    Stopping leaves the data plane as it is.
 
 pub mod iface;
+pub mod retry;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -115,28 +116,30 @@ async fn agent(
         )));
     }
     tracing::info!(writes = first.writes, plan = %first.plan, "overlay in place");
-    let wanted = publish(&settings, &cluster, first.vtep_mac, public_ip).await?;
+    let wanted = wanted_annotations(&settings, &cluster, first.vtep_mac, public_ip)?;
+    let mut jobs = Jobs::default();
+    jobs.publish
+        .record(publish(&cluster, &cluster.own, &wanted).await);
 
-    // 3. NAT, then the subnet file, then ready.
+    // 3. NAT, then the subnet file, then ready. Writes to the API and the
+    //    subnet file are retried until they succeed; the data plane stays.
     let nat = start_nat(&flags, &settings.conf, cluster.subnet)?;
-    let mtu = write_subnet_env(&flags, &settings.conf, cluster.subnet, underlay.mtu)?;
-    ready.set_ready();
-    tracing::info!(subnet_file = %flags.subnet_file.display(), subnet = %cluster.subnet, mtu, nat = %nat.mode(), "ready");
+    let subnet_env = subnet_env(&flags, &settings.conf, cluster.subnet, underlay.mtu);
+    if jobs
+        .subnet_env
+        .record(write_subnet_env(&flags, &subnet_env))
+    {
+        become_ready(&ready, &flags, &cluster, &subnet_env, &nat);
+    }
     if flags.set_node_network_unavailable {
-        let now = k8s_openapi::jiff::Timestamp::now().to_string();
-        if let Err(e) = cluster
-            .nodes
-            .set_network_available(&cluster.own, &now)
-            .await
-        {
-            tracing::warn!(error = %e, "cannot set NetworkUnavailable=False");
-        }
+        jobs.available.record(set_available(&cluster).await);
     }
 
     // Follow the cluster until told to stop.
     tokio::pin!(shutdown);
     let mut last = input.leases;
     loop {
+        let retry_at = retry::next_due(jobs.all());
         tokio::select! {
             _ = &mut shutdown => break,
             _ = cluster.changed.notified() => {
@@ -147,9 +150,26 @@ async fn agent(
                     last = leases;
                 }
                 if let Some(own) = cluster.store.get(&reflector::ObjectRef::new(&cluster.name)) {
-                    if let Err(e) = cluster.nodes.publish(&own, &wanted).await {
-                        tracing::warn!(error = %e, "cannot restore this node's annotations");
-                    }
+                    // Restores the annotations if someone removed them.
+                    jobs.publish.record(publish(&cluster, &own, &wanted).await);
+                }
+            }
+            _ = sleep_until(retry_at), if retry_at.is_some() => {
+                let now = tokio::time::Instant::now();
+                if jobs.publish.is_due(now) {
+                    let own = cluster
+                        .store
+                        .get(&reflector::ObjectRef::new(&cluster.name))
+                        .unwrap_or_else(|| cluster.own.clone());
+                    jobs.publish.record(publish(&cluster, &own, &wanted).await);
+                }
+                if jobs.subnet_env.is_due(now)
+                    && jobs.subnet_env.record(write_subnet_env(&flags, &subnet_env))
+                {
+                    become_ready(&ready, &flags, &cluster, &subnet_env, &nat);
+                }
+                if jobs.available.is_due(now) {
+                    jobs.available.record(set_available(&cluster).await);
                 }
             }
         }
@@ -327,7 +347,7 @@ fn overlay_input(
 
 /// Publishes flannel's annotations for this node (only what differs) and
 /// returns them, to restore them if someone removes them.
-async fn publish(
+fn wanted_annotations(
     settings: &Settings,
     cluster: &Cluster,
     vtep_mac: Option<weft_overlay::MacAddr>,
@@ -347,14 +367,75 @@ async fn publish(
         (BackendConfig::HostGw, _) => "null".to_string(),
     };
     let advertised = kube_sm::advertised_ip(&cluster.own, &settings.annotations, public_ip);
-    let wanted =
-        settings
-            .annotations
-            .published(settings.conf.backend.kind(), &backend_data, advertised);
-    if cluster.nodes.publish(&cluster.own, &wanted).await? {
-        tracing::info!(node = %cluster.name, public_ip = %advertised, %backend_data, "annotations published");
+    Ok(settings
+        .annotations
+        .published(settings.conf.backend.kind(), &backend_data, advertised))
+}
+
+/// Patches `wanted` onto this node where `own` (its last known state)
+/// differs.
+async fn publish(
+    cluster: &Cluster,
+    own: &Node,
+    wanted: &BTreeMap<String, String>,
+) -> Result<(), kube_sm::KubeError> {
+    if cluster.nodes.publish(own, wanted).await? {
+        tracing::info!(node = %cluster.name, annotations = ?wanted, "annotations published");
     }
-    Ok(wanted)
+    Ok(())
+}
+
+/// `NetworkUnavailable=False` on this node.
+async fn set_available(cluster: &Cluster) -> Result<(), kube_sm::KubeError> {
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    cluster
+        .nodes
+        .set_network_available(&cluster.own, &now)
+        .await
+        .map(drop)
+}
+
+/// The agent's retried jobs.
+struct Jobs {
+    publish: retry::Retry,
+    available: retry::Retry,
+    subnet_env: retry::Retry,
+}
+
+impl Default for Jobs {
+    fn default() -> Jobs {
+        Jobs {
+            publish: retry::Retry::new("publishing this node's annotations"),
+            available: retry::Retry::new("setting NetworkUnavailable=False"),
+            subnet_env: retry::Retry::new("writing the subnet file"),
+        }
+    }
+}
+
+impl Jobs {
+    fn all(&self) -> [&retry::Retry; 3] {
+        [&self.publish, &self.available, &self.subnet_env]
+    }
+}
+
+/// Sleeps until `at` (forever without one; the caller guards the branch).
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The subnet file is in place: `/readyz` turns 200.
+fn become_ready(
+    ready: &Readiness,
+    flags: &Flags,
+    cluster: &Cluster,
+    env: &SubnetEnv,
+    nat: &weft_nat::ReconcilerHandle,
+) {
+    ready.set_ready();
+    tracing::info!(subnet_file = %flags.subnet_file.display(), subnet = %cluster.subnet, mtu = env.mtu, nat = %nat.mode(), "ready");
 }
 
 /// Detects (or takes the forced) NAT mode and starts the NAT loop, which
@@ -389,13 +470,13 @@ fn start_nat(
     )?)
 }
 
-/// Writes `subnet.env` (only if its content differs); returns the MTU in it.
-fn write_subnet_env(
+/// What `subnet.env` says: the MTU is the overlay device's.
+fn subnet_env(
     flags: &Flags,
     conf: &NetConf,
     subnet: ipnet::Ipv4Net,
     underlay_mtu: u32,
-) -> Result<u32, AgentError> {
+) -> SubnetEnv {
     let mtu = match &conf.backend {
         BackendConfig::Vxlan(v) => v.mtu.unwrap_or(underlay_mtu).saturating_sub(VXLAN_OVERHEAD),
         BackendConfig::HostGw => underlay_mtu,
@@ -406,12 +487,16 @@ fn write_subnet_env(
         mtu,
         ipmasq: flags.ip_masq,
     }
-    .write(&flags.subnet_file)
-    .map_err(|source| AgentError::SubnetFile {
-        path: flags.subnet_file.display().to_string(),
-        source,
-    })?;
-    Ok(mtu)
+}
+
+/// Writes `subnet.env` (only if its content differs).
+fn write_subnet_env(flags: &Flags, env: &SubnetEnv) -> Result<(), AgentError> {
+    env.write(&flags.subnet_file)
+        .map(drop)
+        .map_err(|source| AgentError::SubnetFile {
+            path: flags.subnet_file.display().to_string(),
+            source,
+        })
 }
 
 /// Drives the Node watch into the store and signals every change.

@@ -28,8 +28,11 @@ async fn main() -> ExitCode {
 }
 
 fn init_tracing(verbosity: u8) {
+    // At the default level, third-party crates' INFO chatter (rustables'
+    // parser notes every attribute it skips) is cut to warnings; -v or
+    // RUST_LOG show everything.
     let default = match verbosity {
-        0 => "info",
+        0 => "info,rustables=warn",
         1 | 2 => "debug",
         _ => "trace",
     };

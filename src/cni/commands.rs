@@ -42,13 +42,36 @@ pub fn add(c: &Checked, conf: &NetConf) -> Result<String, CniError> {
     // Saved (and synced) first, so a DEL can always undo whatever the
     // delegate did.
     store::save(&conf.data_dir, &c.container_id, &bytes)?;
-    let out = delegate::exec(&plugin, &delegate_env(c, "ADD"), &bytes, c.delegate_timeout)?;
-    let result = CniResult::parse_bytes(
-        &out,
-        conf.version.for_delegate(),
-        &format!("the result of delegate {kind}"),
-    )?;
-    Ok(result.render(conf.version)?.to_string())
+    let added = delegate::exec(&plugin, &delegate_env(c, "ADD"), &bytes, c.delegate_timeout)
+        .and_then(|out| {
+            CniResult::parse_bytes(
+                &out,
+                conf.version.for_delegate(),
+                &format!("the result of delegate {kind}"),
+            )
+        })
+        .and_then(|result| Ok(result.render(conf.version)?.to_string()));
+    match added {
+        Ok(out) => Ok(out),
+        Err(e) => {
+            undo_add(c, conf, &plugin, &bytes);
+            Err(e)
+        }
+    }
+}
+
+/// After a failed ADD: the delegate's DEL with the same configuration
+/// (releasing an address or an interface it may have made), then the saved
+/// file goes, so nothing of the attempt is left for a DEL that may never
+/// come. Failures here are only reported on stderr: the ADD's error is
+/// the one that matters.
+fn undo_add(c: &Checked, conf: &NetConf, plugin: &std::path::Path, bytes: &[u8]) {
+    if let Err(e) = delegate::exec(plugin, &delegate_env(c, "DEL"), bytes, c.delegate_timeout) {
+        eprintln!("weft-cni: undoing the failed ADD: delegate DEL failed: {e}");
+    }
+    if let Err(e) = store::remove(&conf.data_dir, &c.container_id) {
+        eprintln!("weft-cni: undoing the failed ADD: {e}");
+    }
 }
 
 /// DEL: run the delegate with the saved configuration; nothing saved means

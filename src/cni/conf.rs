@@ -118,6 +118,12 @@ impl NetConf {
             match opt_str(&obj, field)? {
                 Some("") => Err(field_error(field, "must not be empty")),
                 Some(p) if p.contains('\0') => Err(field_error(field, "must not contain NUL")),
+                // A relative path would depend on the runtime's working
+                // directory, so a DEL from elsewhere would find nothing.
+                Some(p) if !p.starts_with('/') => Err(field_error(
+                    field,
+                    &format!("must be an absolute path, not {p:?}"),
+                )),
                 Some(p) => Ok(PathBuf::from(p)),
                 None => Ok(PathBuf::from(default)),
             }
@@ -139,13 +145,27 @@ impl NetConf {
             Some(v @ Value::Object(_)) => Some(v.clone()),
             Some(_) => return Err(field_error("prevResult", "must be an object")),
         };
+        let ipam = opt_obj(&obj, "ipam")?;
+        if let Some(ipam) = &ipam {
+            match ipam.get("dataDir") {
+                None | Some(Value::Null) => {}
+                Some(Value::String(d)) if d.starts_with('/') => {}
+                Some(Value::String(d)) => {
+                    return Err(field_error(
+                        "ipam.dataDir",
+                        &format!("must be an absolute path, not {d:?}"),
+                    ))
+                }
+                Some(_) => return Err(field_error("ipam.dataDir", "must be a string")),
+            }
+        }
         Ok(NetConf {
             version,
             name: name.to_owned(),
             subnet_file: path("subnetFile", DEFAULT_SUBNET_FILE)?,
             data_dir: path("dataDir", DEFAULT_DATA_DIR)?,
             delegate: opt_obj(&obj, "delegate")?,
-            ipam: opt_obj(&obj, "ipam")?,
+            ipam,
             runtime_config: opt_obj(&obj, "runtimeConfig")?,
             prev_result,
             valid_attachments,

@@ -193,20 +193,31 @@ impl CniEnv {
         })
     }
 
+    /// `WEFT_CNI_DELEGATE_TIMEOUT`, or the default. Runtimes hand plugins
+    /// their whole environment, so a bad value there must not make any
+    /// command fail (a failed DEL leaks the pod's address and rules): it
+    /// falls back to the default with a warning on stderr.
     fn timeout(&self) -> Result<Duration, CniError> {
         let Some(s) = self.delegate_timeout.as_deref().filter(|s| !s.is_empty()) else {
             return Ok(DEFAULT_DELEGATE_TIMEOUT);
         };
-        s.parse::<f64>()
-            .ok()
-            .filter(|t| t.is_finite() && *t > 0.0 && *t <= 86_400.0)
-            .map(Duration::from_secs_f64)
-            .ok_or_else(|| {
-                CniError::env(format!(
-                    "WEFT_CNI_DELEGATE_TIMEOUT {s:?} is not a number of seconds (0 < t <= 86400)"
-                ))
-            })
+        Ok(parse_timeout(s).unwrap_or_else(|| {
+            eprintln!(
+                "weft-cni: WEFT_CNI_DELEGATE_TIMEOUT {s:?} is not a number of seconds \
+                 (0 < t <= 86400); using {}s",
+                DEFAULT_DELEGATE_TIMEOUT.as_secs()
+            );
+            DEFAULT_DELEGATE_TIMEOUT
+        }))
     }
+}
+
+/// A delegate timeout in seconds (0 < t ≤ 86400), if `s` is one.
+pub fn parse_timeout(s: &str) -> Option<Duration> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|t| t.is_finite() && *t > 0.0 && *t <= 86_400.0)
+        .map(Duration::from_secs_f64)
 }
 
 /// Longest accepted container ID (a file name: NAME_MAX).

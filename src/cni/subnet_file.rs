@@ -133,6 +133,27 @@ impl SubnetFile {
         if ipmasq.is_none() {
             missing.push("FLANNEL_IPMASQ");
         }
+        for (key, subnet, net_key, networks) in [
+            ("FLANNEL_SUBNET", sn, "FLANNEL_NETWORK", &nws),
+            ("FLANNEL_IPV6_SUBNET", sn6, "FLANNEL_IPV6_NETWORK", &nws6),
+        ] {
+            if let Some(subnet) = subnet.filter(|_| !networks.is_empty()) {
+                if !networks.iter().any(|n| n.contains(&subnet)) {
+                    let nets: Vec<String> = networks.iter().map(ToString::to_string).collect();
+                    return Err(invalid(
+                        path,
+                        format!(
+                            "{key}={subnet} is not inside {net_key}={}",
+                            if nets.is_empty() {
+                                "(unset)".into()
+                            } else {
+                                nets.join(",")
+                            }
+                        ),
+                    ));
+                }
+            }
+        }
         match (mtu, ipmasq) {
             (Some(mtu), Some(ipmasq)) if missing.is_empty() => Ok(SubnetFile {
                 networks: nws,

@@ -29,6 +29,19 @@ impl Cidr {
         self.addr.is_ipv4()
     }
 
+    /// Whether `other` (as a network) lies inside this network: same
+    /// family, a prefix at least as long, the same network bits.
+    pub fn contains(&self, other: &Cidr) -> bool {
+        self.is_ipv4() == other.is_ipv4()
+            && other.prefix >= self.prefix
+            && Cidr {
+                addr: other.addr,
+                prefix: self.prefix,
+            }
+            .network()
+                == self.network()
+    }
+
     /// The network: host bits cleared (`10.244.1.1/24` → `10.244.1.0/24`).
     pub fn network(&self) -> Cidr {
         let addr = match self.addr {

@@ -123,3 +123,51 @@ impl KubeBins {
         bin_cache::unpacked(&found, &cache, name)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// An official server release has plain binaries and no etcd or start
+    /// script: those come from ../shared/kube.
+    #[test]
+    fn plain_binaries_of_a_release_directory_come_first() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kube-scheduler",
+            "kubelet",
+            "kube-proxy",
+            "kubectl",
+        ] {
+            let p = dir.path().join(name);
+            std::fs::write(&p, "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        match KubeBins::locate(Some(dir.path())) {
+            Ok(bins) => {
+                let scratch = tempfile::tempdir().unwrap();
+                let kubelet = bins.path("kubelet", scratch.path()).unwrap();
+                assert_eq!(kubelet, dir.path().canonicalize().unwrap().join("kubelet"));
+                assert!(bins.script_dir().unwrap().join("start").is_file());
+                assert!(bins.find("etcd").unwrap().ends_with("etcd.xz"));
+            }
+            // Without ../shared/kube there is no etcd: the error names it.
+            Err(e) => assert!(format!("{e:#}").contains("etcd"), "{e:#}"),
+        }
+    }
+
+    #[test]
+    fn a_binary_that_is_not_executable_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("kubelet"), "x").unwrap();
+        let bins = KubeBins {
+            dir: Some(dir.path().to_path_buf()),
+            shared: None,
+        };
+        let e = bins.path("kubelet", dir.path()).unwrap_err();
+        assert!(format!("{e}").contains("not executable"), "{e}");
+    }
+}
