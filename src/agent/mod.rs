@@ -95,7 +95,7 @@ async fn agent(
     let settings = Settings::load(&flags)?;
     let ready = Readiness::default();
     serve_health(&flags, &ready);
-    let cluster = Cluster::join(&client, &env, &settings.conf).await?;
+    let cluster = Cluster::join(&client, &env, &settings).await?;
 
     // 2. The underlay, the overlay from the whole cluster at once, and what
     //    the other nodes need to reach this one.
@@ -249,14 +249,20 @@ impl Cluster {
     async fn join(
         client: &Client,
         env: &HashMap<String, String>,
-        conf: &NetConf,
+        settings: &Settings,
     ) -> Result<Cluster, AgentError> {
+        let conf = &settings.conf;
         let name = kube_sm::node_name(client, env).await?;
         tracing::info!(node = %name, network = %conf.network, backend = conf.backend.kind(), "starting");
         let nodes = NodeClient::new(client.clone(), &name);
         let (store, writer) = reflector::store::<Node>();
         let changed = Arc::new(Notify::new());
-        tokio::spawn(follow_nodes(nodes.api().clone(), writer, changed.clone()));
+        tokio::spawn(follow_nodes(
+            nodes.api().clone(),
+            writer,
+            changed.clone(),
+            settings.annotations.clone(),
+        ));
         store
             .wait_until_ready()
             .await
@@ -499,14 +505,17 @@ fn write_subnet_env(flags: &Flags, env: &SubnetEnv) -> Result<(), AgentError> {
         })
 }
 
-/// Drives the Node watch into the store and signals every change.
+/// Drives the Node watch into the store (each Node cut down to what weft
+/// reads first, see `subnet::projection`) and signals every change.
 async fn follow_nodes(
     api: kube::Api<Node>,
     writer: reflector::store::Writer<Node>,
     changed: Arc<Notify>,
+    annotations: Annotations,
 ) {
-    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
-        .backoff(ApiBackoff::default());
+    let nodes = watcher(api, watcher::Config::default())
+        .modify(move |node| crate::subnet::projection::project(node, &annotations));
+    let stream = reflector::reflector(writer, nodes).backoff(ApiBackoff::default());
     futures::pin_mut!(stream);
     let mut failing = false;
     while let Some(event) = stream.next().await {

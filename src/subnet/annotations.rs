@@ -50,6 +50,11 @@ impl Annotations {
         Ok(Annotations { prefix: p })
     }
 
+    /// Whether annotation `key` is under the prefix (flannel's and weft's).
+    pub fn owns(&self, key: &str) -> bool {
+        key.starts_with(&self.prefix)
+    }
+
     fn name(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
     }

@@ -2,5 +2,6 @@
 
 pub mod annotations;
 pub mod kube;
+pub mod projection;
 
 pub use annotations::{Annotations, NodeError};
