@@ -39,12 +39,12 @@ lint:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -q -- -D warnings
 
-# Benchmarks (release build, fresh namespaces): prints figures for docs/performance.md.
-bench: deps
+# Benchmarks (release build, fresh namespaces): prints figures for docs/performance.md. `just bench` runs overlay, nat, agent and cni; `just bench scale` the scale section (5,000 real-sized Nodes, a few minutes; --scale-nodes N, --idle-secs S).
+bench *args: deps
     cargo build --release -q -p weft --bin weftd
     cargo build --release -q -p weft --bin weft-cni
     cargo build --release -q -p weft-integration --bin weft-bench
-    target/release/weft-bench
+    target/release/weft-bench {{args}}
 
 # Install missing Debian packages and just (no-op when all are there).
 deps:

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod bench_agent;
 pub mod bench_cni;
 pub mod bench_nat;
+pub mod bench_scale;
 pub mod cluster;
 pub mod cni_call;
 pub mod flannel_node;

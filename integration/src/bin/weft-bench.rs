@@ -22,7 +22,11 @@ enum Section {
     Agent,
     /// The CNI plugin: ADD+DEL through weft-cni vs the bridge plugin directly.
     Cni,
-    /// Every section.
+    /// Scale: thousands of real-sized Nodes through the real kube-apiserver
+    /// (memory, arrival lag, one-change latency, API requests, restart, cold
+    /// start, idle CPU per NAT mode). Not part of `all` (it takes minutes).
+    Scale,
+    /// Every section but `scale`.
     All,
 }
 
@@ -57,6 +61,15 @@ struct Args {
     /// Fresh namespaces per side and NAT mode.
     #[arg(long, default_value_t = 15)]
     nat_runs: usize,
+    /// Nodes in the scale section.
+    #[arg(long, default_value_t = 5000)]
+    scale_nodes: usize,
+    /// One-change events in the scale section.
+    #[arg(long, default_value_t = 100)]
+    scale_events: usize,
+    /// Seconds of idle CPU measured per NAT mode in the scale section.
+    #[arg(long, default_value_t = 60)]
+    idle_secs: u64,
     /// No-op reconciles to time.
     #[arg(long, default_value_t = 20)]
     noops: usize,
@@ -92,6 +105,20 @@ fn main() -> anyhow::Result<()> {
             None => std::env::current_exe()?.with_file_name("weftd"),
         };
         weft_integration::bench_agent::run(&weftd, args.agent_events)?;
+    }
+    if args.section == Section::Scale {
+        let weftd = match &args.weftd {
+            Some(p) => p.clone(),
+            None => std::env::current_exe()?.with_file_name("weftd"),
+        };
+        weft_integration::bench_scale::run(
+            &weftd,
+            &weft_integration::bench_scale::ScaleOptions {
+                nodes: args.scale_nodes,
+                events: args.scale_events,
+                idle_secs: args.idle_secs,
+            },
+        )?;
     }
     if matches!(args.section, Section::Cni | Section::All) {
         let weft_cni = match &args.weft_cni {
