@@ -351,8 +351,9 @@ fn overlay_input(
     }
 }
 
-/// Publishes flannel's annotations for this node (only what differs) and
-/// returns them, to restore them if someone removes them.
+/// flannel's annotations for this node (backend type and data with the
+/// VTEP MAC, the advertised address): published, and restored if someone
+/// removes them.
 fn wanted_annotations(
     settings: &Settings,
     cluster: &Cluster,
