@@ -46,6 +46,15 @@ bench *args: deps
     cargo build --release -q -p weft-integration --bin weft-bench
     target/release/weft-bench {{args}}
 
+# Fuzz every target in fuzz/ (cargo fuzz, libFuzzer) for SECS seconds each (default 60), after replaying the inputs kept in fuzz/regressions/<target>/; a crash stops with its input in fuzz/artifacts/<target>/. Installs cargo-fuzz on first use; runs on the stable toolchain (RUSTC_BOOTSTRAP=1 for the sanitizer flags).
+fuzz secs="60": deps
+    command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+    cd fuzz && for t in $(cargo fuzz list); do \
+      echo "== $t"; \
+      if compgen -G "regressions/$t/*" >/dev/null; then RUSTC_BOOTSTRAP=1 cargo fuzz run "$t" regressions/$t/* -- -runs=0; fi; \
+      RUSTC_BOOTSTRAP=1 cargo fuzz run "$t" -- -max_total_time={{secs}}; \
+    done
+
 # Install missing Debian packages and just (no-op when all are there).
 deps:
     @bash .ci/deps

@@ -27,6 +27,19 @@ pub mod reconciler;
 pub mod render;
 pub mod rules;
 
+/// Entry points for `cargo fuzz` (fuzz/): the readers of what the kernel
+/// sends back, which are otherwise private.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Parses `buf` as replies to weft's chain and rule dumps (and as a
+    /// netlink stream); must never panic, whatever the bytes.
+    pub fn dump_replies(buf: &[u8]) {
+        let _ = crate::nft_dump::parse_chains(buf, "flannel-ipv4");
+        let _ = crate::nft_dump::parse_rules(buf, "flannel-ipv4");
+        let _ = crate::nlmsg::messages(buf);
+    }
+}
+
 use std::fmt;
 
 pub use detect::{detect, Detection};
