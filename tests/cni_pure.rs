@@ -565,6 +565,7 @@ printf '%s' "$input" > $d/stdin.$CNI_COMMAND
 mode=$(cat $d/mode)
 if [ "$CNI_COMMAND" = VERSION ]; then echo '{{"cniVersion":"1.0.0","supportedVersions":["0.3.1","0.4.0","1.0.0"]}}'; exit 0; fi
 case $mode in
+  fail-add) if [ "$CNI_COMMAND" = ADD ]; then echo '{{"code":7,"msg":"refused"}}'; exit 1; fi;;
   fail-json) echo '{{"code":11,"msg":"try later from the delegate","details":"d"}}'; exit 1;;
   fail-garbage) echo 'panic: oops'; exit 2;;
   sleep) sleep 30;;
@@ -720,6 +721,39 @@ fn add_saves_then_delegates_and_converts_for_each_version() {
     // Unreadable saved file: DEL succeeds (as flannel).
     std::fs::write(lab.root().join("data/ctr-junk"), "junk").unwrap();
     assert!(lab.run("DEL", "ctr-junk", &lab.netconf("1.0.0"), &[]).1);
+}
+
+/// (b) A failed ADD is undone: the delegate's DEL with the same
+/// configuration, then the saved file goes. If that DEL fails too, the file
+/// stays for the runtime's DEL.
+#[test]
+fn a_failed_add_is_undone() {
+    let lab = Lab::new();
+    lab.set_mode("fail-add");
+    let (out, ok) = lab.run("ADD", "c1", &lab.netconf("1.0.0"), &[]);
+    assert!(!ok, "{out}");
+    assert_eq!(out["msg"], "refused");
+    let calls = std::fs::read_to_string(lab.root().join("calls")).unwrap();
+    assert!(
+        calls.contains("ADD c1") && calls.contains("DEL c1"),
+        "{calls}"
+    );
+    assert_eq!(
+        std::fs::read(lab.root().join("stdin.DEL")).unwrap(),
+        std::fs::read(lab.root().join("stdin.ADD")).unwrap(),
+        "the undo DEL got the ADD's configuration"
+    );
+    assert!(
+        !lab.root().join("data/c1").exists(),
+        "the saved file is gone"
+    );
+    lab.set_mode("fail-json");
+    let (_, ok) = lab.run("ADD", "c2", &lab.netconf("1.0.0"), &[]);
+    assert!(!ok);
+    assert!(
+        lab.root().join("data/c2").exists(),
+        "the undo DEL failed: the file stays for the runtime's DEL"
+    );
 }
 
 #[test]

@@ -63,11 +63,16 @@ pub fn add(c: &Checked, conf: &NetConf) -> Result<String, CniError> {
 /// After a failed ADD: the delegate's DEL with the same configuration
 /// (releasing an address or an interface it may have made), then the saved
 /// file goes, so nothing of the attempt is left for a DEL that may never
-/// come. Failures here are only reported on stderr: the ADD's error is
-/// the one that matters.
+/// come. If that DEL fails, the file stays, so the runtime's DEL (or GC)
+/// can still undo the attempt. Failures here are only reported on stderr:
+/// the ADD's error is the one that matters.
 fn undo_add(c: &Checked, conf: &NetConf, plugin: &std::path::Path, bytes: &[u8]) {
     if let Err(e) = delegate::exec(plugin, &delegate_env(c, "DEL"), bytes, c.delegate_timeout) {
-        eprintln!("weft-cni: undoing the failed ADD: delegate DEL failed: {e}");
+        eprintln!(
+            "weft-cni: undoing the failed ADD: delegate DEL failed ({e}); keeping {} for a later DEL",
+            conf.data_dir.join(&c.container_id).display()
+        );
+        return;
     }
     if let Err(e) = store::remove(&conf.data_dir, &c.container_id) {
         eprintln!("weft-cni: undoing the failed ADD: {e}");

@@ -160,6 +160,20 @@ fn curl_in_netns(ns: &Netns) -> Command {
     c
 }
 
+/// A probe through a Service: kube-proxy on the source node may not have
+/// seen the endpoint yet (it rejects a Service without one), so a refused
+/// connection is retried for up to 5 s; the last outcome counts.
+fn through_kube_proxy(mut probe: impl FnMut() -> anyhow::Result<String>) -> anyhow::Result<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let got = probe();
+        if got.is_ok() || std::time::Instant::now() > deadline {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
 /// The web pods of the cluster's nodes, with a way into each.
 pub fn web_pods(cluster: &Cluster) -> anyhow::Result<Vec<PodNet>> {
     let kubectl = cluster.kubectl()?;
@@ -228,7 +242,7 @@ pub fn run(cluster: &Cluster) -> anyhow::Result<Matrix> {
                 "pod → ClusterIP (endpoint on another node)",
                 format!("{} → {service} ({ip}:{SERVICE_PORT})", from.pod.name),
                 expected,
-                http_get(from.command("curl"), ip, SERVICE_PORT),
+                through_kube_proxy(|| http_get(from.command("curl"), ip, SERVICE_PORT)),
             );
         }
     }
@@ -236,7 +250,7 @@ pub fn run(cluster: &Cluster) -> anyhow::Result<Matrix> {
     workload::wait_endpoints(kubectl, "web", pods.len(), Duration::from_secs(60))?;
     let names: Vec<String> = pods.iter().map(|p| p.pod.name.clone()).collect();
     for node in cluster.nodes() {
-        let got = http_get(curl_in_netns(outside), node.spec.ip, NODE_PORT);
+        let got = through_kube_proxy(|| http_get(curl_in_netns(outside), node.spec.ip, NODE_PORT));
         // Any web pod may answer: the NodePort spreads over all of them.
         let got = got.map(|name| {
             if names.contains(&name) {
