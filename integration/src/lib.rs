@@ -15,6 +15,7 @@ pub mod node_api;
 pub mod overlay_agent;
 pub mod pinger;
 pub mod topology;
+pub mod up_down;
 pub mod weftd;
 pub mod witness;
 

@@ -16,6 +16,7 @@ use weft_integration::cluster::deploy::{self, Manifest};
 use weft_integration::cluster::{
     self, checks, default_nodes, workload, Cluster, ClusterSpec, MANIFEST_IMAGE,
 };
+use weft_integration::up_down;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Action {
@@ -62,9 +63,8 @@ struct Args {
     bin_dir: PathBuf,
 }
 
-fn pid_file() -> PathBuf {
-    std::env::temp_dir().join("weft-cluster.pid")
-}
+/// The name `up` is recorded under.
+const UP: &str = "weft-cluster";
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -164,9 +164,9 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     let ok = matrix.all_ok();
     if args.action == Some(Action::Up) {
         up_banner(&cluster, &kubectl)?;
-        std::fs::write(pid_file(), std::process::id().to_string())?;
+        up_down::record(UP)?;
         cluster::wait_for_interrupt();
-        let _ = std::fs::remove_file(pid_file());
+        up_down::forget(UP);
     }
     println!("\n== removing the cluster");
     let t = Instant::now();
@@ -228,24 +228,14 @@ fn up_banner(cluster: &Cluster, kubectl: &cluster::Kubectl) -> anyhow::Result<()
 }
 
 /// Stops the cluster that `up` left running: SIGTERM to it, then wait until
-/// it has removed everything; without one, sweeps what dead runs left.
+/// it has removed everything; then sweeps what dead runs left.
 fn down() -> anyhow::Result<()> {
-    let Ok(text) = std::fs::read_to_string(pid_file()) else {
-        cluster::sweep_stale();
-        println!("no cluster is up; stale state swept");
-        return Ok(());
-    };
-    let pid: i32 = text.trim().parse().context("bad pid file")?;
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    let t0 = Instant::now();
-    while std::path::Path::new(&format!("/proc/{pid}")).exists() && t0.elapsed().as_secs() < 60 {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    let _ = std::fs::remove_file(pid_file());
+    let was_up = up_down::stop_recorded(UP, std::time::Duration::from_secs(60))?;
     cluster::sweep_stale();
-    println!("the cluster is down");
+    if was_up {
+        println!("the cluster is down");
+    } else {
+        println!("no cluster is up; stale state swept");
+    }
     Ok(())
 }

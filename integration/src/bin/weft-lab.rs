@@ -94,9 +94,8 @@ struct Args {
 static WAITING: AtomicBool = AtomicBool::new(false);
 static STOP: AtomicBool = AtomicBool::new(false);
 
-fn pid_file() -> PathBuf {
-    std::env::temp_dir().join("weft-lab.pid")
-}
+/// The name `up` is recorded under.
+const UP: &str = "weft-lab";
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -284,7 +283,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         ok &= take_over(&mut lab, i)?;
     }
     if args.action == Some(Action::Up) {
-        std::fs::write(pid_file(), std::process::id().to_string())?;
+        weft_integration::up_down::record(UP)?;
         println!(
             "\n== the lab is up ({}). In another terminal:",
             if ok {
@@ -318,7 +317,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         while !STOP.load(Ordering::SeqCst) {
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
-        let _ = std::fs::remove_file(pid_file());
+        weft_integration::up_down::forget(UP);
     }
     let lab_secs = t0.elapsed().as_secs_f64();
     let _ = &mut lab;
@@ -338,25 +337,12 @@ fn run(args: &Args) -> anyhow::Result<bool> {
 /// Stops the lab that `up` left running: SIGTERM to it, then wait until it
 /// has removed everything.
 fn down() -> anyhow::Result<()> {
-    let text = match std::fs::read_to_string(pid_file()) {
-        Ok(t) => t,
-        Err(_) => {
-            let swept = weft_netns::sweep_stale()?;
-            println!("no lab is up; {} stale namespace(s) removed", swept.len());
-            return Ok(());
-        }
-    };
-    let pid: i32 = text.trim().parse().context("bad pid file")?;
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    let t0 = Instant::now();
-    while std::path::Path::new(&format!("/proc/{pid}")).exists() && t0.elapsed().as_secs() < 30 {
-        std::thread::sleep(std::time::Duration::from_millis(100));
+    if weft_integration::up_down::stop_recorded(UP, std::time::Duration::from_secs(30))? {
+        println!("the lab is down");
+    } else {
+        let swept = weft_netns::sweep_stale()?;
+        println!("no lab is up; {} stale namespace(s) removed", swept.len());
     }
-    let _ = std::fs::remove_file(pid_file());
-    println!("the lab is down");
     Ok(())
 }
 

@@ -353,23 +353,13 @@ impl ClusterNode {
         self.containerd = Some(p);
         waited?;
         for image in ctx.images {
-            let path = image.path.to_str().context("image path not UTF-8")?;
-            self.exec(&[
-                "ctr",
-                "--address",
-                "/run/containerd/containerd.sock",
-                "-n",
-                "k8s.io",
-                "images",
-                "import",
-                path,
-            ])
-            .with_context(|| format!("importing {}", image.reference))?;
+            self.import(image)?;
         }
         Ok(())
     }
 
-    /// Imports one more image (e.g. a new tag of weft's) into containerd.
+    /// Imports an image into the node's containerd (namespace `k8s.io`,
+    /// where CRI sees it at once), named by its reference.
     pub fn import(&self, image: &OciArchive) -> anyhow::Result<()> {
         let path = image.path.to_str().context("image path not UTF-8")?;
         self.exec(&[
@@ -383,6 +373,7 @@ impl ClusterNode {
             path,
         ])
         .map(drop)
+        .with_context(|| format!("importing {}", image.reference))
     }
 
     fn write_configs(&self, ctx: &NodeContext<'_>) -> anyhow::Result<()> {
