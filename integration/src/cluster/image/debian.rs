@@ -46,7 +46,8 @@ pub(super) fn base_tar(cache: &Path, suite: &str, packages: &[String]) -> Result
         &root,
         &work.path().join("base.tar"),
     );
-    // debootstrap unmounts what it mounts, but not when it is killed.
+    // debootstrap runs in its own mount namespace (see make_base); this is
+    // only a safety net should anything have been mounted here anyway.
     unmount_under(work.path());
     let tar = made?;
     fs::rename(&tar, &out)
@@ -64,8 +65,13 @@ fn make_base(
 ) -> Result<PathBuf> {
     tools::make_dir(root, 0o755)?;
     let mirror = host_mirror(suite);
-    let mut cmd = Command::new(debootstrap);
-    cmd.arg("--variant=minbase");
+    // In a private mount namespace: what debootstrap mounts in the chroot
+    // (/proc, /sys) never shows in the machine's, and goes when it ends,
+    // however it ends.
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "--"])
+        .arg(debootstrap)
+        .arg("--variant=minbase");
     if !packages.is_empty() {
         cmd.arg(format!("--include={}", packages.join(",")));
     }
