@@ -99,8 +99,11 @@ fn ns_link(pid: u32, kind: &str) -> Option<String> {
 /// namespace, or in the node cgroups `roots` (pods' containers); never
 /// this process or the holder.
 pub fn node_processes(holder: u32, roots: &[String]) -> BTreeSet<u32> {
-    let mnt = ns_link(holder, "mnt");
-    let net = ns_link(holder, "net");
+    // Never the machine's (this process's) namespaces: should the holder be
+    // gone and its pid reused, nothing outside the node may match.
+    let own = |kind: &str| ns_link(std::process::id(), kind);
+    let mnt = ns_link(holder, "mnt").filter(|m| Some(m) != own("mnt").as_ref());
+    let net = ns_link(holder, "net").filter(|n| Some(n) != own("net").as_ref());
     let mut pids: BTreeSet<u32> = roots.iter().flat_map(|r| cgroup_pids(r)).collect();
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for e in entries.flatten() {
