@@ -224,17 +224,20 @@ pub fn run(cluster: &Cluster) -> anyhow::Result<Matrix> {
             );
         }
     }
+    // Each node's Service, its address looked up once.
+    let mut services = Vec::new();
     for node in cluster.nodes() {
         let service = format!("web-{}", node.spec.name);
         workload::wait_endpoints(kubectl, &service, 1, Duration::from_secs(60))?;
+        let ip = workload::cluster_ip(kubectl, &service)?;
+        services.push((node, service, ip));
     }
     for from in &pods {
-        for node in cluster.nodes() {
+        for (node, service, ip) in &services {
             if node.spec.name == from.pod.node {
                 continue;
             }
-            let service = format!("web-{}", node.spec.name);
-            let ip = workload::cluster_ip(kubectl, &service)?;
+            let (service, ip) = (service, *ip);
             let expected = by_node(&node.spec.name)
                 .map(|p| p.name.clone())
                 .unwrap_or_default();

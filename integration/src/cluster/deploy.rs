@@ -83,13 +83,13 @@ pub fn wait_nodes_ready(kubectl: &Kubectl, timeout: Duration) -> anyhow::Result<
     wait_for("every node Ready", timeout, || {
         let nodes = kubectl.json(&["get", "nodes"])?;
         let items = nodes["items"].as_array().cloned().unwrap_or_default();
-        Ok(!items.is_empty() && items.iter().all(node_ready))
+        Ok(!items.is_empty() && items.iter().all(is_ready))
     })
 }
 
-/// Whether a Node object has Ready=True.
-pub fn node_ready(node: &serde_json::Value) -> bool {
-    node["status"]["conditions"].as_array().is_some_and(|cs| {
+/// Whether an object (a Node, a Pod) has the condition Ready=True.
+pub fn is_ready(object: &serde_json::Value) -> bool {
+    object["status"]["conditions"].as_array().is_some_and(|cs| {
         cs.iter()
             .any(|c| c["type"] == "Ready" && c["status"] == "True")
     })
@@ -119,10 +119,7 @@ pub fn weft_pods(kubectl: &Kubectl) -> anyhow::Result<Vec<WeftPod>> {
         .map(|p| WeftPod {
             name: p["metadata"]["name"].as_str().unwrap_or_default().into(),
             node: p["spec"]["nodeName"].as_str().unwrap_or_default().into(),
-            ready: p["status"]["conditions"].as_array().is_some_and(|cs| {
-                cs.iter()
-                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
-            }),
+            ready: is_ready(p),
             image: p["spec"]["containers"][0]["image"]
                 .as_str()
                 .unwrap_or_default()

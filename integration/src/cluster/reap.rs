@@ -105,16 +105,11 @@ pub fn node_processes(holder: u32, roots: &[String]) -> BTreeSet<u32> {
     let mnt = ns_link(holder, "mnt").filter(|m| Some(m) != own("mnt").as_ref());
     let net = ns_link(holder, "net").filter(|n| Some(n) != own("net").as_ref());
     let mut pids: BTreeSet<u32> = roots.iter().flat_map(|r| cgroup_pids(r)).collect();
-    if let Ok(entries) = std::fs::read_dir("/proc") {
-        for e in entries.flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                continue;
-            };
-            let in_mnt = mnt.is_some() && ns_link(pid, "mnt") == mnt;
-            let in_net = net.is_some() && ns_link(pid, "net") == net;
-            if in_mnt || in_net {
-                pids.insert(pid);
-            }
+    for pid in crate::kube_api::all_pids() {
+        let in_mnt = mnt.is_some() && ns_link(pid, "mnt") == mnt;
+        let in_net = net.is_some() && ns_link(pid, "net") == net;
+        if in_mnt || in_net {
+            pids.insert(pid);
         }
     }
     pids.remove(&std::process::id());

@@ -141,7 +141,7 @@ pub fn join_and_leave(cluster: &mut Cluster, spec: NodeSpec) -> anyhow::Result<J
             let pod_ready = deploy::weft_pods(&kubectl)?
                 .iter()
                 .any(|p| p.node == name && p.ready);
-            Ok(deploy::node_ready(&node) && pod_ready)
+            Ok(deploy::is_ready(&node) && pod_ready)
         },
     )?;
     let ready = began.elapsed();

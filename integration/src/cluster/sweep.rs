@@ -13,7 +13,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use super::reap;
-use crate::kube_api::process_alive;
+use crate::kube_api::{all_pids, cmdline, process_alive};
 
 /// State directories are `<tmp>/weft-cluster-<pid>-<random>`.
 pub const STATE_PREFIX: &str = "weft-cluster-";
@@ -76,22 +76,6 @@ pub fn wait_for_interrupt() {
     WAITING.store(false, Ordering::SeqCst);
 }
 
-fn cmdline(pid: u32) -> String {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
-        .unwrap_or_default()
-}
-
-fn pids() -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .collect()
-}
-
 fn kill_pid(pid: u32) {
     if let Ok(pid) = i32::try_from(pid) {
         let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
@@ -104,7 +88,7 @@ fn kill_pid(pid: u32) {
 pub fn sweep_dir(dir: &Path, unique: &str) {
     let needle = dir.to_string_lossy().into_owned();
     let me = std::process::id();
-    let own: Vec<u32> = pids()
+    let own: Vec<u32> = all_pids()
         .into_iter()
         .filter(|&p| p != me && cmdline(p).contains(&needle))
         .collect();

@@ -45,7 +45,7 @@ use weft_netns::{Netns, NsTask};
 
 pub use locate::check_dir;
 pub use objects::{PolicyRule, AGENT_USER, FLANNEL_ROLE, FLANNEL_RULES};
-pub use process::process_alive;
+pub use process::{all_pids, cmdline, process_alive};
 use process::{read_pid, runs_own, signal_own};
 
 /// How long `start` may take before it is given up.

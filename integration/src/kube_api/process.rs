@@ -19,10 +19,22 @@ pub fn process_alive(pid: u32) -> bool {
     !matches!(state, None | Some('Z' | 'X'))
 }
 
-fn cmdline(pid: u32) -> String {
+/// `pid`'s command line, arguments joined by spaces ("" if gone).
+pub fn cmdline(pid: u32) -> String {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
         .unwrap_or_default()
+}
+
+/// Every process id on the machine (the numeric entries of `/proc`).
+pub fn all_pids() -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect()
 }
 
 pub(super) fn read_pid(state: &Path, name: &str) -> Option<u32> {
