@@ -1,10 +1,11 @@
 //! The pure diff: desired vs observed → the smallest plan of adds, in-place
 //! replaces and deletes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use crate::mac::MacAddr;
+use crate::peers::Touched;
 use crate::state::{
     Entries, FdbEntry, Neighbour, Observed, ObservedDevice, OverlayState, Route, VxlanDevice,
 };
@@ -123,8 +124,26 @@ impl fmt::Display for Plan {
 /// does not hold are deleted: the observed state only ever holds what weft
 /// manages (see `kernel`), so foreign objects are never touched.
 pub fn diff(desired: &OverlayState, observed: &Observed) -> Plan {
-    let device = match &desired.device {
-        Some(want) => device_ops(want, observed.device.as_ref()),
+    plan(
+        desired.device.as_ref(),
+        &desired.entries,
+        observed,
+        &Touched::everything(),
+    )
+}
+
+/// The plan for the keys in `touched` only (every key when `touched.all`,
+/// or when the device must be made anew): a change of one peer costs a few
+/// lookups, not a walk over every peer. Keys outside `touched` must already
+/// agree (the reconciler tracks which may not).
+pub fn plan(
+    device: Option<&VxlanDevice>,
+    want: &Entries,
+    observed: &Observed,
+    touched: &Touched,
+) -> Plan {
+    let device = match device {
+        Some(d) => device_ops(d, observed.device.as_ref()),
         None => Vec::new(),
     };
     let creates = device
@@ -140,12 +159,38 @@ pub fn diff(desired: &OverlayState, observed: &Observed) -> Plan {
     } else {
         &observed.entries
     };
+    if touched.all || creates {
+        return Plan {
+            device,
+            routes: changes(&want.routes, &have.routes),
+            neighbours: changes(&want.neighbours, &have.neighbours),
+            fdb: changes(&want.fdb, &have.fdb),
+        };
+    }
     Plan {
         device,
-        routes: changes(&desired.entries.routes, &have.routes),
-        neighbours: changes(&desired.entries.neighbours, &have.neighbours),
-        fdb: changes(&desired.entries.fdb, &have.fdb),
+        routes: changes_at(&touched.routes, &want.routes, &have.routes),
+        neighbours: changes_at(&touched.neighbours, &want.neighbours, &have.neighbours),
+        fdb: changes_at(&touched.fdb, &want.fdb, &have.fdb),
     }
+}
+
+/// The changes at the given keys only.
+fn changes_at<K: Ord, T: Clone + PartialEq>(
+    keys: &BTreeSet<K>,
+    want: &BTreeMap<K, T>,
+    have: &BTreeMap<K, T>,
+) -> Changes<T> {
+    let mut c = Changes::default();
+    for k in keys {
+        match (want.get(k), have.get(k)) {
+            (Some(w), None) => c.add.push(w.clone()),
+            (Some(w), Some(h)) if w != h => c.replace.push(w.clone()),
+            (None, Some(h)) => c.delete.push(h.clone()),
+            _ => {}
+        }
+    }
+    c
 }
 
 /// One ordered walk over both maps (they are sorted by key): O(n), no lookups.

@@ -20,16 +20,18 @@ pub mod error;
 pub mod kernel;
 pub mod mac;
 pub mod model;
+pub mod peers;
 pub mod reconciler;
 pub mod state;
 
 pub use backend::{Backend, VxlanBackendData};
 pub use desired::{desired, Desired};
-pub use diff::{diff, Changes, DeviceOp, Plan};
+pub use diff::{diff, plan, Changes, DeviceOp, Plan};
 pub use error::{KernelError, LeaseError, LeaseFault};
 pub use kernel::Kernel;
 pub use mac::MacAddr;
 pub use model::{BackendConfig, Lease, LocalNode, OverlayConfig, UnderlayFacts, VxlanConfig};
+pub use peers::{Peers, Touched};
 pub use reconciler::{Input, Options, Reconciler, ReconcilerHandle, Report, Stats};
 pub use state::{
     Dev, Entries, FdbEntry, Neighbour, Observed, ObservedDevice, OverlayState, Route, VxlanDevice,

@@ -3,12 +3,17 @@
 //! One task owns the kernel view. It wakes on a new input (leases or
 //! configuration), on a netlink event (link, address, route, neighbour and FDB
 //! groups), on a retry after a refused write, or on the slow resync tick; it
-//! then computes the desired state, diffs it against its view of the kernel
-//! and applies the smallest plan. The view is a full dump at start, after a
-//! socket overrun, after a link change and at every resync tick, kept current
-//! in between by the applied plans and the monitor's events, so a change of
-//! one peer costs one diff and a few writes, and a restart on a programmed
-//! node costs no write at all.
+//! then brings the kernel to the desired state with the smallest plan.
+//!
+//! Work follows the change, not the cluster: the desired state is kept
+//! current one lease at a time ([`Peers`]), and the keys a change (or a
+//! kernel event) touched are the only ones diffed. The kernel view is a full
+//! dump at start, after a socket overrun, after a link change and at every
+//! resync tick, kept current in between by the applied plans and the
+//! monitor's events; the underlay's and the device's facts are asked again
+//! only when an event concerns them. So a change of one peer costs a few
+//! lookups and its writes, and a restart on a programmed node costs no write
+//! at all.
 
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,12 +29,12 @@ use rtnetlink::MulticastGroup;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use crate::desired::{desired, Desired};
-use crate::diff::diff;
+use crate::diff::plan;
 use crate::error::{KernelError, LeaseError};
 use crate::kernel::{self, Kernel, Scope};
 use crate::mac::MacAddr;
-use crate::model::{Lease, LocalNode, OverlayConfig, UnderlayFacts};
+use crate::model::{Lease, LocalNode, OverlayConfig};
+use crate::peers::{Peers, Touched};
 use crate::state::Observed;
 
 /// Everything the desired state is computed from.
@@ -91,16 +96,37 @@ pub struct Stats {
     pub resyncs: AtomicU64,
     /// Reconciles that ended with an error.
     pub failures: AtomicU64,
+    /// Recomputations of every peer's entries (conflicts, new underlay or configuration).
+    pub rebuilds: AtomicU64,
 }
 
 enum Command {
     ReconcileNow(oneshot::Sender<Report>),
 }
 
+/// A change of the input.
+#[derive(Debug)]
+enum Change {
+    /// Everything anew.
+    Replace(Input),
+    /// Every lease anew (configuration and node kept).
+    Leases(Vec<Lease>),
+    /// One node's lease is new or changed.
+    Upsert(Lease),
+    /// One node's lease is gone.
+    Remove(String),
+}
+
+/// The sending side of the input changes, numbered in the order sent.
+struct Inbox {
+    generation: u64,
+    tx: mpsc::UnboundedSender<(u64, Change)>,
+}
+
 /// Controls a running [`Reconciler`] from anywhere.
 #[derive(Clone)]
 pub struct ReconcilerHandle {
-    input: Arc<watch::Sender<(u64, Arc<Input>)>>,
+    inbox: Arc<Mutex<Inbox>>,
     commands: mpsc::Sender<Command>,
     stats: Arc<Stats>,
     applied: watch::Receiver<(u64, Report)>,
@@ -108,27 +134,36 @@ pub struct ReconcilerHandle {
 }
 
 impl ReconcilerHandle {
-    /// Replaces the input; returns its generation number.
-    pub fn update(&self, input: Input) -> u64 {
-        let mut generation = 0;
-        self.input.send_modify(|(g, i)| {
-            *g += 1;
-            generation = *g;
-            *i = Arc::new(input);
-        });
+    fn send(&self, change: Change) -> u64 {
+        let Ok(mut inbox) = self.inbox.lock() else {
+            return 0;
+        };
+        inbox.generation += 1;
+        let generation = inbox.generation;
+        // A stopped reconciler drops the change; `wait_applied` then says so.
+        let _ = inbox.tx.send((generation, change));
         generation
     }
 
-    /// Replaces only the leases; returns the generation number.
-    pub fn set_leases(&self, leases: Vec<Lease>) -> u64 {
-        let mut next = (*self.input.borrow().1).clone();
-        next.leases = leases;
-        self.update(next)
+    /// Replaces the whole input; returns its generation number.
+    pub fn update(&self, input: Input) -> u64 {
+        self.send(Change::Replace(input))
     }
 
-    /// The current input.
-    pub fn input(&self) -> Arc<Input> {
-        self.input.borrow().1.clone()
+    /// Replaces only the leases; returns the generation number. Costs work
+    /// for the leases that differ only.
+    pub fn set_leases(&self, leases: Vec<Lease>) -> u64 {
+        self.send(Change::Leases(leases))
+    }
+
+    /// One node's lease is new or changed; returns the generation number.
+    pub fn upsert(&self, lease: Lease) -> u64 {
+        self.send(Change::Upsert(lease))
+    }
+
+    /// One node's lease is gone; returns the generation number.
+    pub fn remove(&self, node: &str) -> u64 {
+        self.send(Change::Remove(node.to_string()))
     }
 
     /// Waits until input generation `generation` (or a later one) has been
@@ -165,7 +200,9 @@ type Events = UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, netlink_sy
 pub struct Reconciler {
     kernel: Kernel,
     events: Events,
-    input: watch::Receiver<(u64, Arc<Input>)>,
+    inbox: mpsc::UnboundedReceiver<(u64, Change)>,
+    /// The last input generation folded in.
+    generation: u64,
     commands: mpsc::Receiver<Command>,
     options: Options,
     stats: Arc<Stats>,
@@ -173,10 +210,14 @@ pub struct Reconciler {
     last: Arc<Mutex<Report>>,
     scope: Option<Scope>,
     observed: Observed,
+    /// The entries' view is current (else re-read them all).
     view_valid: bool,
-    /// The last desired state and what it was computed from (input generation,
-    /// underlay facts): kernel events do not change it, so it is reused.
-    want: Option<(u64, UnderlayFacts, Desired)>,
+    /// The underlay's and the device's facts are current (else ask again).
+    facts_valid: bool,
+    /// The desired state, kept current change by change.
+    peers: Peers,
+    /// Keys that may differ between the desired state and the view.
+    pending: Touched,
 }
 
 impl Reconciler {
@@ -198,13 +239,19 @@ impl Reconciler {
         let _ =
             netlink_sys::AsyncSocket::socket_mut(conn.socket_mut()).set_rx_buf_sz(8 * 1024 * 1024);
         tokio::spawn(conn);
-        let (input_tx, input_rx) = watch::channel((1, Arc::new(input)));
+        let (inbox_tx, inbox_rx) = mpsc::unbounded_channel();
+        // Generation 1: placed once the first pass knows the underlay.
+        let mut peers = Peers::new(input.config, input.local, None);
+        peers.replace(input.leases);
         let (cmd_tx, cmd_rx) = mpsc::channel(16);
         let (applied_tx, applied_rx) = watch::channel((0, Report::default()));
         let stats = Arc::new(Stats::default());
         let last = Arc::new(Mutex::new(Report::default()));
         let handle = ReconcilerHandle {
-            input: Arc::new(input_tx),
+            inbox: Arc::new(Mutex::new(Inbox {
+                generation: 1,
+                tx: inbox_tx,
+            })),
             commands: cmd_tx,
             stats: stats.clone(),
             applied: applied_rx,
@@ -213,7 +260,8 @@ impl Reconciler {
         let reconciler = Reconciler {
             kernel,
             events,
-            input: input_rx,
+            inbox: inbox_rx,
+            generation: 1,
             commands: cmd_rx,
             options,
             stats,
@@ -222,7 +270,9 @@ impl Reconciler {
             scope: None,
             observed: Observed::default(),
             view_valid: false,
-            want: None,
+            facts_valid: false,
+            peers,
+            pending: Touched::everything(),
         };
         Ok((reconciler, handle))
     }
@@ -253,22 +303,22 @@ impl Reconciler {
                 }
             };
             tokio::select! {
-                changed = self.input.changed() => {
-                    if changed.is_err() && self.commands.is_closed() {
-                        return;
+                change = self.inbox.recv() => {
+                    let Some(change) = change else { return };
+                    self.fold(change);
+                    while let Ok(change) = self.inbox.try_recv() {
+                        self.fold(change);
                     }
                     dirty = true;
                 }
-                cmd = self.commands.recv() => match cmd {
-                    Some(Command::ReconcileNow(reply)) => {
+                Some(cmd) = self.commands.recv() => match cmd {
+                    Command::ReconcileNow(reply) => {
                         self.drain_events();
+                        while let Ok(change) = self.inbox.try_recv() {
+                            self.fold(change);
+                        }
                         let report = self.reconcile().await;
                         let _ = reply.send(report);
-                    }
-                    None => {
-                        if self.input.has_changed().is_err() {
-                            return;
-                        }
                     }
                 },
                 event = self.events.next() => {
@@ -277,11 +327,11 @@ impl Reconciler {
                     dirty |= self.drain_events();
                 }
                 _ = resync.tick() => {
-                    self.view_valid = false;
+                    self.invalidate();
                     dirty = true;
                 }
                 _ = retry => {
-                    self.view_valid = false;
+                    self.invalidate();
                     dirty = true;
                 }
             }
@@ -297,16 +347,42 @@ impl Reconciler {
         dirty
     }
 
+    /// Folds one input change into the desired state.
+    fn fold(&mut self, (generation, change): (u64, Change)) {
+        self.generation = self.generation.max(generation);
+        let touched = match change {
+            Change::Replace(input) => {
+                let mut t = self.peers.set_node(input.config, input.local);
+                t.merge(self.peers.replace(input.leases));
+                // Another device name or underlay: ask the kernel again.
+                self.facts_valid = false;
+                t
+            }
+            Change::Leases(leases) => self.peers.replace(leases),
+            Change::Upsert(lease) => self.peers.upsert(lease),
+            Change::Remove(node) => self.peers.remove(&node),
+        };
+        self.pending.merge(touched);
+    }
+
+    /// Forgets the kernel view: the next pass reads everything again.
+    fn invalidate(&mut self) {
+        self.view_valid = false;
+        self.facts_valid = false;
+    }
+
     /// Folds one kernel event into the view; true when a reconcile is due.
     fn on_event(&mut self, msg: NetlinkMessage<RouteNetlinkMessage>) -> bool {
         let Some(scope) = self.scope else {
             return true;
         };
         let entries = &mut self.observed.entries;
+        let pending = &mut self.pending;
         match msg.payload {
             NetlinkPayload::Overrun(_) => {
                 tracing::warn!("netlink monitor overrun: re-reading the kernel");
                 self.view_valid = false;
+                self.facts_valid = false;
                 true
             }
             NetlinkPayload::InnerMessage(m) => match m {
@@ -314,41 +390,57 @@ impl Reconciler {
                     let ours = Some(l.header.index) == scope.overlay
                         || l.header.index == scope.underlay
                         || self
-                            .input
-                            .borrow()
-                            .1
-                            .config
+                            .peers
+                            .config()
                             .backend
                             .device_name()
                             .is_some_and(|n| kernel::link_name(&l) == Some(n.as_str()));
                     if ours {
                         // A device going down or away takes its routes with it, silently.
                         self.view_valid = false;
+                        self.facts_valid = false;
                     }
                     ours
                 }
                 RouteNetlinkMessage::NewAddress(a) | RouteNetlinkMessage::DelAddress(a) => {
-                    Some(a.header.index) == scope.overlay || a.header.index == scope.underlay
+                    let ours =
+                        Some(a.header.index) == scope.overlay || a.header.index == scope.underlay;
+                    if ours {
+                        self.facts_valid = false;
+                    }
+                    ours
                 }
                 RouteNetlinkMessage::NewRoute(r) => match kernel::route_of(&r, &scope) {
-                    Some(route) => entries.routes.insert(route.dst, route) != Some(route),
-                    None => {
-                        kernel::route_dst(&r).is_some_and(|k| entries.routes.remove(&k).is_some())
+                    Some(route) => {
+                        let changed = entries.routes.insert(route.dst, route) != Some(route);
+                        if changed {
+                            pending.routes.insert(route.dst);
+                        }
+                        changed
                     }
+                    None => forget_route(entries, pending, &r),
                 },
-                RouteNetlinkMessage::DelRoute(r) => {
-                    kernel::route_dst(&r).is_some_and(|k| entries.routes.remove(&k).is_some())
-                }
+                RouteNetlinkMessage::DelRoute(r) => forget_route(entries, pending, &r),
                 RouteNetlinkMessage::NewNeighbour(n) => {
                     if let Some(nb) = kernel::neighbour_of(&n, &scope) {
-                        entries.neighbours.insert(nb.ip, nb) != Some(nb)
+                        let changed = entries.neighbours.insert(nb.ip, nb) != Some(nb);
+                        if changed {
+                            pending.neighbours.insert(nb.ip);
+                        }
+                        changed
                     } else if let Some(f) = kernel::fdb_of(&n, &scope) {
-                        entries.fdb.insert(f.mac, f) != Some(f)
+                        let changed = entries.fdb.insert(f.mac, f) != Some(f);
+                        if changed {
+                            pending.fdb.insert(f.mac);
+                        }
+                        changed
                     } else {
-                        forget_neighbour(entries, &n, &scope)
+                        forget_neighbour(entries, pending, &n, &scope)
                     }
                 }
-                RouteNetlinkMessage::DelNeighbour(n) => forget_neighbour(entries, &n, &scope),
+                RouteNetlinkMessage::DelNeighbour(n) => {
+                    forget_neighbour(entries, pending, &n, &scope)
+                }
                 _ => false,
             },
             _ => false,
@@ -358,8 +450,8 @@ impl Reconciler {
     /// One pass: observe, compute, diff, apply.
     async fn reconcile(&mut self) -> Report {
         self.stats.reconciles.fetch_add(1, Ordering::Relaxed);
-        let (generation, input) = self.input.borrow().clone();
-        let mut report = match self.pass(generation, &input).await {
+        let generation = self.generation;
+        let mut report = match self.pass().await {
             Ok(r) => r,
             Err(e) => Report {
                 errors: vec![e.to_string()],
@@ -380,7 +472,7 @@ impl Reconciler {
             });
         } else {
             self.stats.failures.fetch_add(1, Ordering::Relaxed);
-            self.view_valid = false;
+            self.invalidate();
             for e in &report.errors {
                 tracing::error!(error = %e, "overlay reconcile");
             }
@@ -391,37 +483,49 @@ impl Reconciler {
         report
     }
 
-    async fn pass(&mut self, generation: u64, input: &Input) -> Result<Report, KernelError> {
+    async fn pass(&mut self) -> Result<Report, KernelError> {
         let mut report = Report::default();
-        let underlay = self.kernel.underlay(&input.local.underlay).await?;
-        self.observed.device = match input.config.backend.device_name() {
-            Some(name) => self.kernel.device(&name).await?,
-            None => None,
+        let device_name = self.peers.config().backend.device_name();
+        if !self.facts_valid {
+            let underlay = self.kernel.underlay(&self.peers.local().underlay).await?;
+            self.observed.device = match &device_name {
+                Some(name) => self.kernel.device(name).await?,
+                None => None,
+            };
+            let touched = self.peers.set_underlay(underlay);
+            self.pending.merge(touched);
+            self.facts_valid = true;
+        }
+        let Some(underlay_ifindex) = self.peers.underlay().map(|u| u.ifindex) else {
+            return Ok(report);
         };
         let scope = Scope {
-            network: input.config.network,
+            network: self.peers.config().network,
             overlay: self.observed.device.as_ref().map(|d| d.ifindex),
-            underlay: underlay.ifindex,
+            underlay: underlay_ifindex,
         };
         if !self.view_valid || self.scope != Some(scope) {
             self.observed.entries = self.kernel.entries(&scope).await?;
             self.view_valid = true;
+            self.pending = Touched::everything();
             report.resynced = true;
             self.stats.resyncs.fetch_add(1, Ordering::Relaxed);
         }
         self.scope = Some(scope);
-        let fresh = matches!(&self.want, Some((g, u, _)) if *g == generation && *u == underlay);
-        if !fresh {
-            let d = desired(&input.config, &input.local, &underlay, &input.leases);
-            self.want = Some((generation, underlay, d));
-        }
-        let Some((_, _, want)) = &self.want else {
-            return Ok(report);
-        };
-        report.rejected = want.rejected.clone();
-        let plan = diff(&want.state, &self.observed);
+        self.stats
+            .rebuilds
+            .store(self.peers.rebuilds(), Ordering::Relaxed);
+        report.rejected = self.peers.rejected();
+        let want_device = self.peers.device();
+        let plan = plan(
+            want_device.as_ref(),
+            self.peers.entries(),
+            &self.observed,
+            &self.pending,
+        );
         report.plan = plan.to_string();
         if plan.is_empty() {
+            self.pending = Touched::default();
             return Ok(report);
         }
         let (after, applied) = self.kernel.apply(&plan, &scope).await;
@@ -433,12 +537,16 @@ impl Reconciler {
         report.errors = applied.errors.iter().map(ToString::to_string).collect();
         if applied.errors.is_empty() {
             plan.apply_to(&mut self.observed.entries);
+            self.pending = Touched::default();
             if after != scope {
                 // A new device: read it back (its MAC, its index).
-                self.observed.device = match input.config.backend.device_name() {
-                    Some(name) => self.kernel.device(&name).await?,
+                self.observed.device = match &device_name {
+                    Some(name) => self.kernel.device(name).await?,
                     None => None,
                 };
+            } else if !plan.device.is_empty() {
+                // Its MTU, MAC, addresses or state changed: read them back.
+                self.facts_valid = false;
             }
             self.scope = Some(after);
         }
@@ -446,10 +554,28 @@ impl Reconciler {
     }
 }
 
+/// Drops a route from the view when an event says it went away or became
+/// something weft does not manage.
+fn forget_route(
+    entries: &mut crate::state::Entries,
+    pending: &mut Touched,
+    r: &netlink_packet_route::route::RouteMessage,
+) -> bool {
+    let Some(dst) = kernel::route_dst(r) else {
+        return false;
+    };
+    let gone = entries.routes.remove(&dst).is_some();
+    if gone {
+        pending.routes.insert(dst);
+    }
+    gone
+}
+
 /// Drops a neighbour or FDB entry on the overlay device from the view when an
 /// event says it changed into something weft does not manage or went away.
 fn forget_neighbour(
     entries: &mut crate::state::Entries,
+    pending: &mut Touched,
     n: &NeighbourMessage,
     scope: &Scope,
 ) -> bool {
@@ -466,8 +592,20 @@ fn forget_neighbour(
         }
     }
     match n.header.family {
-        AddressFamily::Inet => ip.is_some_and(|ip| entries.neighbours.remove(&ip).is_some()),
-        AddressFamily::Bridge => mac.is_some_and(|m| entries.fdb.remove(&m).is_some()),
+        AddressFamily::Inet => ip.is_some_and(|ip| {
+            let gone = entries.neighbours.remove(&ip).is_some();
+            if gone {
+                pending.neighbours.insert(ip);
+            }
+            gone
+        }),
+        AddressFamily::Bridge => mac.is_some_and(|m| {
+            let gone = entries.fdb.remove(&m).is_some();
+            if gone {
+                pending.fdb.insert(m);
+            }
+            gone
+        }),
         _ => false,
     }
 }

@@ -136,3 +136,138 @@ proptest! {
         }
     }
 }
+
+/// The keys at which two entry tables differ.
+fn differing(a: &Entries, b: &Entries) -> Touched {
+    fn keys<K: Ord + Clone, V: PartialEq>(
+        a: &std::collections::BTreeMap<K, V>,
+        b: &std::collections::BTreeMap<K, V>,
+    ) -> std::collections::BTreeSet<K> {
+        a.keys()
+            .chain(b.keys())
+            .filter(|k| a.get(*k) != b.get(*k))
+            .cloned()
+            .collect()
+    }
+    Touched {
+        all: false,
+        routes: keys(&a.routes, &b.routes),
+        neighbours: keys(&a.neighbours, &b.neighbours),
+        fdb: keys(&a.fdb, &b.fdb),
+    }
+}
+
+proptest! {
+    /// Diffing only the keys that differ gives the plan of the full diff.
+    #[test]
+    fn the_plan_at_the_differing_keys_is_the_full_plan((desired, observed) in states()) {
+        let keys = differing(&desired.entries, &observed.entries);
+        let at_keys = plan(desired.device.as_ref(), &desired.entries, &observed, &keys);
+        prop_assert_eq!(at_keys, diff(&desired, &observed));
+    }
+}
+
+/// One step of a cluster's life: a node's lease is new or changed, or gone.
+#[derive(Debug, Clone)]
+enum Step {
+    Upsert(Lease),
+    Remove(String),
+}
+
+/// Leases in a small space: nodes n0..n7 on /24s and /23s that overlap
+/// often, VTEP MACs that repeat, and now and then bad data.
+fn lease() -> impl Strategy<Value = Lease> {
+    (0u8..8, 0u8..8, any::<bool>(), 1u8..6, 0u8..6, 0u8..10).prop_map(
+        |(node, net, wide, ip, m, kind)| {
+            let subnet = if wide {
+                Ipv4Net::new(Ipv4Addr::new(10, 244, net & !1, 0), 23).unwrap()
+            } else {
+                Ipv4Net::new(Ipv4Addr::new(10, 244, net, 0), 24).unwrap()
+            };
+            Lease {
+                node: format!("n{node}"),
+                subnet,
+                public_ip: Ipv4Addr::new(172, 18, 0, 10 + ip),
+                backend_type: if kind == 0 { "host-gw" } else { "vxlan" }.into(),
+                backend_data: if kind == 1 {
+                    "{}".into()
+                } else {
+                    format!(r#"{{"VNI":1,"VtepMAC":"02:00:00:00:00:{m:02x}"}}"#)
+                },
+            }
+        },
+    )
+}
+
+fn steps() -> impl Strategy<Value = Vec<Step>> {
+    proptest::collection::vec(
+        prop_oneof![
+            4 => lease().prop_map(Step::Upsert),
+            1 => (0u8..8).prop_map(|n| Step::Remove(format!("n{n}"))),
+        ],
+        1..40,
+    )
+}
+
+fn cluster() -> (OverlayConfig, LocalNode, UnderlayFacts) {
+    (
+        OverlayConfig {
+            network: "10.244.0.0/16".parse().unwrap(),
+            backend: BackendConfig::Vxlan(VxlanConfig {
+                direct_routing: true,
+                ..VxlanConfig::default()
+            }),
+        },
+        LocalNode {
+            name: "self".into(),
+            subnet: "10.244.9.0/24".parse().unwrap(),
+            public_ip: Ipv4Addr::new(172, 18, 0, 2),
+            underlay: "eth0".into(),
+            vtep_mac: None,
+        },
+        UnderlayFacts {
+            ifindex: 2,
+            mtu: 1500,
+            networks: vec!["172.18.0.0/29".parse().unwrap()],
+        },
+    )
+}
+
+proptest! {
+    /// Kept current one change at a time, the desired state is always the
+    /// one computed from scratch from the same leases, oldest first; and every
+    /// key whose entry changed is among the keys a change reports.
+    #[test]
+    fn the_incremental_desired_state_is_the_one_from_scratch(steps in steps()) {
+        let (config, local, underlay) = cluster();
+        let mut peers = Peers::new(config.clone(), local.clone(), Some(underlay.clone()));
+        // The model: every node's lease, in the order the nodes first came.
+        let mut model: Vec<Lease> = Vec::new();
+        for step in steps {
+            let before = peers.entries().clone();
+            let touched = match step {
+                Step::Upsert(l) => {
+                    match model.iter_mut().find(|m| m.node == l.node) {
+                        Some(m) => *m = l.clone(),
+                        None => model.push(l.clone()),
+                    }
+                    peers.upsert(l)
+                }
+                Step::Remove(n) => {
+                    model.retain(|m| m.node != n);
+                    peers.remove(&n)
+                }
+            };
+            prop_assert_eq!(&peers.leases(), &model);
+            let scratch = desired(&config, &local, &underlay, &model);
+            prop_assert_eq!(peers.entries(), &scratch.state.entries);
+            prop_assert_eq!(peers.rejected(), scratch.rejected);
+            if !touched.all {
+                let changed = differing(&before, peers.entries());
+                prop_assert!(changed.routes.is_subset(&touched.routes), "{:?} ⊄ {:?}", changed, touched);
+                prop_assert!(changed.neighbours.is_subset(&touched.neighbours));
+                prop_assert!(changed.fdb.is_subset(&touched.fdb));
+            }
+        }
+    }
+}
