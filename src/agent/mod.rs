@@ -22,11 +22,10 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
-use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Client;
 use regex::Regex;
-use tokio::sync::Notify;
+use tokio::sync::mpsc;
 use weft_nat::reconciler::LoopOptions;
 use weft_nat::{Options as NatOptions, SnatRules};
 use weft_overlay::model::VXLAN_OVERHEAD;
@@ -35,6 +34,7 @@ use weft_overlay::{BackendConfig, Kernel, LocalNode, Reconciler};
 
 use crate::config::{Flags, NatModeChoice, NetConf};
 use crate::health::{self, Readiness};
+use crate::subnet::index::{NodeIndex, PeerChange};
 use crate::subnet::kube::{self as kube_sm, NodeClient};
 use crate::subnet::Annotations;
 use crate::subnet_env::SubnetEnv;
@@ -95,14 +95,13 @@ async fn agent(
     let settings = Settings::load(&flags)?;
     let ready = Readiness::default();
     serve_health(&flags, &ready);
-    let cluster = Cluster::join(&client, &env, &settings).await?;
+    let mut cluster = Cluster::join(&client, &env, &settings).await?;
 
     // 2. The underlay, the overlay from the whole cluster at once, and what
     //    the other nodes need to reach this one.
     let kernel = Kernel::connect()?;
     let (underlay, public_ip) = choose_underlay(&flags, &settings, &kernel, &cluster.own).await?;
-    let mut skipped: HashMap<String, String> = HashMap::new();
-    let input = overlay_input(&settings, &cluster, &underlay, &mut skipped);
+    let input = overlay_input(&settings, &cluster, &underlay);
     let (reconciler, overlay) = Reconciler::start(input.clone(), OverlayOptions::default())?;
     let overlay_task = tokio::task::spawn_local(reconciler.run());
     let first = overlay
@@ -135,21 +134,31 @@ async fn agent(
         jobs.available.record(set_available(&cluster).await);
     }
 
-    // Follow the cluster until told to stop.
+    // Follow the cluster until told to stop: each Node event costs work for
+    // that Node only.
     tokio::pin!(shutdown);
-    let mut last = input.leases;
     loop {
         let retry_at = retry::next_due(jobs.all());
         tokio::select! {
             _ = &mut shutdown => break,
-            _ = cluster.changed.notified() => {
-                let leases = current_leases(&cluster.store, &settings.annotations, &cluster.name, &mut skipped);
-                if leases != last {
-                    let generation = overlay.set_leases(leases.clone());
-                    tracing::debug!(generation, peers = leases.len(), "peers changed");
-                    last = leases;
+            event = cluster.events.recv() => {
+                let Some(event) = event else {
+                    return Err(AgentError::Node("the Node watch stopped".into()));
+                };
+                let own_before = cluster.index.own();
+                for change in cluster.fold(event) {
+                    let generation = match change {
+                        PeerChange::Upsert(lease) => overlay.upsert(lease),
+                        PeerChange::Remove(node) => overlay.remove(&node),
+                    };
+                    tracing::debug!(generation, peers = cluster.index.peers(), "peers changed");
                 }
-                if let Some(own) = cluster.store.get(&reflector::ObjectRef::new(&cluster.name)) {
+                let own_now = cluster.index.own();
+                let own_changed = match (&own_before, &own_now) {
+                    (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
+                    _ => false,
+                };
+                if let (true, Some(own)) = (own_changed, own_now) {
                     // Restores the annotations if someone removed them.
                     jobs.publish.record(publish(&cluster, &own, &wanted).await);
                 }
@@ -157,10 +166,7 @@ async fn agent(
             _ = sleep_until(retry_at), if retry_at.is_some() => {
                 let now = tokio::time::Instant::now();
                 if jobs.publish.is_due(now) {
-                    let own = cluster
-                        .store
-                        .get(&reflector::ObjectRef::new(&cluster.name))
-                        .unwrap_or_else(|| cluster.own.clone());
+                    let own = cluster.index.own().unwrap_or_else(|| cluster.own.clone());
                     jobs.publish.record(publish(&cluster, &own, &wanted).await);
                 }
                 if jobs.subnet_env.is_due(now)
@@ -231,13 +237,13 @@ fn serve_health(flags: &Flags, ready: &Readiness) {
     });
 }
 
-/// This node in the cluster: its Node, its subnet, and the watched store of
-/// every Node (the single source of the peers).
+/// This node in the cluster: its Node, its subnet, and the followed index
+/// of every Node (the single source of the peers).
 struct Cluster {
     name: String,
     nodes: NodeClient,
-    store: Store<Node>,
-    changed: Arc<Notify>,
+    events: mpsc::UnboundedReceiver<NodeEvent>,
+    index: NodeIndex,
     own: Arc<Node>,
     subnet: ipnet::Ipv4Net,
 }
@@ -255,19 +261,14 @@ impl Cluster {
         let name = kube_sm::node_name(client, env).await?;
         tracing::info!(node = %name, network = %conf.network, backend = conf.backend.kind(), "starting");
         let nodes = NodeClient::new(client.clone(), &name);
-        let (store, writer) = reflector::store::<Node>();
-        let changed = Arc::new(Notify::new());
+        let (tx, mut events) = mpsc::unbounded_channel();
         tokio::spawn(follow_nodes(
             nodes.api().clone(),
-            writer,
-            changed.clone(),
+            tx,
             settings.annotations.clone(),
         ));
-        store
-            .wait_until_ready()
-            .await
-            .map_err(|e| AgentError::Node(format!("the Node watch ended: {e}")))?;
-        let own = wait_for_own_node(&store, &name, &changed).await?;
+        let mut index = NodeIndex::new(&name, settings.annotations.clone());
+        let own = wait_for_own_node(&mut events, &mut index, &name).await?;
         let subnet = crate::subnet::annotations::pod_cidr(&own).map_err(|(field, reason)| {
             AgentError::Node(format!("node {name}: {field}: {reason}"))
         })?;
@@ -280,11 +281,25 @@ impl Cluster {
         Ok(Cluster {
             name,
             nodes,
-            store,
-            changed,
+            events,
+            index,
             own,
             subnet,
         })
+    }
+
+    /// Folds one watch event into the index: what the overlay must hear.
+    fn fold(&mut self, event: NodeEvent) -> Vec<PeerChange> {
+        fold(&mut self.index, event)
+    }
+}
+
+/// Folds one watch event into `index`: what the overlay must hear.
+fn fold(index: &mut NodeIndex, event: NodeEvent) -> Vec<PeerChange> {
+    match event {
+        NodeEvent::Listed(nodes) => index.listed(nodes),
+        NodeEvent::Applied(node) => index.applied(node).into_iter().collect(),
+        NodeEvent::Deleted(node) => index.deleted(&node).into_iter().collect(),
     }
 }
 
@@ -320,12 +335,7 @@ async fn choose_underlay(
 
 /// The overlay's input: this node (keeping its previous VTEP MAC) and every
 /// usable peer in the store.
-fn overlay_input(
-    settings: &Settings,
-    cluster: &Cluster,
-    underlay: &iface::Underlay,
-    skipped: &mut HashMap<String, String>,
-) -> Input {
+fn overlay_input(settings: &Settings, cluster: &Cluster, underlay: &iface::Underlay) -> Input {
     let vtep_mac = match settings.conf.backend {
         BackendConfig::Vxlan(_) => kube_sm::previous_vtep_mac(&cluster.own, &settings.annotations),
         BackendConfig::HostGw => None,
@@ -342,12 +352,7 @@ fn overlay_input(
             underlay: underlay.name.clone(),
             vtep_mac,
         },
-        leases: current_leases(
-            &cluster.store,
-            &settings.annotations,
-            &cluster.name,
-            skipped,
-        ),
+        leases: cluster.index.leases(),
     }
 }
 
@@ -395,9 +400,10 @@ async fn publish(
 /// `NetworkUnavailable=False` on this node.
 async fn set_available(cluster: &Cluster) -> Result<(), kube_sm::KubeError> {
     let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let own = cluster.index.own().unwrap_or_else(|| cluster.own.clone());
     cluster
         .nodes
-        .set_network_available(&cluster.own, &now)
+        .set_network_available(&own, &now)
         .await
         .map(drop)
 }
@@ -506,35 +512,63 @@ fn write_subnet_env(flags: &Flags, env: &SubnetEnv) -> Result<(), AgentError> {
         })
 }
 
-/// Drives the Node watch into the store (each Node cut down to what weft
-/// reads first, see `subnet::projection`) and signals every change.
+/// What the Node watch reports, each Node cut down to what weft reads
+/// (see `subnet::projection`).
+enum NodeEvent {
+    /// A full list: the first, or after the watch was lost.
+    Listed(Vec<Node>),
+    /// A Node added or modified.
+    Applied(Node),
+    /// A Node deleted.
+    Deleted(Node),
+}
+
+/// Drives the Node watch and sends its events to the agent; ends when the
+/// agent is gone.
 async fn follow_nodes(
     api: kube::Api<Node>,
-    writer: reflector::store::Writer<Node>,
-    changed: Arc<Notify>,
+    tx: mpsc::UnboundedSender<NodeEvent>,
     annotations: Annotations,
 ) {
     let nodes = watcher(api, watcher::Config::default())
-        .modify(move |node| crate::subnet::projection::project(node, &annotations));
-    let stream = reflector::reflector(writer, nodes).backoff(ApiBackoff::default());
-    futures::pin_mut!(stream);
+        .modify(move |node| crate::subnet::projection::project(node, &annotations))
+        .backoff(ApiBackoff::default());
+    futures::pin_mut!(nodes);
     let mut failing = false;
-    while let Some(event) = stream.next().await {
-        match event {
-            Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
-            Ok(_) => {
+    let mut listing: Vec<Node> = Vec::new();
+    while let Some(event) = nodes.next().await {
+        let sent = match event {
+            Ok(event) => {
                 if failing {
                     tracing::info!("the Kubernetes API answers again");
                     failing = false;
                 }
-                changed.notify_one();
+                match event {
+                    watcher::Event::Init => {
+                        listing.clear();
+                        Ok(())
+                    }
+                    watcher::Event::InitApply(node) => {
+                        listing.push(node);
+                        Ok(())
+                    }
+                    watcher::Event::InitDone => {
+                        tx.send(NodeEvent::Listed(std::mem::take(&mut listing)))
+                    }
+                    watcher::Event::Apply(node) => tx.send(NodeEvent::Applied(node)),
+                    watcher::Event::Delete(node) => tx.send(NodeEvent::Deleted(node)),
+                }
             }
             Err(e) => {
                 if !failing {
                     tracing::warn!(error = %e, "Node watch failed; keeping the last known peers and retrying");
                     failing = true;
                 }
+                Ok(())
             }
+        };
+        if sent.is_err() {
+            return;
         }
     }
 }
@@ -574,50 +608,35 @@ impl kube::runtime::utils::Backoff for ApiBackoff {
     }
 }
 
+/// Waits for the first full list, then (up to [`OWN_NODE_WAIT`]) for this
+/// Node, folding every event into the index meanwhile.
 async fn wait_for_own_node(
-    store: &Store<Node>,
+    events: &mut mpsc::UnboundedReceiver<NodeEvent>,
+    index: &mut NodeIndex,
     name: &str,
-    changed: &Notify,
 ) -> Result<Arc<Node>, AgentError> {
+    let stopped = || AgentError::Node("the Node watch stopped".into());
+    loop {
+        let event = events.recv().await.ok_or_else(stopped)?;
+        let listed = matches!(event, NodeEvent::Listed(_));
+        fold(index, event);
+        if listed {
+            break;
+        }
+    }
     let deadline = tokio::time::Instant::now() + OWN_NODE_WAIT;
     loop {
-        if let Some(n) = store.get(&reflector::ObjectRef::new(name)) {
+        if let Some(n) = index.own() {
             return Ok(n);
         }
-        if tokio::time::timeout_at(deadline, changed.notified())
+        let event = tokio::time::timeout_at(deadline, events.recv())
             .await
-            .is_err()
-        {
-            return Err(AgentError::Node(format!(
-                "node {name} does not exist in the Kubernetes API (waited {OWN_NODE_WAIT:?})"
-            )));
-        }
+            .map_err(|_| {
+                AgentError::Node(format!(
+                    "node {name} does not exist in the Kubernetes API (waited {OWN_NODE_WAIT:?})"
+                ))
+            })?
+            .ok_or_else(stopped)?;
+        fold(index, event);
     }
-}
-
-/// The peers' leases from the store; logs a node when it starts or stops being skipped.
-fn current_leases(
-    store: &Store<Node>,
-    annotations: &Annotations,
-    own: &str,
-    skipped: &mut HashMap<String, String>,
-) -> Vec<weft_overlay::Lease> {
-    let nodes = store.state();
-    let (leases, errors) = kube_sm::leases(nodes.iter().map(|n| n.as_ref()), annotations, own);
-    let now: BTreeMap<String, String> = errors
-        .iter()
-        .map(|e| (e.node.clone(), e.to_string()))
-        .collect();
-    for (node, why) in &now {
-        if skipped.get(node) != Some(why) {
-            tracing::warn!(%node, error = %why, "skipping node");
-        }
-    }
-    for node in skipped.keys() {
-        if !now.contains_key(node) {
-            tracing::info!(%node, "node usable again");
-        }
-    }
-    *skipped = now.into_iter().collect();
-    leases
 }

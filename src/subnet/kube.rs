@@ -8,9 +8,8 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::json;
-use weft_overlay::Lease;
 
-use super::annotations::{Annotations, NodeError};
+use super::annotations::Annotations;
 
 /// Errors talking to the API.
 #[derive(Debug, thiserror::Error)]
@@ -150,38 +149,6 @@ impl NodeClient {
             })?;
         Ok(true)
     }
-}
-
-/// The leases of every other node, oldest node first (so the first claimant
-/// of a subnet keeps it), and the nodes that had to be skipped.
-pub fn leases<'a>(
-    nodes: impl IntoIterator<Item = &'a Node>,
-    annotations: &Annotations,
-    own: &str,
-) -> (Vec<Lease>, Vec<NodeError>) {
-    let mut nodes: Vec<&Node> = nodes
-        .into_iter()
-        .filter(|n| n.metadata.name.as_deref() != Some(own))
-        .collect();
-    nodes.sort_by(|a, b| {
-        let key = |n: &Node| {
-            (
-                n.metadata.creation_timestamp.as_ref().map(|t| t.0),
-                n.metadata.name.clone(),
-            )
-        };
-        key(a).cmp(&key(b))
-    });
-    let mut out = Vec::new();
-    let mut errors = Vec::new();
-    for n in nodes {
-        match annotations.lease(n) {
-            Ok(Some(l)) => out.push(l),
-            Ok(None) => {}
-            Err(e) => errors.push(e),
-        }
-    }
-    (out, errors)
 }
 
 /// The address to publish: `public-ip-overwrite` when the user set it, else the detected one.
