@@ -176,6 +176,32 @@ impl Weftd {
         self.terminate()
     }
 
+    /// SIGKILL now (a crash, an OOM kill): nothing of weftd's runs after it.
+    pub fn kill(mut self) -> anyhow::Result<ExitStatus> {
+        let mut child = self.child.take().context("already stopped")?;
+        forget(child.id());
+        child.kill()?;
+        Ok(child.wait()?)
+    }
+
+    /// Waits up to `timeout` for it to exit by itself; its status, or `None`
+    /// if it still runs.
+    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<Option<ExitStatus>> {
+        let t0 = Instant::now();
+        loop {
+            let child = self.child.as_mut().context("already stopped")?;
+            if let Some(status) = child.try_wait()? {
+                forget(child.id());
+                self.child = None;
+                return Ok(Some(status));
+            }
+            if t0.elapsed() > timeout {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     fn terminate(&mut self) -> anyhow::Result<ExitStatus> {
         let mut child = self.child.take().context("already stopped")?;
         forget(child.id());

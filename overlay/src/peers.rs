@@ -149,6 +149,15 @@ impl Peers {
             .device(&self.local, underlay, self.config.network)
     }
 
+    /// Keeps `mac` as the VTEP MAC from now on when none was given: a device
+    /// made again (its underlay went away and came back, someone deleted
+    /// it) gets the MAC the peers already know.
+    pub fn keep_vtep_mac(&mut self, mac: MacAddr) {
+        if self.local.vtep_mac.is_none() {
+            self.local.vtep_mac = Some(mac);
+        }
+    }
+
     /// The underlay facts the entries were computed for.
     pub fn underlay(&self) -> Option<&UnderlayFacts> {
         self.underlay.as_ref()
@@ -207,7 +216,10 @@ impl Peers {
     }
 
     /// New configuration or node: everything is recomputed when they differ.
-    pub fn set_node(&mut self, config: OverlayConfig, local: LocalNode) -> Touched {
+    pub fn set_node(&mut self, config: OverlayConfig, mut local: LocalNode) -> Touched {
+        if local.vtep_mac.is_none() {
+            local.vtep_mac = self.local.vtep_mac;
+        }
         if self.config == config && self.local == local {
             return Touched::default();
         }

@@ -387,14 +387,18 @@ impl Reconciler {
             }
             NetlinkPayload::InnerMessage(m) => match m {
                 RouteNetlinkMessage::NewLink(l) | RouteNetlinkMessage::DelLink(l) => {
+                    // By index, or by name: a device of the underlay's or the
+                    // overlay's name may be a new one (deleted and made again).
+                    let name = kernel::link_name(&l);
                     let ours = Some(l.header.index) == scope.overlay
                         || l.header.index == scope.underlay
+                        || name == Some(self.peers.local().underlay.as_str())
                         || self
                             .peers
                             .config()
                             .backend
                             .device_name()
-                            .is_some_and(|n| kernel::link_name(&l) == Some(n.as_str()));
+                            .is_some_and(|n| name == Some(n.as_str()));
                     if ours {
                         // A device going down or away takes its routes with it, silently.
                         self.view_valid = false;
@@ -459,6 +463,9 @@ impl Reconciler {
             },
         };
         report.vtep_mac = self.observed.device.as_ref().and_then(|d| d.mac);
+        if let Some(mac) = report.vtep_mac {
+            self.peers.keep_vtep_mac(mac);
+        }
         report.generation = generation;
         if report.errors.is_empty() {
             // The first clean reconcile of a generation is the one that applied it.

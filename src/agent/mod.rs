@@ -12,6 +12,7 @@
 //!    Stopping leaves the data plane as it is.
 
 pub mod iface;
+pub mod instance;
 pub mod retry;
 
 use std::collections::{BTreeMap, HashMap};
@@ -57,6 +58,9 @@ pub enum AgentError {
     /// This node is not usable yet or any more.
     #[error("{0}")]
     Node(String),
+    /// Another agent runs on this node.
+    #[error(transparent)]
+    Instance(#[from] instance::InstanceError),
     /// Writing the subnet file.
     #[error("cannot write {path}: {source}")]
     SubnetFile {
@@ -91,6 +95,10 @@ async fn agent(
     env: HashMap<String, String>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
+    // 0. One agent per node: before anything is read or changed.
+    let instance = instance::Instance::acquire()?;
+    let instance_task = tokio::task::spawn_local(instance.serve());
+
     // 1. Configuration and the cluster.
     let settings = Settings::load(&flags)?;
     let ready = Readiness::default();
@@ -184,6 +192,7 @@ async fn agent(
     drop(overlay);
     let _ = overlay_task.await;
     nat.stop();
+    instance_task.abort();
     Ok(())
 }
 
