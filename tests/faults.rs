@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use ipnet::Ipv4Net;
 use serde_json::Value;
+use weft_integration::kube_api::ApiOptions;
 use weft_integration::pinger::Pinger;
 use weft_integration::topology::CLUSTER;
 use weft_integration::weftd::{health_status, net_conf, Weftd};
@@ -510,4 +511,77 @@ fn sigkill_while_programming_5000_peers_then_restart_gives_exactly_the_desired_s
         "what is not weft's was touched"
     );
     lab.agents.push(again);
+}
+
+/// The same with the real kube-apiserver: it is stopped (SIGTERM) and
+/// started again on the same etcd. Its watch cache starts anew, so a watch
+/// from before is answered `410 Gone` and every client must list once (as
+/// client-go's do). The audit log shows what the agents asked: one list
+/// each, at once (no backoff on a 410), then their watches — no repeated
+/// lists; pods ping throughout.
+#[test]
+fn the_real_api_server_restarting_on_the_same_etcd_costs_one_list_per_agent() {
+    require_netns!();
+    let policy = tempfile::tempdir().unwrap();
+    let options = ApiOptions::default().audited(policy.path()).unwrap();
+    let Some(lab) = lab_with(Some(options)) else {
+        return;
+    };
+    check_converged_cluster(&lab);
+    let Api::Real(real) = &lab.api else {
+        unreachable!()
+    };
+    let from = &lab.cluster.node("control-plane").unwrap().pod;
+    let to = lab.cluster.node("worker2").unwrap().spec.pod_ip();
+    let pinger = Pinger::start(from, to, 2500).unwrap();
+    let before = real.agent_requests().unwrap();
+    let t0 = Instant::now();
+    real.restart_apiserver(&lab.cluster.switch, Duration::from_secs(2))
+        .unwrap();
+    eprintln!(
+        "kube-apiserver stopped and answering again after {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    add_fake_peer(
+        &lab,
+        "after",
+        "10.244.42.0/24",
+        "172.18.0.43",
+        "02:00:00:00:00:43",
+    );
+    let t = wait_until(
+        "a node created after the restart",
+        Duration::from_secs(30),
+        || has_peer_everywhere(&lab, "10.244.42.0/24"),
+    );
+    // Within the agents' capped backoff (5 s) of the API's return.
+    assert!(t < Duration::from_secs(7), "{t:?}");
+    eprintln!(
+        "a node created after the restart programmed everywhere in {:.0} ms",
+        t.as_secs_f64() * 1e3
+    );
+    let after = real.agent_requests().unwrap();
+    for a in &lab.agents {
+        let log = a.log();
+        let tail: Vec<&str> = log.lines().rev().take(15).collect();
+        eprintln!(
+            "--- {} ---\n{}",
+            a.node,
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
+    let delta = |k: &str| after.get(k).unwrap_or(&0) - before.get(k).unwrap_or(&0);
+    eprintln!(
+        "the agents' requests since the restart: list nodes ×{}, watch nodes ×{}",
+        delta("list nodes"),
+        delta("watch nodes")
+    );
+    assert!(
+        delta("list nodes") <= lab.agents.len(),
+        "more than one list per agent: {after:?}"
+    );
+    assert!(delta("watch nodes") >= lab.agents.len(), "{after:?}");
+    let summary = pinger.finish().unwrap();
+    eprintln!("pings: {} sent, {} lost", summary.sent, summary.lost());
+    assert_eq!(summary.lost(), 0, "{}", summary.text);
 }

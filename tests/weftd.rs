@@ -247,8 +247,12 @@ fn weftd_rides_out_a_60_second_api_outage() {
 #[test]
 fn readyz_is_503_until_the_node_exists() {
     require_netns!();
-    let lab = lab(false).unwrap();
-    // An agent whose Node is not (yet) in the API: alive, not ready.
+    let mut lab = lab(false).unwrap();
+    // An agent whose Node is not (yet) in the API: alive, not ready. (In
+    // worker2's namespace, whose own agent is stopped first: one agent per
+    // network namespace.)
+    let idx = lab.agents.iter().position(|a| a.node == "worker2").unwrap();
+    lab.agents.remove(idx).stop().unwrap();
     let ns = &lab.cluster.node("worker2").unwrap().ns;
     let _ghost = Weftd::start(
         Path::new(env!("CARGO_BIN_EXE_weftd")),

@@ -14,7 +14,6 @@
 //!   objects;
 //! - (iv) weftd's CPU at idle in each NAT mode (its children included).
 
-use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -209,22 +208,11 @@ pub fn run(weftd: &Path, opts: &ScaleOptions) -> anyhow::Result<()> {
     let cluster = Cluster::new(&[me.clone(), fresh.clone()])?;
     cluster.switch.add_addr("br0", &format!("{API_IP}/16"))?;
     let dir = tempfile::tempdir()?;
-    let policy = dir.path().join("audit-policy.yaml");
-    std::fs::write(
-        &policy,
-        "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n- level: Metadata\n  users: [\"node-agent\"]\n- level: None\n",
-    )?;
     let api = RealApiServer::start_with(
         &cluster.switch,
         API_IP,
         6443,
-        &ApiOptions {
-            extra_args: vec![
-                format!("--audit-policy-file={}", policy.display()),
-                "--audit-log-path={state}/audit.log".into(),
-            ],
-            ..ApiOptions::default()
-        },
+        &ApiOptions::default().audited(dir.path())?,
     )?;
     api.grant_flannel_role()?;
     let kubeconfig = api.agent_kubeconfig();
@@ -303,7 +291,7 @@ pub fn run(weftd: &Path, opts: &ScaleOptions) -> anyhow::Result<()> {
     );
 
     // (vi) what weftd asked of the API.
-    let requests = audit_counts(&api.state_dir().join("audit.log"))?;
+    let requests = api.agent_requests()?;
     let listed: Vec<String> = requests.iter().map(|(k, n)| format!("{k} ×{n}")).collect();
     println!(
         "  (vi) weftd's API requests (audit log): {}",
@@ -378,44 +366,6 @@ pub fn run(weftd: &Path, opts: &ScaleOptions) -> anyhow::Result<()> {
         a.stop()?;
     }
     Ok(())
-}
-
-/// Requests by user `node-agent`, as `verb resource[/subresource]`.
-fn audit_counts(log: &Path) -> anyhow::Result<BTreeMap<String, usize>> {
-    let text =
-        std::fs::read_to_string(log).with_context(|| format!("no audit log {}", log.display()))?;
-    let mut counts = BTreeMap::new();
-    for line in text.lines() {
-        let Ok(e) = serde_json::from_str::<Value>(line) else {
-            continue;
-        };
-        if e["user"]["username"] != "node-agent"
-            || e["stage"] != "ResponseComplete" && e["stage"] != "ResponseStarted"
-        {
-            continue;
-        }
-        if e["stage"] == "ResponseStarted" && e["verb"] != "watch" {
-            continue;
-        }
-        if e["stage"] == "ResponseComplete" && e["verb"] == "watch" {
-            continue;
-        }
-        let r = &e["objectRef"];
-        let mut what = format!(
-            "{} {}",
-            e["verb"].as_str().unwrap_or("?"),
-            r["resource"].as_str().unwrap_or("?")
-        );
-        if let Some(sub) = r["subresource"].as_str() {
-            what.push('/');
-            what.push_str(sub);
-        }
-        if r["name"].is_string() && e["verb"] == "get" {
-            what.push_str(" (one object)");
-        }
-        *counts.entry(what).or_insert(0) += 1;
-    }
-    Ok(counts)
 }
 
 /// `ip -batch` + `bridge -batch` of the peers' objects into a fresh

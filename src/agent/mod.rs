@@ -540,46 +540,55 @@ async fn follow_nodes(
     annotations: Annotations,
 ) {
     let nodes = watcher(api, watcher::Config::default())
-        .modify(move |node| crate::subnet::projection::project(node, &annotations))
-        .backoff(ApiBackoff::default());
+        .modify(move |node| crate::subnet::projection::project(node, &annotations));
     futures::pin_mut!(nodes);
+    let mut backoff = ApiBackoff::default();
     let mut failing = false;
     let mut listing: Vec<Node> = Vec::new();
     while let Some(event) = nodes.next().await {
-        let sent = match event {
-            Ok(event) => {
-                if failing {
-                    tracing::info!("the Kubernetes API answers again");
-                    failing = false;
-                }
-                match event {
-                    watcher::Event::Init => {
-                        listing.clear();
-                        Ok(())
-                    }
-                    watcher::Event::InitApply(node) => {
-                        listing.push(node);
-                        Ok(())
-                    }
-                    watcher::Event::InitDone => {
-                        tx.send(NodeEvent::Listed(std::mem::take(&mut listing)))
-                    }
-                    watcher::Event::Apply(node) => tx.send(NodeEvent::Applied(node)),
-                    watcher::Event::Delete(node) => tx.send(NodeEvent::Deleted(node)),
-                }
-            }
+        let event = match event {
+            Ok(event) => event,
             Err(e) => {
                 if !failing {
                     tracing::warn!(error = %e, "Node watch failed; keeping the last known peers and retrying");
                     failing = true;
                 }
+                // The server answered that our place in its history is gone
+                // (a restarted API server's watch cache starts anew): list
+                // again at once, there is nothing to wait for.
+                if !is_expired(&e) {
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+                continue;
+            }
+        };
+        backoff.reset();
+        if failing {
+            tracing::info!("the Kubernetes API answers again");
+            failing = false;
+        }
+        let sent = match event {
+            watcher::Event::Init => {
+                listing.clear();
                 Ok(())
             }
+            watcher::Event::InitApply(node) => {
+                listing.push(node);
+                Ok(())
+            }
+            watcher::Event::InitDone => tx.send(NodeEvent::Listed(std::mem::take(&mut listing))),
+            watcher::Event::Apply(node) => tx.send(NodeEvent::Applied(node)),
+            watcher::Event::Delete(node) => tx.send(NodeEvent::Deleted(node)),
         };
         if sent.is_err() {
             return;
         }
     }
+}
+
+/// `410 Gone` in the watch: the resourceVersion is too old to resume from.
+fn is_expired(e: &watcher::Error) -> bool {
+    matches!(e, watcher::Error::WatchError(status) if status.code == 410)
 }
 
 /// Retry delays for the Node watch: 200 ms doubling to 5 s, back to 200 ms
@@ -590,28 +599,24 @@ struct ApiBackoff {
     next: Duration,
 }
 
-impl ApiBackoff {
-    const FIRST: Duration = Duration::from_millis(200);
-    const MAX: Duration = Duration::from_secs(5);
-}
-
 impl Default for ApiBackoff {
     fn default() -> Self {
         ApiBackoff { next: Self::FIRST }
     }
 }
 
-impl Iterator for ApiBackoff {
-    type Item = Duration;
+impl ApiBackoff {
+    const FIRST: Duration = Duration::from_millis(200);
+    const MAX: Duration = Duration::from_secs(5);
 
-    fn next(&mut self) -> Option<Duration> {
+    /// The delay before the next attempt (doubling up to [`Self::MAX`]).
+    fn next_delay(&mut self) -> Duration {
         let now = self.next;
         self.next = (self.next * 2).min(Self::MAX);
-        Some(now)
+        now
     }
-}
 
-impl kube::runtime::utils::Backoff for ApiBackoff {
+    /// After a success: the next failure waits [`Self::FIRST`] again.
     fn reset(&mut self) {
         self.next = Self::FIRST;
     }

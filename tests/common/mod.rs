@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use weft_integration::kube_api::RealApiServer;
+use weft_integration::kube_api::{ApiOptions, RealApiServer};
 use weft_integration::node_api::NodeApi;
 use weft_integration::topology::CLUSTER;
 use weft_integration::weftd::{health_status, net_conf, Weftd};
@@ -77,12 +77,12 @@ pub struct Lab {
     pub dir: tempfile::TempDir,
 }
 
-pub fn start_real(switch: &Netns) -> Option<Api> {
+pub fn start_real(switch: &Netns, options: &ApiOptions) -> Option<Api> {
     if let Err(reason) = RealApiServer::locate() {
         eprintln!("SKIPPED: no real kube-apiserver: {reason}");
         return None;
     }
-    let r = RealApiServer::start(switch, API_IP, 6443).unwrap();
+    let r = RealApiServer::start_with(switch, API_IP, 6443, options).unwrap();
     // The agents get exactly flannel's rights, nothing more.
     r.grant_flannel_role().unwrap();
     Some(Api::Real(r))
@@ -104,7 +104,15 @@ pub fn start_embedded(switch: &Netns, dir: &Path) -> Api {
     Api::Embedded(api, kc)
 }
 
+/// The lab with the real API server (`true`; `None` where it is absent) or
+/// the embedded one.
 pub fn lab(real: bool) -> Option<Lab> {
+    lab_with(real.then(ApiOptions::default))
+}
+
+/// The lab with the real API server started with these options, or (`None`)
+/// the embedded one.
+pub fn lab_with(real: Option<ApiOptions>) -> Option<Lab> {
     let specs = seed_nodes();
     let cluster = Cluster::new(&specs).unwrap();
     cluster
@@ -112,8 +120,8 @@ pub fn lab(real: bool) -> Option<Lab> {
         .add_addr("br0", &format!("{API_IP}/16"))
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let api = if real {
-        start_real(&cluster.switch)?
+    let api = if let Some(options) = &real {
+        start_real(&cluster.switch, options)?
     } else {
         start_embedded(&cluster.switch, dir.path())
     };

@@ -22,6 +22,7 @@
 //! dropping the server (SIGKILL, Ctrl-C). The binaries are unpacked once
 //! into `target/weft-kube-bin` (see `bin_cache`), saving ~2.7 s a start.
 
+mod audit;
 pub(crate) mod bin_cache;
 mod locate;
 mod objects;
@@ -43,6 +44,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use nix::sys::signal::Signal;
 use weft_netns::{Netns, NsTask};
 
+pub use audit::agent_requests;
 pub use locate::check_dir;
 pub use objects::{PolicyRule, AGENT_USER, FLANNEL_ROLE, FLANNEL_RULES};
 pub use process::{all_pids, cmdline, process_alive};
@@ -313,6 +315,72 @@ impl RealApiServer {
         }
         signal_own(&self.state_path, &[pid], signal);
         Ok(())
+    }
+
+    /// Restarts kube-apiserver alone, etcd and its data kept, as a control
+    /// plane upgrade or a crash does: SIGTERM (SIGKILL after 5 s), `down`
+    /// without any API, then the same command line again in `ns` (the
+    /// server's namespace). Returns once the new one answers the admin
+    /// client.
+    pub fn restart_apiserver(&self, ns: &Netns, down: Duration) -> anyhow::Result<()> {
+        let pid = read_pid(&self.state_path, "apiserver").context("no apiserver.pid")?;
+        if !runs_own(&self.state_path, pid) {
+            bail!("kube-apiserver (pid {pid}) is not running");
+        }
+        let argv: Vec<String> = std::fs::read(format!("/proc/{pid}/cmdline"))?
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        signal_own(&self.state_path, &[pid], Signal::SIGTERM);
+        let t0 = Instant::now();
+        while process_alive(pid) {
+            if t0.elapsed() > Duration::from_secs(5) {
+                signal_own(&self.state_path, &[pid], Signal::SIGKILL);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(down);
+        // In the background like the start script, so it is nobody's child.
+        let mut command = vec![
+            "sh".to_string(),
+            "-c".into(),
+            r#""$@" >>"$WEFT_API_LOG" 2>&1 & echo $!"#.into(),
+            "sh".into(),
+        ];
+        command.extend(argv);
+        let args: Vec<&str> = command.iter().map(String::as_str).collect();
+        let out = ns
+            .command(&args)
+            .env("WEFT_API_LOG", self.state_path.join("apiserver.log"))
+            .stdin(Stdio::null())
+            .output()
+            .context("cannot start kube-apiserver again")?;
+        let new_pid = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        std::fs::write(self.state_path.join("apiserver.pid"), &new_pid)?;
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let answered = self.admin(|client| async move {
+                client
+                    .apiserver_version()
+                    .await
+                    .map(drop)
+                    .map_err(anyhow::Error::from)
+            });
+            if answered.is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("kube-apiserver not back after {START_TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The agents' requests so far, from the audit log (see
+    /// [`ApiOptions::audited`]).
+    pub fn agent_requests(&self) -> anyhow::Result<std::collections::BTreeMap<String, usize>> {
+        agent_requests(&self.state_path.join("audit.log"))
     }
 
     /// Stops kube-apiserver and etcd and deletes the state (also on drop).
