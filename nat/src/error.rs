@@ -35,6 +35,9 @@ pub enum NatError {
         /// The error (errno, offending message).
         detail: String,
     },
+    /// The NAT loop is not running (any more).
+    #[error("the NAT loop has stopped")]
+    Stopped,
     /// Input/output error.
     #[error("{context}: {source}")]
     Io {

@@ -291,6 +291,14 @@ impl NatBackend for IptablesBackend {
         }
     }
 
+    fn change_signal(&self) -> Result<Box<dyn crate::signal::ChangeSignal>, NatError> {
+        Ok(match self.flavor {
+            // x_tables sends nothing; its commands open the lock file.
+            Flavor::Legacy => Box::new(crate::signal::XtablesLockWatch::open()?),
+            Flavor::Nft => Box::new(crate::signal::NfTablesEvents::open()?),
+        })
+    }
+
     fn observe(&mut self) -> Result<Snapshot, NatError> {
         // Where the last look found weft's chains, the check could only say
         // "not sure": go straight to iptables-save (the loop's steady state).

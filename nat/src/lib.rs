@@ -26,6 +26,7 @@ mod nlmsg;
 pub mod reconciler;
 pub mod render;
 pub mod rules;
+pub mod signal;
 
 /// Entry points for `cargo fuzz` (fuzz/): the readers of what the kernel
 /// sends back, which are otherwise private.
@@ -139,6 +140,10 @@ pub trait NatBackend: Send {
     /// Removes everything of weft's (and flannel's) in this mode: used when the
     /// node switches to another mode.
     fn remove(&mut self) -> Result<(), NatError>;
+
+    /// What announces changes of this mode's rules (see [`signal`]). The
+    /// loop waits on it; without one it falls back to polling.
+    fn change_signal(&self) -> Result<Box<dyn signal::ChangeSignal>, NatError>;
 
     /// Observes and applies only if the kernel differs. Returns whether it wrote.
     fn reconcile(&mut self, rules: &RuleSet) -> Result<bool, NatError> {

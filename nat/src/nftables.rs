@@ -310,6 +310,10 @@ impl NatBackend for NftablesBackend {
         NatMode::Nftables
     }
 
+    fn change_signal(&self) -> Result<Box<dyn crate::signal::ChangeSignal>, NatError> {
+        Ok(Box::new(crate::signal::NfTablesEvents::open()?))
+    }
+
     fn observe(&mut self) -> Result<Snapshot, NatError> {
         let mut attempt = 0;
         loop {

@@ -4,34 +4,32 @@
 //! removes what the other modes hold of weft's and flannel's rules (a node
 //! switched from iptables to nftables, or legacy to nft, keeps no stale
 //! copy), then reconciles: observe, and apply only when the kernel differs.
-//! It reconciles again when the rules change, on every nf_tables netlink
-//! notification (iptables-nft and native nftables: a flushed chain, a
-//! deleted table or jump is back within milliseconds), on a cheap poll for
-//! iptables-legacy (which sends no notifications), and on a slow resync.
+//! It reconciles again when the rules change, when the backend's change
+//! signal fires (see [`crate::signal`]: nf_tables notifications, or the
+//! xtables lock file opened by an iptables-legacy command, so a flushed
+//! chain, a deleted table or jump is back within milliseconds), and on the
+//! slow resync. Between those it sleeps in one `poll`: no timer wakes it,
+//! and no command is forked to look.
 
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::mpsc::{self, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use netlink_sys::Socket;
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use crate::error::NatError;
 use crate::rules::RuleSet;
+use crate::signal::{self, ChangeSignal};
 use crate::{NatBackend, NatMode};
-
-/// `NETLINK_NETFILTER`.
-const NETLINK_NETFILTER: isize = 12;
-/// `NFNLGRP_NFTABLES`: every nf_tables change (also iptables-nft's).
-const NFNLGRP_NFTABLES: u32 = 7;
 
 /// Loop timing.
 #[derive(Debug, Clone, Copy)]
 pub struct LoopOptions {
-    /// How often iptables-legacy is re-read (it has no change notifications).
+    /// How often the rules are re-read where the backend's change signal
+    /// cannot be had (a fallback; every mode normally has one).
     pub poll: Duration,
     /// Full re-check in every mode (flanneld's `--iptables-resync`).
     pub resync: Duration,
@@ -61,13 +59,15 @@ pub struct NatStats {
 
 enum Command {
     Update(RuleSet),
-    ReconcileNow(mpsc::Sender<Result<bool, String>>),
+    ReconcileNow(mpsc::Sender<Result<bool, NatError>>),
     Stop,
 }
 
 /// Controls the NAT loop; dropping it stops the loop (the rules stay).
 pub struct ReconcilerHandle {
     tx: mpsc::Sender<Command>,
+    /// Wakes the loop's `poll` after a command is sent.
+    wake: Arc<EventFd>,
     thread: Option<JoinHandle<()>>,
     stats: Arc<NatStats>,
     mode: NatMode,
@@ -79,19 +79,22 @@ impl ReconcilerHandle {
         self.mode
     }
 
+    fn send(&self, command: Command) -> Result<(), NatError> {
+        self.tx.send(command).map_err(|_| NatError::Stopped)?;
+        let _ = self.wake.write(1);
+        Ok(())
+    }
+
     /// Replaces the desired rules.
     pub fn update(&self, rules: RuleSet) {
-        let _ = self.tx.send(Command::Update(rules));
+        let _ = self.send(Command::Update(rules));
     }
 
     /// Reconciles now; whether it wrote.
-    pub fn reconcile_now(&self) -> Result<bool, String> {
+    pub fn reconcile_now(&self) -> Result<bool, NatError> {
         let (tx, rx) = mpsc::channel();
-        self.tx
-            .send(Command::ReconcileNow(tx))
-            .map_err(|_| "the NAT loop has stopped".to_string())?;
-        rx.recv()
-            .map_err(|_| "the NAT loop has stopped".to_string())?
+        self.send(Command::ReconcileNow(tx))?;
+        rx.recv().map_err(|_| NatError::Stopped)?
     }
 
     /// Counters.
@@ -105,7 +108,7 @@ impl ReconcilerHandle {
     }
 
     fn shutdown(&mut self) {
-        let _ = self.tx.send(Command::Stop);
+        let _ = self.send(Command::Stop);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -134,15 +137,29 @@ impl Reconciler {
         let (first_tx, first_rx) = mpsc::channel();
         let stats = Arc::new(NatStats::default());
         let loop_stats = stats.clone();
+        let wake = Arc::new(
+            EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC).map_err(|e| {
+                NatError::Io {
+                    context: "cannot make the NAT loop's eventfd".into(),
+                    source: e.into(),
+                }
+            })?,
+        );
+        let loop_wake = wake.clone();
+        let inbox = Inbox {
+            rx,
+            wake: loop_wake,
+        };
         let thread = std::thread::Builder::new()
             .name(format!("nat:{mode}"))
-            .spawn(move || run(mode, rules, options, rx, first_tx, loop_stats))
+            .spawn(move || run(mode, rules, options, inbox, first_tx, loop_stats))
             .map_err(|e| NatError::Io {
                 context: "cannot start the NAT thread".into(),
                 source: e,
             })?;
         let handle = ReconcilerHandle {
             tx,
+            wake,
             thread: Some(thread),
             stats,
             mode,
@@ -150,10 +167,7 @@ impl Reconciler {
         match first_rx.recv() {
             Ok(Ok(())) => Ok(handle),
             Ok(Err(e)) => Err(e),
-            Err(_) => Err(NatError::Kernel {
-                what: "the NAT loop".into(),
-                detail: "stopped at start".into(),
-            }),
+            Err(_) => Err(NatError::Stopped),
         }
     }
 }
@@ -171,65 +185,88 @@ pub fn remove_other_modes(keep: NatMode) {
     }
 }
 
+/// The loop's commands and what wakes it for them.
+struct Inbox {
+    rx: mpsc::Receiver<Command>,
+    wake: Arc<EventFd>,
+}
+
 fn run(
     mode: NatMode,
     mut rules: RuleSet,
     options: LoopOptions,
-    rx: mpsc::Receiver<Command>,
+    inbox: Inbox,
     first: mpsc::Sender<Result<(), NatError>>,
     stats: Arc<NatStats>,
 ) {
     let mut backend = mode.backend();
     remove_other_modes(mode);
-    let mut events = match mode {
-        NatMode::IptablesLegacy => None,
-        _ => match NfEvents::open() {
-            Ok(e) => Some(e),
-            Err(e) => {
-                tracing::warn!(error = %e, "no nf_tables notifications; polling instead");
-                None
-            }
-        },
-    };
     let first_result = reconcile(backend.as_mut(), &rules, &stats);
     let _ = first.send(first_result.map(|_| ()));
-    let mut last_check = Instant::now();
+    // Opened after the first write: iptables' lock file exists by then.
+    let mut signal: Option<Box<dyn ChangeSignal>> = match backend.change_signal() {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(%mode, error = %e, poll = ?options.poll, "no change signal for the NAT rules; polling instead");
+            None
+        }
+    };
+    own_events(&mut signal);
+    let mut next_resync = Instant::now() + options.resync;
     loop {
-        let mut dirty = false;
-        // Wait for a command, an event, or the poll/resync period.
-        let wait = match &events {
-            Some(_) => Duration::from_millis(20),
-            None => options.poll,
+        let left = next_resync.saturating_duration_since(Instant::now());
+        let timeout = match &signal {
+            Some(_) => left,
+            None => left.min(options.poll),
         };
-        let command = match rx.recv_timeout(wait) {
-            Ok(c) => Some(c),
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => return,
+        let ready = {
+            let mut fds = vec![inbox.wake.as_fd()];
+            if let Some(s) = &signal {
+                fds.push(s.fd());
+            }
+            signal::wait(&fds, timeout)
         };
-        match command {
-            Some(Command::Stop) => return,
-            Some(Command::Update(r)) => {
-                rules = r;
-                dirty = true;
+        let mut dirty = signal.is_none() && ready.is_empty();
+        if ready.contains(&0) {
+            let _ = inbox.wake.read();
+            loop {
+                match inbox.rx.try_recv() {
+                    Ok(Command::Stop) | Err(TryRecvError::Disconnected) => return,
+                    Ok(Command::Update(r)) => {
+                        rules = r;
+                        dirty = true;
+                    }
+                    Ok(Command::ReconcileNow(reply)) => {
+                        let r = reconcile(backend.as_mut(), &rules, &stats);
+                        own_events(&mut signal);
+                        next_resync = Instant::now() + options.resync;
+                        let _ = reply.send(r);
+                    }
+                    Err(TryRecvError::Empty) => break,
+                }
             }
-            Some(Command::ReconcileNow(reply)) => {
-                let r = reconcile(backend.as_mut(), &rules, &stats).map_err(|e| e.to_string());
-                last_check = Instant::now();
-                let _ = reply.send(r);
+        }
+        if ready.contains(&1) {
+            if let Some(s) = signal.as_mut() {
+                dirty |= s.drain();
             }
-            None => {}
         }
-        match &mut events {
-            Some(ev) => dirty |= ev.changed(),
-            None => dirty = true,
-        }
-        if last_check.elapsed() >= options.resync {
+        if Instant::now() >= next_resync {
             dirty = true;
         }
         if dirty {
-            last_check = Instant::now();
             let _ = reconcile(backend.as_mut(), &rules, &stats);
+            own_events(&mut signal);
+            next_resync = Instant::now() + options.resync;
         }
+    }
+}
+
+/// Drops what our own commands caused (a restore opens the lock file, a
+/// write notifies): not a change by someone else.
+fn own_events(signal: &mut Option<Box<dyn ChangeSignal>>) {
+    if let Some(s) = signal.as_mut() {
+        s.drain();
     }
 }
 
@@ -254,50 +291,6 @@ fn reconcile(
                 *last = Some(e.to_string());
             }
             Err(e)
-        }
-    }
-}
-
-/// A socket on the nf_tables notification group.
-struct NfEvents {
-    socket: Socket,
-    buf: Vec<u8>,
-}
-
-impl NfEvents {
-    fn open() -> Result<NfEvents, NatError> {
-        let io = |context: &str| {
-            let context = context.to_string();
-            move |source| NatError::Io { context, source }
-        };
-        let mut socket = Socket::new(NETLINK_NETFILTER).map_err(io("netfilter netlink socket"))?;
-        socket.bind_auto().map_err(io("bind netfilter socket"))?;
-        socket
-            .add_membership(NFNLGRP_NFTABLES)
-            .map_err(io("join NFNLGRP_NFTABLES"))?;
-        socket
-            .set_non_blocking(true)
-            .map_err(io("non-blocking netfilter socket"))?;
-        let _ = socket.set_rx_buf_sz(1 << 20);
-        Ok(NfEvents {
-            socket,
-            buf: vec![0; 1 << 16],
-        })
-    }
-
-    /// True if any notification arrived (or was lost to an overrun); drains them all.
-    fn changed(&mut self) -> bool {
-        let mut fds = [PollFd::new(self.socket.as_fd(), PollFlags::POLLIN)];
-        if !matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0) {
-            return false;
-        }
-        loop {
-            match self.socket.recv(&mut &mut self.buf[..], 0) {
-                Ok(0) => return true,
-                Ok(_) => continue,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
-                Err(_) => return true,
-            }
         }
     }
 }
