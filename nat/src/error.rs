@@ -35,6 +35,9 @@ pub enum NatError {
         /// The error (errno, offending message).
         detail: String,
     },
+    /// A reconcile of the loop failed (shared with its counters).
+    #[error(transparent)]
+    Failing(std::sync::Arc<NatError>),
     /// The NAT loop is not running (any more).
     #[error("the NAT loop has stopped")]
     Stopped,

@@ -53,8 +53,8 @@ pub struct NatStats {
     pub applies: AtomicU64,
     /// Reconciles that failed.
     pub failures: AtomicU64,
-    /// The last failure.
-    pub last_error: Mutex<Option<String>>,
+    /// The current failure streak's last error (`None` while it works).
+    pub last_error: Mutex<Option<Arc<NatError>>>,
 }
 
 enum Command {
@@ -276,21 +276,36 @@ fn reconcile(
     stats: &NatStats,
 ) -> Result<bool, NatError> {
     stats.observes.fetch_add(1, Ordering::Relaxed);
-    match backend.reconcile(rules) {
+    let result = backend.reconcile(rules);
+    let Ok(mut last) = stats.last_error.lock() else {
+        return result;
+    };
+    match &result {
         Ok(wrote) => {
-            if wrote {
+            if *wrote {
                 stats.applies.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(mode = %backend.mode(), "NAT rules written");
             }
-            Ok(wrote)
+            if last.take().is_some() {
+                tracing::info!(mode = %backend.mode(), "NAT reconcile works again");
+            }
         }
         Err(e) => {
             stats.failures.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(mode = %backend.mode(), error = %e, "NAT reconcile failed; the previous rules stay");
-            if let Ok(mut last) = stats.last_error.lock() {
-                *last = Some(e.to_string());
+            // Once per failure streak; retried on every signal and resync.
+            if last.is_none() {
+                tracing::error!(mode = %backend.mode(), error = %e, "NAT reconcile failed; the previous rules stay, retrying");
+            } else {
+                tracing::debug!(mode = %backend.mode(), error = %e, "NAT reconcile still failing");
             }
-            Err(e)
+        }
+    }
+    match result {
+        Ok(wrote) => Ok(wrote),
+        Err(e) => {
+            let e = Arc::new(e);
+            *last = Some(e.clone());
+            Err(NatError::Failing(e))
         }
     }
 }

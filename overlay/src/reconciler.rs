@@ -80,7 +80,7 @@ pub struct Report {
     /// Leases skipped for bad data.
     pub rejected: Vec<LeaseError>,
     /// Refused writes and failed reads.
-    pub errors: Vec<String>,
+    pub errors: Vec<Arc<KernelError>>,
     /// The device's MAC after the reconcile (what to publish).
     pub vtep_mac: Option<MacAddr>,
 }
@@ -458,7 +458,7 @@ impl Reconciler {
         let mut report = match self.pass().await {
             Ok(r) => r,
             Err(e) => Report {
-                errors: vec![e.to_string()],
+                errors: vec![Arc::new(e)],
                 ..Report::default()
             },
         };
@@ -541,8 +541,8 @@ impl Reconciler {
             .writes
             .fetch_add(applied.writes as u64, Ordering::Relaxed);
         tracing::info!(plan = %report.plan, writes = applied.writes, errors = applied.errors.len(), "overlay applied");
-        report.errors = applied.errors.iter().map(ToString::to_string).collect();
-        if applied.errors.is_empty() {
+        report.errors = applied.errors.into_iter().map(Arc::new).collect();
+        if report.errors.is_empty() {
             plan.apply_to(&mut self.observed.entries);
             self.pending = Touched::default();
             if after != scope {

@@ -40,12 +40,37 @@ use crate::subnet::kube::{self as kube_sm, NodeClient};
 use crate::subnet::Annotations;
 use crate::subnet_env::SubnetEnv;
 
-/// Why the agent stopped.
+/// Why the agent stopped (or did not start). Each variant names what is
+/// at fault; nothing is folded into text on the way up.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    /// Bad configuration (flags, net-conf.json, annotation prefix).
-    #[error("{0}")]
-    Config(String),
+    /// flanneld's default subnet manager (etcd) was asked for.
+    #[error("weft only has the Kubernetes subnet manager: pass --kube-subnet-mgr (flanneld's default, etcd, is not supported)")]
+    NoKubeSubnetMgr,
+    /// `net-conf.json`.
+    #[error(transparent)]
+    NetConf(#[from] crate::config::net_conf::NetConfError),
+    /// `--kube-annotation-prefix`.
+    #[error(transparent)]
+    Prefix(#[from] crate::subnet::annotations::BadPrefix),
+    /// An `--iface-regex` that does not compile.
+    #[error("--iface-regex {regex:?}: {source}")]
+    IfaceRegex {
+        /// The expression.
+        regex: String,
+        /// Why.
+        #[source]
+        source: regex::Error,
+    },
+    /// `--iface-can-reach` names an address without a route.
+    #[error("--iface-can-reach {0}: no route to it")]
+    NoRouteTo(std::net::IpAddr),
+    /// No interface fits `--iface`/`--iface-regex`/the default route.
+    #[error("no underlay interface: {0}")]
+    Underlay(String),
+    /// The NAT rule set cannot be built from the cluster network and subnet.
+    #[error(transparent)]
+    Rules(#[from] weft_nat::rules::RuleError),
     /// The Kubernetes API.
     #[error(transparent)]
     Kube(#[from] kube_sm::KubeError),
@@ -55,9 +80,43 @@ pub enum AgentError {
     /// NAT.
     #[error(transparent)]
     Nat(#[from] weft_nat::NatError),
-    /// This node is not usable yet or any more.
-    #[error("{0}")]
-    Node(String),
+    /// The overlay loop ended before programming the node.
+    #[error("the overlay loop stopped")]
+    OverlayStopped,
+    /// The VXLAN device came up without a MAC to publish.
+    #[error("the VXLAN device has no MAC address")]
+    NoVtepMac,
+    /// The Node watch ended.
+    #[error("the Node watch stopped")]
+    WatchStopped,
+    /// This Node is not in the API.
+    #[error("node {node} does not exist in the Kubernetes API (waited {waited:?})")]
+    NoSuchNode {
+        /// Its name.
+        node: String,
+        /// How long it was waited for.
+        waited: Duration,
+    },
+    /// This Node's pod subnet is unusable.
+    #[error("node {node}: {field}: {reason}")]
+    PodCidr {
+        /// Its name.
+        node: String,
+        /// `spec.podCIDR` or `spec.podCIDRs`.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// This Node's pod subnet lies outside the cluster network.
+    #[error("node {node}: spec.podCIDR {subnet} is not inside the cluster network {network} of net-conf.json")]
+    OutsideNetwork {
+        /// Its name.
+        node: String,
+        /// Its pod subnet.
+        subnet: ipnet::Ipv4Net,
+        /// `Network` of net-conf.json.
+        network: ipnet::Ipv4Net,
+    },
     /// Another agent runs on this node.
     #[error(transparent)]
     Instance(#[from] instance::InstanceError),
@@ -112,16 +171,12 @@ async fn agent(
     let input = overlay_input(&settings, &cluster, &underlay);
     let (reconciler, overlay) = Reconciler::start(input.clone(), OverlayOptions::default())?;
     let overlay_task = tokio::task::spawn_local(reconciler.run());
+    // The first clean reconcile (a refused write is retried with backoff,
+    // logged by the loop, until it goes through).
     let first = overlay
         .wait_applied(1)
         .await
-        .ok_or_else(|| AgentError::Node("the overlay loop stopped".into()))?;
-    if !first.errors.is_empty() {
-        return Err(AgentError::Node(format!(
-            "programming the overlay failed: {}",
-            first.errors.join("; ")
-        )));
-    }
+        .ok_or(AgentError::OverlayStopped)?;
     tracing::info!(writes = first.writes, plan = %first.plan, "overlay in place");
     let wanted = wanted_annotations(&settings, &cluster, first.vtep_mac, public_ip)?;
     let mut jobs = Jobs::default();
@@ -151,7 +206,7 @@ async fn agent(
             _ = &mut shutdown => break,
             event = cluster.events.recv() => {
                 let Some(event) = event else {
-                    return Err(AgentError::Node("the Node watch stopped".into()));
+                    return Err(AgentError::WatchStopped);
                 };
                 let own_before = cluster.index.own();
                 for change in cluster.fold(event) {
@@ -206,22 +261,21 @@ struct Settings {
 impl Settings {
     fn load(flags: &Flags) -> Result<Settings, AgentError> {
         if !flags.kube_subnet_mgr {
-            return Err(AgentError::Config(
-                "weft only has the Kubernetes subnet manager: pass --kube-subnet-mgr (flanneld's default, etcd, is not supported)".into(),
-            ));
+            return Err(AgentError::NoKubeSubnetMgr);
         }
-        let conf =
-            NetConf::load(&flags.net_config_path).map_err(|e| AgentError::Config(e.to_string()))?;
+        let conf = NetConf::load(&flags.net_config_path)?;
         for note in &conf.ignored {
             tracing::warn!(%note, "net-conf.json field ignored");
         }
-        let annotations = Annotations::new(&flags.kube_annotation_prefix)
-            .map_err(|e| AgentError::Config(e.to_string()))?;
+        let annotations = Annotations::new(&flags.kube_annotation_prefix)?;
         let iface_regex = flags
             .iface_regex
             .iter()
             .map(|r| {
-                Regex::new(r).map_err(|e| AgentError::Config(format!("--iface-regex {r:?}: {e}")))
+                Regex::new(r).map_err(|source| AgentError::IfaceRegex {
+                    regex: r.clone(),
+                    source,
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Settings {
@@ -279,13 +333,18 @@ impl Cluster {
         let mut index = NodeIndex::new(&name, settings.annotations.clone());
         let own = wait_for_own_node(&mut events, &mut index, &name).await?;
         let subnet = crate::subnet::annotations::pod_cidr(&own).map_err(|(field, reason)| {
-            AgentError::Node(format!("node {name}: {field}: {reason}"))
+            AgentError::PodCidr {
+                node: name.clone(),
+                field,
+                reason,
+            }
         })?;
         if !conf.network.contains(&subnet) {
-            return Err(AgentError::Node(format!(
-                "node {name}: spec.podCIDR {subnet} is not inside the cluster network {} of net-conf.json",
-                conf.network
-            )));
+            return Err(AgentError::OutsideNetwork {
+                node: name,
+                subnet,
+                network: conf.network,
+            });
         }
         Ok(Cluster {
             name,
@@ -324,9 +383,12 @@ async fn choose_underlay(
         .public_ip
         .or_else(|| kube_sm::node_public_ip(own, &settings.annotations));
     let can_reach = match flags.iface_can_reach {
-        Some(ip) => Some(kernel.route_to(ip).await?.ok_or_else(|| {
-            AgentError::Config(format!("--iface-can-reach {ip}: no route to it"))
-        })?),
+        Some(ip) => Some(
+            kernel
+                .route_to(ip)
+                .await?
+                .ok_or(AgentError::NoRouteTo(std::net::IpAddr::V4(ip)))?,
+        ),
         None => None,
     };
     let req = iface::Request {
@@ -336,7 +398,8 @@ async fn choose_underlay(
         public_ip: public_ip_flag,
         default_route: kernel.default_route_interface().await?,
     };
-    let underlay = iface::choose(&req, &kernel.interfaces().await?).map_err(AgentError::Config)?;
+    let underlay =
+        iface::choose(&req, &kernel.interfaces().await?).map_err(AgentError::Underlay)?;
     let public_ip = public_ip_flag.unwrap_or(underlay.ip);
     tracing::info!(iface = %underlay.name, ip = %underlay.ip, %public_ip, mtu = underlay.mtu, "underlay chosen");
     Ok((underlay, public_ip))
@@ -380,11 +443,7 @@ fn wanted_annotations(
             vtep_mac: mac,
         }
         .to_json(),
-        (BackendConfig::Vxlan(_), None) => {
-            return Err(AgentError::Node(
-                "the VXLAN device has no MAC address".into(),
-            ))
-        }
+        (BackendConfig::Vxlan(_), None) => return Err(AgentError::NoVtepMac),
         (BackendConfig::HostGw, _) => "null".to_string(),
     };
     let advertised = kube_sm::advertised_ip(&cluster.own, &settings.annotations, public_ip);
@@ -480,8 +539,7 @@ fn start_nat(
             fully_random: !flags.ip_masq_fully_random_disable,
             forward: flags.iptables_forward_rules,
         },
-    )
-    .map_err(|e| AgentError::Config(e.to_string()))?;
+    )?;
     Ok(weft_nat::Reconciler::spawn(
         mode.mode,
         rules,
@@ -629,7 +687,7 @@ async fn wait_for_own_node(
     index: &mut NodeIndex,
     name: &str,
 ) -> Result<Arc<Node>, AgentError> {
-    let stopped = || AgentError::Node("the Node watch stopped".into());
+    let stopped = || AgentError::WatchStopped;
     loop {
         let event = events.recv().await.ok_or_else(stopped)?;
         let listed = matches!(event, NodeEvent::Listed(_));
@@ -645,10 +703,9 @@ async fn wait_for_own_node(
         }
         let event = tokio::time::timeout_at(deadline, events.recv())
             .await
-            .map_err(|_| {
-                AgentError::Node(format!(
-                    "node {name} does not exist in the Kubernetes API (waited {OWN_NODE_WAIT:?})"
-                ))
+            .map_err(|_| AgentError::NoSuchNode {
+                node: name.to_string(),
+                waited: OWN_NODE_WAIT,
             })?
             .ok_or_else(stopped)?;
         fold(index, event);
