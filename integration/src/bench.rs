@@ -201,7 +201,7 @@ pub fn overlay_input(peers: &[Peer]) -> anyhow::Result<Input> {
     Ok(Input {
         config: OverlayConfig {
             network: CLUSTER.parse()?,
-            backend: BackendConfig::Vxlan(VxlanConfig::default()),
+            backend: BackendConfig::from(VxlanConfig::default()),
         },
         local: LocalNode {
             name: "bench-node".into(),

@@ -30,7 +30,7 @@ fn mac_of(name: &str) -> MacAddr {
 fn vxlan(direct_routing: bool) -> OverlayConfig {
     OverlayConfig {
         network: CLUSTER.parse().unwrap(),
-        backend: BackendConfig::Vxlan(VxlanConfig {
+        backend: BackendConfig::from(VxlanConfig {
             direct_routing,
             ..VxlanConfig::default()
         }),
@@ -278,7 +278,7 @@ fn host_gw_routes_via_node_ips_and_pods_reach_each_other() {
     let cluster = Cluster::new(&specs).unwrap();
     let config = OverlayConfig {
         network: CLUSTER.parse().unwrap(),
-        backend: BackendConfig::HostGw,
+        backend: BackendConfig::from(weft_overlay::HostGw),
     };
     let agents = start_all(&cluster, &specs, &config);
     let worker2 = &cluster.node("worker2").unwrap().ns;

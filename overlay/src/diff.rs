@@ -7,20 +7,21 @@ use std::fmt;
 use crate::mac::MacAddr;
 use crate::peers::Touched;
 use crate::state::{
-    Entries, FdbEntry, Neighbour, Observed, ObservedDevice, OverlayState, Route, VxlanDevice,
+    DeviceSpec, Entries, FdbEntry, Neighbour, Observed, ObservedDevice, OverlayState, Route,
+    VxlanDevice,
 };
 
-/// A change to the VXLAN device.
+/// A change to the backend's device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeviceOp {
     /// Create the device (it does not exist).
-    Create(VxlanDevice),
+    Create(DeviceSpec),
     /// Delete and create it again: a parameter that cannot change in place differs.
     Recreate {
         /// The existing device's index.
         ifindex: u32,
         /// The device to create.
-        device: VxlanDevice,
+        device: DeviceSpec,
         /// Which parameter differs, for the log.
         why: String,
     },
@@ -137,7 +138,7 @@ pub fn diff(desired: &OverlayState, observed: &Observed) -> Plan {
 /// lookups, not a walk over every peer. Keys outside `touched` must already
 /// agree (the reconciler tracks which may not).
 pub fn plan(
-    device: Option<&VxlanDevice>,
+    device: Option<&DeviceSpec>,
     want: &Entries,
     observed: &Observed,
     touched: &Touched,
@@ -233,17 +234,27 @@ fn changes<K: Ord, T: Clone + PartialEq>(
     }
 }
 
-fn device_ops(want: &VxlanDevice, have: Option<&ObservedDevice>) -> Vec<DeviceOp> {
+fn device_ops(want: &DeviceSpec, have: Option<&ObservedDevice>) -> Vec<DeviceOp> {
     let Some(have) = have else {
         return vec![DeviceOp::Create(want.clone())];
     };
-    if let Some(why) = incompatible(want, have) {
+    let why = match want {
+        DeviceSpec::Vxlan(v) => incompatible(v, have),
+    };
+    if let Some(why) = why {
         return vec![DeviceOp::Recreate {
             ifindex: have.ifindex,
             device: want.clone(),
             why,
         }];
     }
+    match want {
+        DeviceSpec::Vxlan(v) => vxlan_ops(v, have),
+    }
+}
+
+/// In-place changes of an existing VXLAN device.
+fn vxlan_ops(want: &VxlanDevice, have: &ObservedDevice) -> Vec<DeviceOp> {
     let mut ops = Vec::new();
     if have.mtu != want.mtu {
         ops.push(DeviceOp::SetMtu(want.mtu));

@@ -24,16 +24,19 @@ pub mod peers;
 pub mod reconciler;
 pub mod state;
 
-pub use backend::{Backend, VxlanBackendData};
+pub use backend::{
+    Backend, BackendConfig, HostGw, VxlanBackendData, VxlanConfig, DEFAULT_VNI, DEFAULT_VXLAN_PORT,
+    VXLAN_OVERHEAD,
+};
 pub use desired::{desired, Desired};
 pub use diff::{diff, plan, Changes, DeviceOp, Plan};
 pub use error::{KernelError, LeaseError, LeaseFault};
 pub use kernel::Kernel;
 pub use mac::MacAddr;
-pub use model::{BackendConfig, Lease, LocalNode, OverlayConfig, UnderlayFacts, VxlanConfig};
+pub use model::{Lease, LocalNode, OverlayConfig, UnderlayFacts};
 pub use peers::{Peers, Touched};
 pub use reconciler::{Input, Options, Reconciler, ReconcilerHandle, Report, Stats};
 pub use state::{
-    Dev, Entries, FdbEntry, Neighbour, Observed, ObservedDevice, OverlayState, Route, VxlanDevice,
-    ROUTE_PROTOCOL,
+    Dev, DeviceSpec, Entries, FdbEntry, Neighbour, Observed, ObservedDevice, OverlayState, Route,
+    VxlanDevice, ROUTE_PROTOCOL,
 };

@@ -5,14 +5,8 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
+use crate::backend::BackendConfig;
 use crate::mac::MacAddr;
-
-/// flannel's default VXLAN UDP port (the Linux kernel's IANA-registered one).
-pub const DEFAULT_VXLAN_PORT: u16 = 8472;
-/// flannel's default VNI.
-pub const DEFAULT_VNI: u32 = 1;
-/// Bytes the VXLAN encapsulation costs (outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8), as flannel counts it.
-pub const VXLAN_OVERHEAD: u32 = 50;
 
 /// One other node's claim on the cluster network: what flannel calls a lease,
 /// and publishes in Node annotations.
@@ -37,67 +31,6 @@ pub struct OverlayConfig {
     pub network: Ipv4Net,
     /// Which data plane carries pod traffic between nodes.
     pub backend: BackendConfig,
-}
-
-/// The `Backend` section of `net-conf.json`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BackendConfig {
-    /// VXLAN encapsulation through `flannel.<VNI>`.
-    Vxlan(VxlanConfig),
-    /// Plain routes via the other nodes' addresses (all nodes on one L2 network).
-    HostGw,
-}
-
-/// VXLAN parameters, flannel's names and defaults.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VxlanConfig {
-    /// `VNI` (default 1).
-    pub vni: u32,
-    /// `Port` (default 8472).
-    pub port: u16,
-    /// `DirectRouting`: peers on the same L2 network are reached by plain routes.
-    pub direct_routing: bool,
-    /// `MTU`: the underlay MTU to assume instead of the interface's; the device gets this − 50.
-    pub mtu: Option<u32>,
-    /// `Learning` (default false, i.e. `nolearning`).
-    pub learning: bool,
-}
-
-impl Default for VxlanConfig {
-    fn default() -> Self {
-        VxlanConfig {
-            vni: DEFAULT_VNI,
-            port: DEFAULT_VXLAN_PORT,
-            direct_routing: false,
-            mtu: None,
-            learning: false,
-        }
-    }
-}
-
-impl VxlanConfig {
-    /// The device name flannel uses: `flannel.<VNI>`.
-    pub fn device_name(&self) -> String {
-        format!("flannel.{}", self.vni)
-    }
-}
-
-impl BackendConfig {
-    /// The `backend-type` value this backend publishes and accepts from peers.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            BackendConfig::Vxlan(_) => "vxlan",
-            BackendConfig::HostGw => "host-gw",
-        }
-    }
-
-    /// The overlay device's name, if this backend has one.
-    pub fn device_name(&self) -> Option<String> {
-        match self {
-            BackendConfig::Vxlan(v) => Some(v.device_name()),
-            BackendConfig::HostGw => None,
-        }
-    }
 }
 
 /// This node, as the overlay needs to know it.

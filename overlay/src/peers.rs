@@ -20,11 +20,11 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
-use crate::backend::{self, Backend, PeerEntries};
+use crate::backend::{Backend, BackendConfig, PeerEntries};
 use crate::error::{LeaseError, LeaseFault};
 use crate::mac::MacAddr;
 use crate::model::{Lease, LocalNode, OverlayConfig, UnderlayFacts};
-use crate::state::{Entries, VxlanDevice};
+use crate::state::{DeviceSpec, Entries};
 
 /// Keys of the per-peer tables that may differ from what the kernel holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -98,7 +98,7 @@ pub struct Peers {
     config: OverlayConfig,
     local: LocalNode,
     underlay: Option<UnderlayFacts>,
-    backend: Box<dyn Backend + Send + Sync>,
+    backend: BackendConfig,
     peers: HashMap<String, Peer>,
     next_seq: u64,
     /// Accepted subnets by first address (they are disjoint).
@@ -120,7 +120,7 @@ impl Peers {
     /// kernel has been asked (leases are then only recorded, and placed by
     /// [`set_underlay`](Self::set_underlay)).
     pub fn new(config: OverlayConfig, local: LocalNode, underlay: Option<UnderlayFacts>) -> Peers {
-        let backend = backend::for_config(&config.backend);
+        let backend = config.backend.clone();
         Peers {
             config,
             local,
@@ -143,9 +143,10 @@ impl Peers {
     }
 
     /// The device the backend needs (none for host-gw, or before the underlay is known).
-    pub fn device(&self) -> Option<VxlanDevice> {
+    pub fn device(&self) -> Option<DeviceSpec> {
         let underlay = self.underlay.as_ref()?;
         self.backend
+            .backend()
             .device(&self.local, underlay, self.config.network)
     }
 
@@ -223,7 +224,7 @@ impl Peers {
         if self.config == config && self.local == local {
             return Touched::default();
         }
-        self.backend = backend::for_config(&config.backend);
+        self.backend = config.backend.clone();
         self.config = config;
         self.local = local;
         self.rebuild()
@@ -358,7 +359,7 @@ impl Peers {
         let (seq, lease) = (peer.seq, &peer.lease);
         let checked = check(
             &self.config,
-            self.backend.as_ref(),
+            self.backend.backend(),
             &self.local,
             underlay,
             lease,
@@ -530,7 +531,7 @@ fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::model::{BackendConfig, VxlanConfig};
+    use crate::backend::VxlanConfig;
 
     fn lease(i: u32) -> Lease {
         Lease {
@@ -550,7 +551,7 @@ mod tests {
         Peers::new(
             OverlayConfig {
                 network: "10.244.0.0/16".parse().unwrap(),
-                backend: BackendConfig::Vxlan(VxlanConfig::default()),
+                backend: BackendConfig::from(VxlanConfig::default()),
             },
             LocalNode {
                 name: "self".into(),

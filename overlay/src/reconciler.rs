@@ -20,12 +20,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::channel::mpsc::UnboundedReceiver;
 use futures::StreamExt;
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-use rtnetlink::MulticastGroup;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
@@ -193,7 +191,7 @@ impl ReconcilerHandle {
     }
 }
 
-type Events = UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, netlink_sys::SocketAddr)>;
+use kernel::monitor::Events;
 
 /// The loop. Build it with [`Reconciler::start`] inside the network namespace
 /// it programs, then `run()` it there.
@@ -228,17 +226,7 @@ impl Reconciler {
         options: Options,
     ) -> Result<(Reconciler, ReconcilerHandle), KernelError> {
         let kernel = Kernel::connect()?;
-        let (mut conn, _monitor_handle, events) = rtnetlink::new_multicast_connection(&[
-            MulticastGroup::Link,
-            MulticastGroup::Ipv4Ifaddr,
-            MulticastGroup::Ipv4Route,
-            MulticastGroup::Neigh,
-        ])
-        .map_err(KernelError::Socket)?;
-        // A bigger buffer makes overruns (and the full re-read they cost) rare.
-        let _ =
-            netlink_sys::AsyncSocket::socket_mut(conn.socket_mut()).set_rx_buf_sz(8 * 1024 * 1024);
-        tokio::spawn(conn);
+        let events = kernel::monitor::subscribe()?;
         let (inbox_tx, inbox_rx) = mpsc::unbounded_channel();
         // Generation 1: placed once the first pass knows the underlay.
         let mut peers = Peers::new(input.config, input.local, None);

@@ -105,6 +105,36 @@ impl Entries {
     }
 }
 
+/// The device a backend needs, by kind (one module per kind in `kernel`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceSpec {
+    /// A VXLAN device (`flannel.<VNI>`).
+    Vxlan(VxlanDevice),
+}
+
+impl DeviceSpec {
+    /// The device's name.
+    pub fn name(&self) -> &str {
+        match self {
+            DeviceSpec::Vxlan(v) => &v.name,
+        }
+    }
+
+    /// The VXLAN device, if this is one.
+    pub fn vxlan(&self) -> Option<&VxlanDevice> {
+        match self {
+            DeviceSpec::Vxlan(v) => Some(v),
+        }
+    }
+
+    /// The VXLAN device, if this is one, to change.
+    pub fn vxlan_mut(&mut self) -> Option<&mut VxlanDevice> {
+        match self {
+            DeviceSpec::Vxlan(v) => Some(v),
+        }
+    }
+}
+
 /// The VXLAN device as weft wants it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VxlanDevice {
@@ -160,8 +190,8 @@ pub struct ObservedDevice {
 /// Everything weft wants the kernel to hold.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OverlayState {
-    /// The VXLAN device (none for host-gw).
-    pub device: Option<VxlanDevice>,
+    /// The backend's device (none for host-gw).
+    pub device: Option<DeviceSpec>,
     /// Routes, neighbours and FDB entries for the other nodes.
     pub entries: Entries,
 }

@@ -82,7 +82,7 @@ fn states() -> impl Strategy<Value = (OverlayState, Observed)> {
     (entries(), entries(), any::<bool>()).prop_map(|(want, have, with_device)| {
         (
             OverlayState {
-                device: with_device.then(device),
+                device: with_device.then(|| DeviceSpec::Vxlan(device())),
                 entries: want,
             },
             Observed {
@@ -213,7 +213,7 @@ fn cluster() -> (OverlayConfig, LocalNode, UnderlayFacts) {
     (
         OverlayConfig {
             network: "10.244.0.0/16".parse().unwrap(),
-            backend: BackendConfig::Vxlan(VxlanConfig {
+            backend: BackendConfig::from(VxlanConfig {
                 direct_routing: true,
                 ..VxlanConfig::default()
             }),

@@ -52,7 +52,7 @@ fn seed_leases() -> Vec<Lease> {
 fn vxlan(direct_routing: bool) -> OverlayConfig {
     OverlayConfig {
         network: net("10.244.0.0/16"),
-        backend: BackendConfig::Vxlan(VxlanConfig {
+        backend: BackendConfig::from(VxlanConfig {
             direct_routing,
             ..VxlanConfig::default()
         }),
@@ -62,7 +62,7 @@ fn vxlan(direct_routing: bool) -> OverlayConfig {
 fn host_gw() -> OverlayConfig {
     OverlayConfig {
         network: net("10.244.0.0/16"),
-        backend: BackendConfig::HostGw,
+        backend: BackendConfig::from(weft_overlay::HostGw),
     }
 }
 
@@ -108,19 +108,23 @@ fn direct_route(dst: &str, via: &str) -> Route {
 /// Observed state equal to a desired one, with the device as the kernel would report it.
 fn programmed(want: &OverlayState) -> Observed {
     Observed {
-        device: want.device.as_ref().map(|d| ObservedDevice {
-            ifindex: 7,
-            is_vxlan: true,
-            vni: Some(d.vni),
-            local: Some(d.local),
-            port: Some(d.port),
-            underlay: Some(d.underlay),
-            learning: Some(d.learning),
-            mtu: d.mtu,
-            mac: Some(mac("0a:58:0a:f4:02:00")),
-            up: true,
-            addresses: vec![d.address],
-        }),
+        device: want
+            .device
+            .as_ref()
+            .and_then(DeviceSpec::vxlan)
+            .map(|d| ObservedDevice {
+                ifindex: 7,
+                is_vxlan: true,
+                vni: Some(d.vni),
+                local: Some(d.local),
+                port: Some(d.port),
+                underlay: Some(d.underlay),
+                learning: Some(d.learning),
+                mtu: d.mtu,
+                mac: Some(mac("0a:58:0a:f4:02:00")),
+                up: true,
+                addresses: vec![d.address],
+            }),
         entries: want.entries.clone(),
     }
 }
@@ -161,6 +165,7 @@ fn seed_tables_for_worker2() {
         ]
     );
     let dev = d.state.device.expect("vxlan has a device");
+    let dev = dev.vxlan().unwrap();
     assert_eq!(dev.name, "flannel.1");
     assert_eq!(
         (dev.vni, dev.port, dev.mtu, dev.learning),
@@ -174,12 +179,12 @@ fn seed_tables_for_worker2() {
 #[test]
 fn backend_mtu_overrides_underlay_mtu() {
     let mut cfg = vxlan(false);
-    cfg.backend = BackendConfig::Vxlan(VxlanConfig {
+    cfg.backend = BackendConfig::from(VxlanConfig {
         mtu: Some(9001),
         ..VxlanConfig::default()
     });
     let d = desired(&cfg, &local(), &underlay(), &[]);
-    assert_eq!(d.state.device.unwrap().mtu, 8951);
+    assert_eq!(d.state.device.unwrap().vxlan().unwrap().mtu, 8951);
 }
 
 #[test]
@@ -575,7 +580,7 @@ fn device_changes_in_place_and_recreation() {
     }
 
     let mut with_mac = d.state.clone();
-    with_mac.device.as_mut().unwrap().mac = Some(mac("02:aa:bb:cc:dd:ee"));
+    with_mac.device.as_mut().unwrap().vxlan_mut().unwrap().mac = Some(mac("02:aa:bb:cc:dd:ee"));
     assert_eq!(
         diff(&with_mac, &base).device,
         vec![DeviceOp::SetMac(mac("02:aa:bb:cc:dd:ee"))]

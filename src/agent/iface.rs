@@ -2,8 +2,8 @@
 
 use std::net::Ipv4Addr;
 
+use super::host::Interface;
 use regex::Regex;
-use weft_overlay::kernel::Interface;
 
 /// The chosen underlay.
 #[derive(Debug, Clone, PartialEq, Eq)]

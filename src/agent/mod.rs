@@ -11,6 +11,7 @@
 //!    `NetworkUnavailable=False`; then follow the Nodes until told to stop.
 //!    Stopping leaves the data plane as it is.
 
+pub mod host;
 pub mod iface;
 pub mod instance;
 pub mod retry;
@@ -29,9 +30,8 @@ use regex::Regex;
 use tokio::sync::mpsc;
 use weft_nat::reconciler::LoopOptions;
 use weft_nat::{Options as NatOptions, SnatRules};
-use weft_overlay::model::VXLAN_OVERHEAD;
 use weft_overlay::reconciler::{Input, Options as OverlayOptions};
-use weft_overlay::{BackendConfig, Kernel, LocalNode, Reconciler};
+use weft_overlay::{LocalNode, Reconciler};
 
 use crate::config::{Flags, NatModeChoice, NetConf};
 use crate::health::{self, Readiness};
@@ -83,8 +83,8 @@ pub enum AgentError {
     /// The overlay loop ended before programming the node.
     #[error("the overlay loop stopped")]
     OverlayStopped,
-    /// The VXLAN device came up without a MAC to publish.
-    #[error("the VXLAN device has no MAC address")]
+    /// The backend's device came up without the MAC its backend-data needs.
+    #[error("the overlay device has no MAC address to publish")]
     NoVtepMac,
     /// The Node watch ended.
     #[error("the Node watch stopped")]
@@ -166,8 +166,8 @@ async fn agent(
 
     // 2. The underlay, the overlay from the whole cluster at once, and what
     //    the other nodes need to reach this one.
-    let kernel = Kernel::connect()?;
-    let (underlay, public_ip) = choose_underlay(&flags, &settings, &kernel, &cluster.own).await?;
+    let host = host::Host::connect()?;
+    let (underlay, public_ip) = choose_underlay(&flags, &settings, &host, &cluster.own).await?;
     let input = overlay_input(&settings, &cluster, &underlay);
     let (reconciler, overlay) = Reconciler::start(input.clone(), OverlayOptions::default())?;
     let overlay_task = tokio::task::spawn_local(reconciler.run());
@@ -376,7 +376,7 @@ fn fold(index: &mut NodeIndex, event: NodeEvent) -> Vec<PeerChange> {
 async fn choose_underlay(
     flags: &Flags,
     settings: &Settings,
-    kernel: &Kernel,
+    host: &host::Host,
     own: &Node,
 ) -> Result<(iface::Underlay, std::net::Ipv4Addr), AgentError> {
     let public_ip_flag = flags
@@ -384,8 +384,7 @@ async fn choose_underlay(
         .or_else(|| kube_sm::node_public_ip(own, &settings.annotations));
     let can_reach = match flags.iface_can_reach {
         Some(ip) => Some(
-            kernel
-                .route_to(ip)
+            host.route_to(ip)
                 .await?
                 .ok_or(AgentError::NoRouteTo(std::net::IpAddr::V4(ip)))?,
         ),
@@ -396,10 +395,9 @@ async fn choose_underlay(
         iface_regex: &settings.iface_regex,
         can_reach,
         public_ip: public_ip_flag,
-        default_route: kernel.default_route_interface().await?,
+        default_route: host.default_route_interface().await?,
     };
-    let underlay =
-        iface::choose(&req, &kernel.interfaces().await?).map_err(AgentError::Underlay)?;
+    let underlay = iface::choose(&req, &host.interfaces().await?).map_err(AgentError::Underlay)?;
     let public_ip = public_ip_flag.unwrap_or(underlay.ip);
     tracing::info!(iface = %underlay.name, ip = %underlay.ip, %public_ip, mtu = underlay.mtu, "underlay chosen");
     Ok((underlay, public_ip))
@@ -408,10 +406,10 @@ async fn choose_underlay(
 /// The overlay's input: this node (keeping its previous VTEP MAC) and every
 /// usable peer in the store.
 fn overlay_input(settings: &Settings, cluster: &Cluster, underlay: &iface::Underlay) -> Input {
-    let vtep_mac = match settings.conf.backend {
-        BackendConfig::Vxlan(_) => kube_sm::previous_vtep_mac(&cluster.own, &settings.annotations),
-        BackendConfig::HostGw => None,
-    };
+    // What this node published before (the VTEP MAC): the backend says
+    // what of it to keep.
+    let vtep_mac = kube_sm::own_backend_data(&cluster.own, &settings.annotations)
+        .and_then(|data| settings.conf.backend.backend().restore_mac(data));
     Input {
         config: weft_overlay::OverlayConfig {
             network: settings.conf.network,
@@ -437,15 +435,12 @@ fn wanted_annotations(
     vtep_mac: Option<weft_overlay::MacAddr>,
     public_ip: std::net::Ipv4Addr,
 ) -> Result<BTreeMap<String, String>, AgentError> {
-    let backend_data = match (&settings.conf.backend, vtep_mac) {
-        (BackendConfig::Vxlan(v), Some(mac)) => weft_overlay::VxlanBackendData {
-            vni: u64::from(v.vni),
-            vtep_mac: mac,
-        }
-        .to_json(),
-        (BackendConfig::Vxlan(_), None) => return Err(AgentError::NoVtepMac),
-        (BackendConfig::HostGw, _) => "null".to_string(),
-    };
+    let backend_data = settings
+        .conf
+        .backend
+        .backend()
+        .backend_data(vtep_mac)
+        .ok_or(AgentError::NoVtepMac)?;
     let advertised = kube_sm::advertised_ip(&cluster.own, &settings.annotations, public_ip);
     Ok(settings
         .annotations
@@ -557,14 +552,10 @@ fn subnet_env(
     subnet: ipnet::Ipv4Net,
     underlay_mtu: u32,
 ) -> SubnetEnv {
-    let mtu = match &conf.backend {
-        BackendConfig::Vxlan(v) => v.mtu.unwrap_or(underlay_mtu).saturating_sub(VXLAN_OVERHEAD),
-        BackendConfig::HostGw => underlay_mtu,
-    };
     SubnetEnv {
         network: conf.network,
         subnet,
-        mtu,
+        mtu: conf.backend.backend().mtu(underlay_mtu),
         ipmasq: flags.ip_masq,
     }
 }

@@ -4,12 +4,15 @@
 //! error names the field. Values weft does not support (IPv6, backends other
 //! than vxlan and host-gw, GBP) are errors that say so; fields that only
 //! flannel's etcd mode or Windows use are accepted and reported as ignored.
+//! The `Backend` section is read by the backend it names (see
+//! `weft_overlay::backend`).
 
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
-use serde_json::{Map, Value};
-use weft_overlay::{BackendConfig, VxlanConfig};
+use serde_json::Value;
+use weft_overlay::backend::{self, Section, SectionError};
+use weft_overlay::BackendConfig;
 
 /// A problem with `net-conf.json`, naming the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -41,33 +44,12 @@ pub struct NetConf {
     pub ignored: Vec<String>,
 }
 
-/// Looks a key up case-insensitively (an exact match wins).
-fn get<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<(&'a str, &'a Value)> {
-    obj.get_key_value(key)
-        .or_else(|| obj.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)))
-        .map(|(k, v)| (k.as_str(), v))
-}
-
-fn boolean(
-    obj: &Map<String, Value>,
-    key: &str,
-    field: &str,
-    default: bool,
-) -> Result<bool, NetConfError> {
-    match get(obj, key) {
-        None | Some((_, Value::Null)) => Ok(default),
-        Some((_, Value::Bool(b))) => Ok(*b),
-        Some((_, v)) => Err(err(field, format!("{v} is not true or false"))),
-    }
-}
-
-fn number(obj: &Map<String, Value>, key: &str, field: &str) -> Result<Option<u64>, NetConfError> {
-    match get(obj, key) {
-        None | Some((_, Value::Null)) => Ok(None),
-        Some((_, v)) => v
-            .as_u64()
-            .map(Some)
-            .ok_or_else(|| err(field, format!("{v} is not a non-negative integer"))),
+impl From<SectionError> for NetConfError {
+    fn from(e: SectionError) -> NetConfError {
+        NetConfError {
+            field: e.field,
+            reason: e.reason,
+        }
     }
 }
 
@@ -79,31 +61,31 @@ impl NetConf {
         let obj = value
             .as_object()
             .ok_or_else(|| err("(file)", "not a JSON object"))?;
+        let file = Section::new(obj, "");
         let mut ignored = Vec::new();
 
-        if boolean(obj, "EnableIPv6", "EnableIPv6", false)? {
+        if file.boolean("EnableIPv6", false)? {
             return Err(err(
                 "EnableIPv6",
                 "IPv6 is not supported by weft yet (only IPv4 clusters)",
             ));
         }
-        if !boolean(obj, "EnableIPv4", "EnableIPv4", true)? {
+        if !file.boolean("EnableIPv4", true)? {
             return Err(err(
                 "EnableIPv4",
                 "false, but weft needs an IPv4 cluster network (IPv6 is not supported yet)",
             ));
         }
-        let network = match get(obj, "Network") {
+        let network = match file.string("Network")? {
             None => {
                 return Err(err(
                     "Network",
                     "missing (the cluster network, e.g. \"10.244.0.0/16\")",
                 ))
             }
-            Some((_, Value::String(s))) => s
+            Some(s) => s
                 .parse::<Ipv4Net>()
                 .map_err(|_| err("Network", format!("{s:?} is not an IPv4 CIDR")))?,
-            Some((_, v)) => return Err(err("Network", format!("{v} is not a string"))),
         };
         if network.trunc() != network {
             return Err(err(
@@ -117,7 +99,7 @@ impl NetConf {
         if network.prefix_len() > 28 {
             return Err(err("Network", format!("{network} is smaller than /28")));
         }
-        let enable_nftables = boolean(obj, "EnableNFTables", "EnableNFTables", false)?;
+        let enable_nftables = file.boolean("EnableNFTables", false)?;
         for key in [
             "SubnetLen",
             "SubnetMin",
@@ -126,14 +108,14 @@ impl NetConf {
             "IPv6SubnetMin",
             "IPv6SubnetMax",
         ] {
-            if let Some((k, _)) = get(obj, key) {
+            if let Some((k, _)) = file.get(key) {
                 ignored.push(format!("{k}: only flannel's etcd subnet manager uses it; node subnets come from spec.podCIDR"));
             }
         }
-        if let Some((k, _)) = get(obj, "IPv6Network") {
+        if let Some((k, _)) = file.get("IPv6Network") {
             ignored.push(format!("{k}: IPv6 is disabled (EnableIPv6 is false)"));
         }
-        let known = [
+        for k in file.unknown(&[
             "Network",
             "EnableIPv4",
             "EnableIPv6",
@@ -146,21 +128,11 @@ impl NetConf {
             "IPv6SubnetLen",
             "IPv6SubnetMin",
             "IPv6SubnetMax",
-        ];
-        for k in obj
-            .keys()
-            .filter(|k| !known.iter().any(|n| n.eq_ignore_ascii_case(k)))
-        {
+        ]) {
             ignored.push(format!("{k}: unknown field"));
         }
-        let backend = match get(obj, "Backend") {
-            None | Some((_, Value::Null)) => {
-                ignored.push("Backend: missing; weft uses vxlan (flannel's code would fall back to udp, which weft does not support)".into());
-                BackendConfig::Vxlan(VxlanConfig::default())
-            }
-            Some((_, Value::Object(b))) => backend(b, &mut ignored)?,
-            Some((_, v)) => return Err(err("Backend", format!("{v} is not an object"))),
-        };
+        // The backend reads its own section.
+        let backend = backend::parse(file.get("Backend").map(|(_, v)| v), &mut ignored)?;
         Ok(NetConf {
             network,
             enable_nftables,
@@ -177,98 +149,6 @@ impl NetConf {
     }
 }
 
-fn backend(
-    b: &Map<String, Value>,
-    ignored: &mut Vec<String>,
-) -> Result<BackendConfig, NetConfError> {
-    let kind = match get(b, "Type") {
-        None => return Err(err("Backend.Type", "missing (vxlan or host-gw)")),
-        Some((_, Value::String(s))) => s.to_ascii_lowercase(),
-        Some((_, v)) => return Err(err("Backend.Type", format!("{v} is not a string"))),
-    };
-    let extra = |known: &[&str], ignored: &mut Vec<String>| {
-        for k in b
-            .keys()
-            .filter(|k| !known.iter().any(|n| n.eq_ignore_ascii_case(k)))
-        {
-            ignored.push(format!("Backend.{k}: not used by the {kind} backend"));
-        }
-    };
-    match kind.as_str() {
-        "vxlan" => {
-            let mut c = VxlanConfig::default();
-            if let Some(vni) = number(b, "VNI", "Backend.VNI")? {
-                if vni == 0 || vni > 0x00ff_ffff {
-                    return Err(err(
-                        "Backend.VNI",
-                        format!("{vni} is not a VXLAN network identifier (1 to 16777215)"),
-                    ));
-                }
-                c.vni = u32::try_from(vni).unwrap_or(1);
-            }
-            if let Some(port) = number(b, "Port", "Backend.Port")? {
-                c.port = match port {
-                    0 => weft_overlay::model::DEFAULT_VXLAN_PORT,
-                    p => u16::try_from(p)
-                        .map_err(|_| err("Backend.Port", format!("{p} is not a UDP port")))?,
-                };
-            }
-            if let Some(mtu) = number(b, "MTU", "Backend.MTU")? {
-                if !(68 + 50..=65535).contains(&mtu) {
-                    return Err(err(
-                        "Backend.MTU",
-                        format!("{mtu} is not a usable MTU (118 to 65535)"),
-                    ));
-                }
-                c.mtu = u32::try_from(mtu).ok();
-            }
-            c.direct_routing = boolean(b, "DirectRouting", "Backend.DirectRouting", false)?;
-            c.learning = boolean(b, "Learning", "Backend.Learning", false)?;
-            if boolean(b, "GBP", "Backend.GBP", false)? {
-                return Err(err(
-                    "Backend.GBP",
-                    "VXLAN group-based policy is not supported by weft",
-                ));
-            }
-            for k in ["MacPrefix", "Name"] {
-                if let Some((k, _)) = get(b, k) {
-                    ignored.push(format!("Backend.{k}: Windows only"));
-                }
-            }
-            extra(
-                &[
-                    "Type",
-                    "VNI",
-                    "Port",
-                    "MTU",
-                    "DirectRouting",
-                    "Learning",
-                    "GBP",
-                    "MacPrefix",
-                    "Name",
-                ],
-                ignored,
-            );
-            Ok(BackendConfig::Vxlan(c))
-        }
-        "host-gw" => {
-            extra(&["Type"], ignored);
-            Ok(BackendConfig::HostGw)
-        }
-        "udp" | "ipip" | "wireguard" | "ipsec" | "alloc" | "extension" | "tencent-vpc"
-        | "alivpc" | "aws-vpc" | "gce" => Err(err(
-            "Backend.Type",
-            format!(
-                "{kind:?} is a flannel backend that weft does not support (use vxlan or host-gw)"
-            ),
-        )),
-        other => Err(err(
-            "Backend.Type",
-            format!("{other:?} is not a backend (vxlan or host-gw)"),
-        )),
-    }
-}
-
 /// The first address of a subnet + its prefix, as `FLANNEL_SUBNET` shows it (`10.244.1.1/24`).
 pub fn first_ip(subnet: Ipv4Net) -> String {
     format!(
@@ -281,6 +161,7 @@ pub fn first_ip(subnet: Ipv4Net) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use weft_overlay::VxlanConfig;
 
     #[test]
     fn flannel_default_manifest() {
@@ -290,7 +171,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.network, "10.244.0.0/16".parse::<Ipv4Net>().unwrap());
         assert!(!c.enable_nftables);
-        assert_eq!(c.backend, BackendConfig::Vxlan(VxlanConfig::default()));
+        assert_eq!(c.backend, BackendConfig::from(VxlanConfig::default()));
         assert!(c.ignored.is_empty());
     }
 
@@ -303,7 +184,7 @@ mod tests {
         assert!(c.enable_nftables);
         assert_eq!(
             c.backend,
-            BackendConfig::Vxlan(VxlanConfig {
+            BackendConfig::from(VxlanConfig {
                 vni: 4,
                 port: 4789,
                 direct_routing: true,
@@ -315,12 +196,12 @@ mod tests {
             .unwrap();
         assert_eq!(
             c.backend,
-            BackendConfig::Vxlan(VxlanConfig::default()),
+            BackendConfig::from(VxlanConfig::default()),
             "Port 0 = the kernel's 8472"
         );
         let c =
             NetConf::parse(r#"{"Network":"10.1.0.0/16","Backend":{"Type":"host-gw"}}"#).unwrap();
-        assert_eq!(c.backend, BackendConfig::HostGw);
+        assert_eq!(c.backend, BackendConfig::from(weft_overlay::HostGw));
     }
 
     #[test]
@@ -419,7 +300,7 @@ mod tests {
             assert!(joined.contains(k), "{joined}");
         }
         let c = NetConf::parse(r#"{"Network":"10.244.0.0/16"}"#).unwrap();
-        assert_eq!(c.backend, BackendConfig::Vxlan(VxlanConfig::default()));
+        assert_eq!(c.backend, BackendConfig::from(VxlanConfig::default()));
         assert!(c.ignored[0].starts_with("Backend: missing"));
     }
 

@@ -171,14 +171,12 @@ pub fn node_public_ip(node: &Node, annotations: &Annotations) -> Option<Ipv4Addr
         .ok()
 }
 
-/// The VTEP MAC this node published before (flannel #1795: keep it across restarts).
-pub fn previous_vtep_mac(node: &Node, annotations: &Annotations) -> Option<weft_overlay::MacAddr> {
-    let raw = node
-        .metadata
+/// The `backend-data` this node published before, if any (its backend
+/// says what to keep of it, e.g. the VTEP MAC, flannel #1795).
+pub fn own_backend_data<'a>(node: &'a Node, annotations: &Annotations) -> Option<&'a str> {
+    node.metadata
         .annotations
         .as_ref()?
-        .get(&annotations.backend_data())?;
-    weft_overlay::VxlanBackendData::parse(raw)
-        .ok()
-        .map(|d| d.vtep_mac)
+        .get(&annotations.backend_data())
+        .map(String::as_str)
 }

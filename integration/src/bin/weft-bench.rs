@@ -174,8 +174,8 @@ mod overlay {
     use weft_integration::OverlayAgent;
     use weft_netns::Netns;
     use weft_overlay::{
-        desired, diff, kernel::Scope, plan, Input, Kernel, Observed, ObservedDevice, Options,
-        Peers, ReconcilerHandle, Touched, UnderlayFacts,
+        desired, diff, kernel::Scope, plan, DeviceSpec, Input, Kernel, Observed, ObservedDevice,
+        Options, Peers, ReconcilerHandle, Touched, UnderlayFacts,
     };
 
     pub fn run(args: &Args, rt: &Runtime, scratch: &Path) -> anyhow::Result<()> {
@@ -461,7 +461,9 @@ mod overlay {
             let t0 = Instant::now();
             let want = desired(&input.config, &input.local, &underlay, &input.leases);
             t_desired.push(t0.elapsed());
-            let device = want.state.device.as_ref().context("no device desired")?;
+            let Some(DeviceSpec::Vxlan(device)) = want.state.device.as_ref() else {
+                bail!("no VXLAN device desired");
+            };
             let observed = Observed {
                 device: Some(ObservedDevice {
                     ifindex: 3,

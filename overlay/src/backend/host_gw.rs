@@ -1,23 +1,64 @@
 //! host-gw: a plain route to each peer's subnet via the peer's node IP, on the
-//! underlay interface. Every node must share one L2 network.
+//! underlay interface. Every node must share one L2 network. No device, no
+//! encapsulation: pods get the underlay's MTU, and the published
+//! `backend-data` is `null`, as flannel's.
+
+use std::any::Any;
 
 use ipnet::Ipv4Net;
 
-use super::{Backend, PeerEntries};
+use super::{
+    report_unknown, same_as, Backend, BackendConfig, PeerEntries, Registration, Section,
+    SectionError,
+};
 use crate::error::LeaseFault;
+use crate::mac::MacAddr;
 use crate::model::{Lease, LocalNode, UnderlayFacts};
-use crate::state::VxlanDevice;
+use crate::state::DeviceSpec;
 
 /// The host-gw backend.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct HostGw;
+
+/// `"Type": "host-gw"`.
+pub(super) const REGISTRATION: Registration = Registration {
+    kind: "host-gw",
+    parse,
+};
+
+fn parse(section: &Section<'_>, ignored: &mut Vec<String>) -> Result<BackendConfig, SectionError> {
+    report_unknown(section, "host-gw", &["Type"], ignored);
+    Ok(BackendConfig::from(HostGw))
+}
+
+impl From<HostGw> for BackendConfig {
+    fn from(b: HostGw) -> BackendConfig {
+        BackendConfig::new(b)
+    }
+}
 
 impl Backend for HostGw {
     fn kind(&self) -> &'static str {
         "host-gw"
     }
 
-    fn device(&self, _: &LocalNode, _: &UnderlayFacts, _: Ipv4Net) -> Option<VxlanDevice> {
+    fn device_name(&self) -> Option<String> {
+        None
+    }
+
+    fn device(&self, _: &LocalNode, _: &UnderlayFacts, _: Ipv4Net) -> Option<DeviceSpec> {
+        None
+    }
+
+    fn mtu(&self, underlay_mtu: u32) -> u32 {
+        underlay_mtu
+    }
+
+    fn backend_data(&self, _: Option<MacAddr>) -> Option<String> {
+        Some("null".into())
+    }
+
+    fn restore_mac(&self, _: &str) -> Option<MacAddr> {
         None
     }
 
@@ -30,5 +71,13 @@ impl Backend for HostGw {
             return Err(("public-ip", LeaseFault::NotOnLink(lease.public_ip)));
         }
         Ok(PeerEntries::direct(lease))
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn same(&self, other: &dyn Backend) -> bool {
+        same_as(self, other)
     }
 }

@@ -1,28 +1,64 @@
-//! Backends: how a peer's lease becomes routes, neighbours and FDB entries.
-//! One file per backend, behind one small trait.
+//! Backends: how pod traffic crosses between nodes. Each backend owns its
+//! whole story in one file:
+//!
+//! - the parsing of its `Backend` section of `net-conf.json`,
+//! - the device it needs ([`DeviceSpec`], or none),
+//! - the MTU pods get over it, given the underlay's,
+//! - the `backend-data` this node publishes, and what it restores from its
+//!   own published one after a restart (the VTEP MAC),
+//! - the kernel entries one peer needs.
+//!
+//! The agent, the configuration and the reconciler only see the [`Backend`]
+//! trait (through [`BackendConfig`]). Adding a backend is one file here that
+//! implements it, plus its line in [`REGISTRY`].
 
 mod host_gw;
+mod section;
 mod vxlan;
 
+use std::any::Any;
+use std::fmt;
+use std::sync::Arc;
+
+use ipnet::Ipv4Net;
+use serde_json::Value;
+
 pub use host_gw::HostGw;
-pub use vxlan::{Vxlan, VxlanBackendData};
+pub use section::{Section, SectionError};
+pub use vxlan::{VxlanBackendData, VxlanConfig, DEFAULT_VNI, DEFAULT_VXLAN_PORT, VXLAN_OVERHEAD};
 
 use crate::error::LeaseFault;
-use crate::model::{BackendConfig, Lease, LocalNode, UnderlayFacts};
-use crate::state::{FdbEntry, Neighbour, Route, VxlanDevice};
+use crate::mac::MacAddr;
+use crate::model::{Lease, LocalNode, UnderlayFacts};
+use crate::state::{DeviceSpec, FdbEntry, Neighbour, Route};
 
-/// A data plane for pod traffic between nodes.
-pub trait Backend {
-    /// The `backend-type` this backend publishes and accepts.
+/// A data plane for pod traffic between nodes (see the module docs).
+pub trait Backend: Send + Sync + fmt::Debug + 'static {
+    /// The `backend-type` this backend publishes and accepts (`vxlan`).
     fn kind(&self) -> &'static str;
 
-    /// The device this backend needs on this node, if any.
+    /// The name of the device it makes (`flannel.1`), if any: the kernel
+    /// is watched for a device of that name.
+    fn device_name(&self) -> Option<String>;
+
+    /// The device this node needs, if any.
     fn device(
         &self,
         local: &LocalNode,
         underlay: &UnderlayFacts,
-        network: ipnet::Ipv4Net,
-    ) -> Option<VxlanDevice>;
+        network: Ipv4Net,
+    ) -> Option<DeviceSpec>;
+
+    /// The MTU pods get (`FLANNEL_MTU`), given the underlay's.
+    fn mtu(&self, underlay_mtu: u32) -> u32;
+
+    /// The `backend-data` annotation to publish, given the MAC the device
+    /// has; `None` while it cannot be told yet (no device MAC).
+    fn backend_data(&self, device_mac: Option<MacAddr>) -> Option<String>;
+
+    /// The MAC to keep from this node's own published `backend-data` (so
+    /// the peers' entries stay valid across restarts, flannel #1795).
+    fn restore_mac(&self, own_backend_data: &str) -> Option<MacAddr>;
 
     /// What one peer needs. An `Err` names the field at fault.
     fn peer(
@@ -30,13 +66,135 @@ pub trait Backend {
         lease: &Lease,
         underlay: &UnderlayFacts,
     ) -> Result<PeerEntries, (&'static str, LeaseFault)>;
+
+    /// For comparing configurations.
+    fn as_any(&self) -> &dyn Any;
+
+    /// The same backend with the same configuration.
+    fn same(&self, other: &dyn Backend) -> bool;
 }
 
-/// The backend for a configuration.
-pub fn for_config(config: &BackendConfig) -> Box<dyn Backend + Send + Sync> {
-    match config {
-        BackendConfig::Vxlan(v) => Box::new(Vxlan::new(v.clone())),
-        BackendConfig::HostGw => Box::new(HostGw),
+/// `same` for a backend whose configuration is its value.
+fn same_as<T: PartialEq + 'static>(me: &T, other: &dyn Backend) -> bool {
+    other.as_any().downcast_ref::<T>() == Some(me)
+}
+
+/// The configured backend: what `net-conf.json`'s `Backend` section says.
+#[derive(Clone)]
+pub struct BackendConfig(Arc<dyn Backend>);
+
+impl BackendConfig {
+    /// Wraps a backend.
+    pub fn new(backend: impl Backend) -> BackendConfig {
+        BackendConfig(Arc::new(backend))
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &dyn Backend {
+        self.0.as_ref()
+    }
+
+    /// The `backend-type` this backend publishes and accepts.
+    pub fn kind(&self) -> &'static str {
+        self.0.kind()
+    }
+
+    /// The overlay device's name, if this backend has one.
+    pub fn device_name(&self) -> Option<String> {
+        self.0.device_name()
+    }
+}
+
+impl PartialEq for BackendConfig {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.same(other.0.as_ref())
+    }
+}
+
+impl Eq for BackendConfig {}
+
+impl fmt::Debug for BackendConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// One backend weft has: its `Type` and how its section is read.
+pub struct Registration {
+    /// `Backend.Type` (matched case-insensitively).
+    pub kind: &'static str,
+    /// Reads the section; fields it does not use go to `ignored`.
+    pub parse: fn(&Section<'_>, &mut Vec<String>) -> Result<BackendConfig, SectionError>,
+}
+
+/// Every backend weft has.
+pub const REGISTRY: &[Registration] = &[vxlan::REGISTRATION, host_gw::REGISTRATION];
+
+/// flannel's backends that weft does not have (refused by name).
+const FLANNEL_ONLY: &[&str] = &[
+    "udp",
+    "ipip",
+    "wireguard",
+    "ipsec",
+    "alloc",
+    "extension",
+    "tencent-vpc",
+    "alivpc",
+    "aws-vpc",
+    "gce",
+];
+
+/// Reads `net-conf.json`'s `Backend` section (`None`: absent, vxlan as
+/// flannel's manifests use, said in `ignored`).
+pub fn parse(
+    section: Option<&Value>,
+    ignored: &mut Vec<String>,
+) -> Result<BackendConfig, SectionError> {
+    let obj = match section {
+        None | Some(Value::Null) => {
+            ignored.push("Backend: missing; weft uses vxlan (flannel's code would fall back to udp, which weft does not support)".into());
+            return Ok(BackendConfig::from(VxlanConfig::default()));
+        }
+        Some(Value::Object(o)) => o,
+        Some(v) => {
+            return Err(SectionError {
+                field: "Backend".into(),
+                reason: format!("{v} is not an object"),
+            })
+        }
+    };
+    let section = Section::new(obj, "Backend");
+    let names = || {
+        REGISTRY
+            .iter()
+            .map(|r| r.kind)
+            .collect::<Vec<_>>()
+            .join(" or ")
+    };
+    let kind = section
+        .string("Type")?
+        .ok_or_else(|| section.error("Type", format!("missing ({})", names())))?
+        .to_ascii_lowercase();
+    if let Some(r) = REGISTRY.iter().find(|r| r.kind == kind) {
+        let config = (r.parse)(&section, ignored)?;
+        return Ok(config);
+    }
+    if FLANNEL_ONLY.contains(&kind.as_str()) {
+        return Err(section.error(
+            "Type",
+            format!(
+                "{kind:?} is a flannel backend that weft does not support (use {})",
+                names()
+            ),
+        ));
+    }
+    Err(section.error("Type", format!("{kind:?} is not a backend ({})", names())))
+}
+
+/// Reports the section's fields that `known` does not list as ignored.
+fn report_unknown(section: &Section<'_>, kind: &str, known: &[&str], ignored: &mut Vec<String>) {
+    for k in section.unknown(known) {
+        ignored.push(format!("Backend.{k}: not used by the {kind} backend"));
     }
 }
 

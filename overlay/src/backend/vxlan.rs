@@ -1,27 +1,125 @@
 //! VXLAN: one `flannel.<VNI>` device; per peer a PERMANENT neighbour, an FDB
 //! entry and an onlink route, or a plain route when DirectRouting finds the
-//! peer on the same L2 network.
+//! peer on the same L2 network. Pods get the underlay's MTU − 50, and the
+//! published `backend-data` is `{"VNI":<n>,"VtepMAC":"<device MAC>"}`.
+
+use std::any::Any;
 
 use ipnet::Ipv4Net;
 use serde_json::Value;
 
-use super::{Backend, PeerEntries};
+use super::{
+    report_unknown, same_as, Backend, BackendConfig, PeerEntries, Registration, Section,
+    SectionError,
+};
 use crate::error::LeaseFault;
 use crate::mac::MacAddr;
-use crate::model::{Lease, LocalNode, UnderlayFacts, VxlanConfig, VXLAN_OVERHEAD};
-use crate::state::{Dev, FdbEntry, Neighbour, Route, VxlanDevice, ROUTE_PROTOCOL};
+use crate::model::{Lease, LocalNode, UnderlayFacts};
+use crate::state::{Dev, DeviceSpec, FdbEntry, Neighbour, Route, VxlanDevice, ROUTE_PROTOCOL};
 
-/// The VXLAN backend.
-#[derive(Debug, Clone)]
-pub struct Vxlan {
-    config: VxlanConfig,
+/// flannel's default VXLAN UDP port (the Linux kernel's IANA-registered one).
+pub const DEFAULT_VXLAN_PORT: u16 = 8472;
+/// flannel's default VNI.
+pub const DEFAULT_VNI: u32 = 1;
+/// Bytes the VXLAN encapsulation costs (outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8), as flannel counts it.
+pub const VXLAN_OVERHEAD: u32 = 50;
+
+/// VXLAN parameters, flannel's names and defaults (the backend itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanConfig {
+    /// `VNI` (default 1).
+    pub vni: u32,
+    /// `Port` (default 8472).
+    pub port: u16,
+    /// `DirectRouting`: peers on the same L2 network are reached by plain routes.
+    pub direct_routing: bool,
+    /// `MTU`: the underlay MTU to assume instead of the interface's; the device gets this − 50.
+    pub mtu: Option<u32>,
+    /// `Learning` (default false, i.e. `nolearning`).
+    pub learning: bool,
 }
 
-impl Vxlan {
-    /// A VXLAN backend with these parameters.
-    pub fn new(config: VxlanConfig) -> Self {
-        Vxlan { config }
+impl Default for VxlanConfig {
+    fn default() -> Self {
+        VxlanConfig {
+            vni: DEFAULT_VNI,
+            port: DEFAULT_VXLAN_PORT,
+            direct_routing: false,
+            mtu: None,
+            learning: false,
+        }
     }
+}
+
+impl VxlanConfig {
+    /// The device name flannel uses: `flannel.<VNI>`.
+    pub fn device_name(&self) -> String {
+        format!("flannel.{}", self.vni)
+    }
+}
+
+impl From<VxlanConfig> for BackendConfig {
+    fn from(c: VxlanConfig) -> BackendConfig {
+        BackendConfig::new(c)
+    }
+}
+
+/// `"Type": "vxlan"`.
+pub(super) const REGISTRATION: Registration = Registration {
+    kind: "vxlan",
+    parse,
+};
+
+fn parse(b: &Section<'_>, ignored: &mut Vec<String>) -> Result<BackendConfig, SectionError> {
+    let mut c = VxlanConfig::default();
+    if let Some(vni) = b.number("VNI")? {
+        if vni == 0 || vni > 0x00ff_ffff {
+            return Err(b.error(
+                "VNI",
+                format!("{vni} is not a VXLAN network identifier (1 to 16777215)"),
+            ));
+        }
+        c.vni = u32::try_from(vni).unwrap_or(DEFAULT_VNI);
+    }
+    if let Some(port) = b.number("Port")? {
+        c.port = match port {
+            0 => DEFAULT_VXLAN_PORT,
+            p => u16::try_from(p).map_err(|_| b.error("Port", format!("{p} is not a UDP port")))?,
+        };
+    }
+    if let Some(mtu) = b.number("MTU")? {
+        if !(68 + u64::from(VXLAN_OVERHEAD)..=65535).contains(&mtu) {
+            return Err(b.error("MTU", format!("{mtu} is not a usable MTU (118 to 65535)")));
+        }
+        c.mtu = u32::try_from(mtu).ok();
+    }
+    c.direct_routing = b.boolean("DirectRouting", false)?;
+    c.learning = b.boolean("Learning", false)?;
+    if b.boolean("GBP", false)? {
+        return Err(b.error("GBP", "VXLAN group-based policy is not supported by weft"));
+    }
+    for k in ["MacPrefix", "Name"] {
+        if let Some((k, _)) = b.get(k) {
+            ignored.push(format!("Backend.{k}: Windows only"));
+        }
+    }
+    report_unknown(
+        b,
+        "vxlan",
+        &[
+            "Type",
+            "VNI",
+            "Port",
+            "MTU",
+            "DirectRouting",
+            "Learning",
+            "GBP",
+            "MacPrefix",
+            "Name",
+        ],
+        ignored,
+    );
+    Ok(BackendConfig::from(c))
 }
 
 /// The `backend-data` of a VXLAN node: `{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:ff"}`.
@@ -96,9 +194,13 @@ impl VxlanBackendData {
     }
 }
 
-impl Backend for Vxlan {
+impl Backend for VxlanConfig {
     fn kind(&self) -> &'static str {
         "vxlan"
+    }
+
+    fn device_name(&self) -> Option<String> {
+        Some(VxlanConfig::device_name(self))
     }
 
     fn device(
@@ -106,20 +208,41 @@ impl Backend for Vxlan {
         local: &LocalNode,
         underlay: &UnderlayFacts,
         network: Ipv4Net,
-    ) -> Option<VxlanDevice> {
-        let base = self.config.mtu.unwrap_or(underlay.mtu);
-        Some(VxlanDevice {
-            name: self.config.device_name(),
-            vni: self.config.vni,
+    ) -> Option<DeviceSpec> {
+        Some(DeviceSpec::Vxlan(VxlanDevice {
+            name: VxlanConfig::device_name(self),
+            vni: self.vni,
             local: local.public_ip,
-            port: self.config.port,
+            port: self.port,
             underlay: underlay.ifindex,
-            learning: self.config.learning,
-            mtu: base.saturating_sub(VXLAN_OVERHEAD),
+            learning: self.learning,
+            mtu: self.mtu(underlay.mtu),
             mac: local.vtep_mac,
             address: Ipv4Net::new(local.subnet.network(), 32).unwrap_or(local.subnet),
             network,
+        }))
+    }
+
+    fn mtu(&self, underlay_mtu: u32) -> u32 {
+        self.mtu
+            .unwrap_or(underlay_mtu)
+            .saturating_sub(VXLAN_OVERHEAD)
+    }
+
+    fn backend_data(&self, device_mac: Option<MacAddr>) -> Option<String> {
+        device_mac.map(|vtep_mac| {
+            VxlanBackendData {
+                vni: u64::from(self.vni),
+                vtep_mac,
+            }
+            .to_json()
         })
+    }
+
+    fn restore_mac(&self, own_backend_data: &str) -> Option<MacAddr> {
+        VxlanBackendData::parse(own_backend_data)
+            .ok()
+            .map(|d| d.vtep_mac)
     }
 
     fn peer(
@@ -129,16 +252,16 @@ impl Backend for Vxlan {
     ) -> Result<PeerEntries, (&'static str, LeaseFault)> {
         let data = VxlanBackendData::parse(&lease.backend_data)?;
         // flannel writes VNI 1 by default; a 0 (absent) is taken as "same as ours".
-        if data.vni != 0 && data.vni != u64::from(self.config.vni) {
+        if data.vni != 0 && data.vni != u64::from(self.vni) {
             return Err((
                 "backend-data.VNI",
                 LeaseFault::VniMismatch {
-                    expected: self.config.vni,
+                    expected: self.vni,
                     found: data.vni,
                 },
             ));
         }
-        if self.config.direct_routing && underlay.is_on_link(lease.public_ip) {
+        if self.direct_routing && underlay.is_on_link(lease.public_ip) {
             return Ok(PeerEntries::direct(lease));
         }
         let gateway = lease.subnet.network();
@@ -159,6 +282,14 @@ impl Backend for Vxlan {
                 dst: lease.public_ip,
             }),
         })
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn same(&self, other: &dyn Backend) -> bool {
+        same_as(self, other)
     }
 }
 

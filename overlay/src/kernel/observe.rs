@@ -1,0 +1,201 @@
+//! Observing: the underlay's facts, the device, and every route, neighbour
+//! and FDB entry weft manages — and the classification of netlink messages
+//! (dumps and monitor events alike) into the overlay's vocabulary. Nothing
+//! outside the [`Scope`] is ever observed, so nothing else is ever deleted.
+
+use std::net::Ipv4Addr;
+
+use futures::TryStreamExt;
+use ipnet::Ipv4Net;
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteType,
+};
+use netlink_packet_route::AddressFamily;
+use rtnetlink::RouteMessageBuilder;
+
+use super::{link_mtu, req, Kernel, Scope};
+use crate::error::KernelError;
+use crate::mac::MacAddr;
+use crate::model::UnderlayFacts;
+use crate::state::{
+    Dev, Entries, FdbEntry, Neighbour, ObservedDevice, Route, ROUTE_PROTOCOL, RTPROT_KERNEL,
+};
+
+impl Kernel {
+    /// The underlay interface's index, MTU and connected IPv4 networks.
+    pub async fn underlay(&self, name: &str) -> Result<UnderlayFacts, KernelError> {
+        let link = self
+            .link_by_name(name)
+            .await?
+            .ok_or_else(|| KernelError::NoUnderlay(name.to_string()))?;
+        let ifindex = link.header.index;
+        let mtu = link_mtu(&link);
+        let networks = self
+            .addresses(ifindex)
+            .await?
+            .into_iter()
+            .map(|a| a.trunc())
+            .collect();
+        Ok(UnderlayFacts {
+            ifindex,
+            mtu,
+            networks,
+        })
+    }
+
+    /// The device of that name as the kernel has it, if it exists.
+    pub async fn device(&self, name: &str) -> Result<Option<ObservedDevice>, KernelError> {
+        let Some(link) = self.link_by_name(name).await? else {
+            return Ok(None);
+        };
+        let mut dev = super::vxlan::observed_device(&link);
+        dev.addresses = self.addresses(dev.ifindex).await?;
+        Ok(Some(dev))
+    }
+
+    /// Every route, neighbour and FDB entry in the scope.
+    pub async fn entries(&self, scope: &Scope) -> Result<Entries, KernelError> {
+        let mut out = Entries::default();
+        let mut routes = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute();
+        while let Some(msg) = routes.try_next().await.map_err(req("dump routes"))? {
+            if let Some(r) = route_of(&msg, scope) {
+                out.put_route(r);
+            }
+        }
+        if scope.overlay.is_some() {
+            for msg in self
+                .neighbour_dump(AddressFamily::Inet, "dump neighbours")
+                .await?
+            {
+                if let Some(n) = neighbour_of(&msg, scope) {
+                    out.put_neighbour(n);
+                }
+            }
+            for msg in self
+                .neighbour_dump(AddressFamily::Bridge, "dump fdb")
+                .await?
+            {
+                if let Some(f) = fdb_of(&msg, scope) {
+                    out.put_fdb(f);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A route message as a managed [`Route`], or `None` when it is not weft's to manage:
+/// outside the main table or the cluster network, or neither tagged with weft's
+/// protocol nor a flannel leftover on the overlay device.
+pub fn route_of(msg: &RouteMessage, scope: &Scope) -> Option<Route> {
+    let h = &msg.header;
+    if h.address_family != AddressFamily::Inet || h.kind != RouteType::Unicast {
+        return None;
+    }
+    let mut table = u32::from(h.table);
+    let (mut dst, mut via, mut oif, mut priority) = (None, None, None, 0);
+    for a in &msg.attributes {
+        match a {
+            RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = Some(*ip),
+            RouteAttribute::Gateway(RouteAddress::Inet(ip)) => via = Some(*ip),
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            RouteAttribute::Table(t) => table = *t,
+            RouteAttribute::Priority(p) => priority = *p,
+            _ => {}
+        }
+    }
+    if table != u32::from(RouteHeader::RT_TABLE_MAIN) || priority != 0 {
+        return None;
+    }
+    let dst = Ipv4Net::new(dst?, h.destination_prefix_length).ok()?;
+    if !scope.network.contains(&dst) {
+        return None;
+    }
+    let protocol = u8::from(h.protocol);
+    let oif = oif?;
+    let dev = if Some(oif) == scope.overlay {
+        Dev::Overlay
+    } else if oif == scope.underlay {
+        Dev::Underlay
+    } else {
+        Dev::Other(oif)
+    };
+    let ours = protocol == ROUTE_PROTOCOL || (dev == Dev::Overlay && protocol != RTPROT_KERNEL);
+    if !ours {
+        return None;
+    }
+    Some(Route {
+        dst,
+        via: via.unwrap_or(Ipv4Addr::UNSPECIFIED),
+        dev,
+        onlink: h.flags.contains(RouteFlags::Onlink),
+        protocol,
+    })
+}
+
+/// The destination of an IPv4 route message, whoever owns the route.
+pub fn route_dst(r: &RouteMessage) -> Option<Ipv4Net> {
+    if r.header.address_family != AddressFamily::Inet {
+        return None;
+    }
+    r.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Destination(RouteAddress::Inet(ip)) => {
+            Ipv4Net::new(*ip, r.header.destination_prefix_length).ok()
+        }
+        _ => None,
+    })
+}
+
+/// A PERMANENT IPv4 neighbour on the overlay device.
+pub fn neighbour_of(msg: &NeighbourMessage, scope: &Scope) -> Option<Neighbour> {
+    let h = &msg.header;
+    if h.family != AddressFamily::Inet
+        || Some(h.ifindex) != scope.overlay
+        || h.state != NeighbourState::Permanent
+    {
+        return None;
+    }
+    let mut ip = None;
+    let mut mac = None;
+    for a in &msg.attributes {
+        match a {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => ip = Some(*v),
+            NeighbourAttribute::LinkLayerAddress(b) => mac = MacAddr::from_bytes(b),
+            _ => {}
+        }
+    }
+    Some(Neighbour { ip: ip?, mac: mac? })
+}
+
+/// A `self` FDB entry with a unicast MAC and a destination on the overlay device.
+pub fn fdb_of(msg: &NeighbourMessage, scope: &Scope) -> Option<FdbEntry> {
+    let h = &msg.header;
+    if h.family != AddressFamily::Bridge
+        || Some(h.ifindex) != scope.overlay
+        || !h.flags.contains(NeighbourFlags::Own)
+    {
+        return None;
+    }
+    let mut dst = None;
+    let mut mac = None;
+    for a in &msg.attributes {
+        match a {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => dst = Some(*v),
+            // AF_BRIDGE dumps carry NDA_DST as raw bytes (the parser cannot tell the family).
+            NeighbourAttribute::Destination(NeighbourAddress::Other(b)) if b.len() == 4 => {
+                dst = Some(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+            }
+            NeighbourAttribute::LinkLayerAddress(b) => mac = MacAddr::from_bytes(b),
+            _ => {}
+        }
+    }
+    let mac = mac.filter(MacAddr::is_unicast)?;
+    Some(FdbEntry { mac, dst: dst? })
+}
