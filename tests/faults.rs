@@ -277,6 +277,20 @@ fn a_peer_public_ip_change_replaces_its_fdb_entry_in_place() {
     assert!(seen.is_empty(), "routes or neighbours changed too:\n{seen}");
 }
 
+/// Creates a node once the API is back; how long until every agent has it.
+fn node_created_after_the_restart(lab: &Lab, timeout: Duration) -> Duration {
+    add_fake_peer(
+        lab,
+        "after",
+        "10.244.42.0/24",
+        "172.18.0.43",
+        "02:00:00:00:00:43",
+    );
+    wait_until("a node created after the restart", timeout, || {
+        has_peer_everywhere(lab, "10.244.42.0/24")
+    })
+}
+
 /// The API server restarts with its state kept (etcd survives): every
 /// watch is cut and requests fail for a while. The agents resume their
 /// watches from where they were — no list — while pods keep pinging.
@@ -295,18 +309,7 @@ fn the_api_server_restarting_resumes_the_watches_without_a_relist() {
     std::thread::sleep(Duration::from_secs(3));
     api.set_unavailable(false);
     let back = Instant::now();
-    add_fake_peer(
-        &lab,
-        "after",
-        "10.244.42.0/24",
-        "172.18.0.43",
-        "02:00:00:00:00:43",
-    );
-    let t = wait_until(
-        "a node created after the restart",
-        Duration::from_secs(15),
-        || has_peer_everywhere(&lab, "10.244.42.0/24"),
-    );
+    let t = node_created_after_the_restart(&lab, Duration::from_secs(15));
     eprintln!(
         "API back -> a new node programmed everywhere in {:.0} ms",
         back.elapsed().as_secs_f64() * 1e3
@@ -542,18 +545,7 @@ fn the_real_api_server_restarting_on_the_same_etcd_costs_one_list_per_agent() {
         "kube-apiserver stopped and answering again after {:.1} s",
         t0.elapsed().as_secs_f64()
     );
-    add_fake_peer(
-        &lab,
-        "after",
-        "10.244.42.0/24",
-        "172.18.0.43",
-        "02:00:00:00:00:43",
-    );
-    let t = wait_until(
-        "a node created after the restart",
-        Duration::from_secs(30),
-        || has_peer_everywhere(&lab, "10.244.42.0/24"),
-    );
+    let t = node_created_after_the_restart(&lab, Duration::from_secs(30));
     // Within the agents' capped backoff (5 s) of the API's return.
     assert!(t < Duration::from_secs(7), "{t:?}");
     eprintln!(
