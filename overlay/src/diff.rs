@@ -283,9 +283,9 @@ fn vxlan_ops(want: &VxlanDevice, have: &ObservedDevice) -> Vec<DeviceOp> {
 /// Why the existing device cannot be kept, if it cannot: a parameter that only
 /// creation sets differs.
 fn incompatible(want: &VxlanDevice, have: &ObservedDevice) -> Option<String> {
-    if !have.is_vxlan {
+    let Some(have) = have.vxlan() else {
         return Some("not a VXLAN device".into());
-    }
+    };
     let differs = |what: &str, w: String, h: String| (w != h).then(|| format!("{what} {h} ≠ {w}"));
     let show = |o: Option<String>| o.unwrap_or_else(|| "none".into());
     differs(

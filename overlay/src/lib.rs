@@ -37,6 +37,6 @@ pub use model::{Lease, LocalNode, OverlayConfig, UnderlayFacts};
 pub use peers::{Peers, Touched};
 pub use reconciler::{Input, Options, Reconciler, ReconcilerHandle, Report, Stats};
 pub use state::{
-    Dev, DeviceSpec, Entries, FdbEntry, Neighbour, Observed, ObservedDevice, OverlayState, Route,
-    VxlanDevice, ROUTE_PROTOCOL,
+    Dev, DeviceSpec, Entries, FdbEntry, Neighbour, Observed, ObservedDevice, ObservedKind,
+    OverlayState, Route, VxlanDevice, VxlanParams, ROUTE_PROTOCOL,
 };

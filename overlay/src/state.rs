@@ -160,14 +160,37 @@ pub struct VxlanDevice {
     pub network: Ipv4Net,
 }
 
-/// The VXLAN device as the kernel has it.
+/// The backend's device as the kernel has it: what every link has, and
+/// its kind with that kind's parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObservedDevice {
     /// Interface index.
     pub ifindex: u32,
-    /// False when a device of that name exists but is not VXLAN.
-    pub is_vxlan: bool,
-    /// VNI, if VXLAN.
+    /// What kind of device it is.
+    pub kind: ObservedKind,
+    /// MTU.
+    pub mtu: u32,
+    /// MAC address.
+    pub mac: Option<MacAddr>,
+    /// Administratively up.
+    pub up: bool,
+    /// Its IPv4 addresses.
+    pub addresses: Vec<Ipv4Net>,
+}
+
+/// The kind of an observed device (one variant per kind weft makes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ObservedKind {
+    /// A VXLAN device.
+    Vxlan(VxlanParams),
+    /// Anything else (a device of the configured name weft did not make).
+    Other,
+}
+
+/// A VXLAN device's parameters as the kernel reports them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VxlanParams {
+    /// VNI.
     pub vni: Option<u32>,
     /// Source address.
     pub local: Option<Ipv4Addr>,
@@ -177,14 +200,24 @@ pub struct ObservedDevice {
     pub underlay: Option<u32>,
     /// Learning flag.
     pub learning: Option<bool>,
-    /// MTU.
-    pub mtu: u32,
-    /// MAC address.
-    pub mac: Option<MacAddr>,
-    /// Administratively up.
-    pub up: bool,
-    /// Its IPv4 addresses.
-    pub addresses: Vec<Ipv4Net>,
+}
+
+impl ObservedDevice {
+    /// Its VXLAN parameters, if it is a VXLAN device.
+    pub fn vxlan(&self) -> Option<&VxlanParams> {
+        match &self.kind {
+            ObservedKind::Vxlan(v) => Some(v),
+            ObservedKind::Other => None,
+        }
+    }
+
+    /// The same, to change (tests).
+    pub fn vxlan_mut(&mut self) -> Option<&mut VxlanParams> {
+        match &mut self.kind {
+            ObservedKind::Vxlan(v) => Some(v),
+            ObservedKind::Other => None,
+        }
+    }
 }
 
 /// Everything weft wants the kernel to hold.

@@ -114,12 +114,13 @@ fn programmed(want: &OverlayState) -> Observed {
             .and_then(DeviceSpec::vxlan)
             .map(|d| ObservedDevice {
                 ifindex: 7,
-                is_vxlan: true,
-                vni: Some(d.vni),
-                local: Some(d.local),
-                port: Some(d.port),
-                underlay: Some(d.underlay),
-                learning: Some(d.learning),
+                kind: ObservedKind::Vxlan(VxlanParams {
+                    vni: Some(d.vni),
+                    local: Some(d.local),
+                    port: Some(d.port),
+                    underlay: Some(d.underlay),
+                    learning: Some(d.learning),
+                }),
                 mtu: d.mtu,
                 mac: Some(mac("0a:58:0a:f4:02:00")),
                 up: true,
@@ -550,11 +551,11 @@ fn device_changes_in_place_and_recreation() {
     );
 
     for change in [
-        (|d: &mut ObservedDevice| d.vni = Some(2)) as fn(&mut ObservedDevice),
-        |d| d.local = Some(ip("172.18.0.99")),
-        |d| d.port = Some(4789),
-        |d| d.underlay = Some(9),
-        |d| d.is_vxlan = false,
+        (|d: &mut ObservedDevice| d.vxlan_mut().unwrap().vni = Some(2)) as fn(&mut ObservedDevice),
+        |d| d.vxlan_mut().unwrap().local = Some(ip("172.18.0.99")),
+        |d| d.vxlan_mut().unwrap().port = Some(4789),
+        |d| d.vxlan_mut().unwrap().underlay = Some(9),
+        |d| d.kind = ObservedKind::Other,
     ] {
         let mut o = base.clone();
         change(o.device.as_mut().unwrap());

@@ -175,7 +175,7 @@ mod overlay {
     use weft_netns::Netns;
     use weft_overlay::{
         desired, diff, kernel::Scope, plan, DeviceSpec, Input, Kernel, Observed, ObservedDevice,
-        Options, Peers, ReconcilerHandle, Touched, UnderlayFacts,
+        ObservedKind, Options, Peers, ReconcilerHandle, Touched, UnderlayFacts, VxlanParams,
     };
 
     pub fn run(args: &Args, rt: &Runtime, scratch: &Path) -> anyhow::Result<()> {
@@ -467,12 +467,13 @@ mod overlay {
             let observed = Observed {
                 device: Some(ObservedDevice {
                     ifindex: 3,
-                    is_vxlan: true,
-                    vni: Some(device.vni),
-                    local: Some(device.local),
-                    port: Some(device.port),
-                    underlay: Some(device.underlay),
-                    learning: Some(device.learning),
+                    kind: ObservedKind::Vxlan(VxlanParams {
+                        vni: Some(device.vni),
+                        local: Some(device.local),
+                        port: Some(device.port),
+                        underlay: Some(device.underlay),
+                        learning: Some(device.learning),
+                    }),
                     mtu: device.mtu,
                     mac: device.mac,
                     up: true,

@@ -7,6 +7,7 @@ use std::net::Ipv4Addr;
 
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
+use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
@@ -21,7 +22,8 @@ use crate::error::KernelError;
 use crate::mac::MacAddr;
 use crate::model::UnderlayFacts;
 use crate::state::{
-    Dev, Entries, FdbEntry, Neighbour, ObservedDevice, Route, ROUTE_PROTOCOL, RTPROT_KERNEL,
+    Dev, Entries, FdbEntry, Neighbour, ObservedDevice, ObservedKind, Route, ROUTE_PROTOCOL,
+    RTPROT_KERNEL,
 };
 
 impl Kernel {
@@ -51,7 +53,7 @@ impl Kernel {
         let Some(link) = self.link_by_name(name).await? else {
             return Ok(None);
         };
-        let mut dev = super::vxlan::observed_device(&link);
+        let mut dev = observed_device(&link);
         dev.addresses = self.addresses(dev.ifindex).await?;
         Ok(Some(dev))
     }
@@ -89,6 +91,29 @@ impl Kernel {
         }
         Ok(out)
     }
+}
+
+/// A link as an [`ObservedDevice`]: what every link has, and its kind with
+/// that kind's parameters (each kind's module reads its own).
+fn observed_device(link: &LinkMessage) -> ObservedDevice {
+    let mut dev = ObservedDevice {
+        ifindex: link.header.index,
+        kind: ObservedKind::Other,
+        mtu: link_mtu(link),
+        mac: None,
+        up: link.header.flags.contains(LinkFlags::Up),
+        addresses: Vec::new(),
+    };
+    for a in &link.attributes {
+        match a {
+            LinkAttribute::Address(b) => dev.mac = MacAddr::from_bytes(b),
+            LinkAttribute::LinkInfo(infos) if infos.contains(&LinkInfo::Kind(InfoKind::Vxlan)) => {
+                dev.kind = ObservedKind::Vxlan(super::vxlan::params(infos).unwrap_or_default());
+            }
+            _ => {}
+        }
+    }
+    dev
 }
 
 /// A route message as a managed [`Route`], or `None` when it is not weft's to manage:

@@ -2,15 +2,12 @@
 
 use std::net::IpAddr;
 
-use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
-};
+use netlink_packet_route::link::{InfoData, InfoVxlan, LinkInfo};
 use rtnetlink::LinkVxlan;
 
-use super::{link_mtu, req, Kernel};
+use super::{req, Kernel};
 use crate::error::KernelError;
-use crate::mac::MacAddr;
-use crate::state::{ObservedDevice, VxlanDevice};
+use crate::state::{VxlanDevice, VxlanParams};
 
 impl Kernel {
     pub(crate) async fn create_vxlan(&self, d: &VxlanDevice) -> Result<u32, KernelError> {
@@ -53,46 +50,22 @@ impl Kernel {
     }
 }
 
-/// A link as an [`ObservedDevice`] (VXLAN parameters when it is one).
-pub(crate) fn observed_device(link: &LinkMessage) -> ObservedDevice {
-    let mut dev = ObservedDevice {
-        ifindex: link.header.index,
-        is_vxlan: false,
-        vni: None,
-        local: None,
-        port: None,
-        underlay: None,
-        learning: None,
-        mtu: link_mtu(link),
-        mac: None,
-        up: link.header.flags.contains(LinkFlags::Up),
-        addresses: Vec::new(),
-    };
-    for a in &link.attributes {
-        match a {
-            LinkAttribute::Address(b) => dev.mac = MacAddr::from_bytes(b),
-            LinkAttribute::LinkInfo(infos) => {
-                for info in infos {
-                    match info {
-                        LinkInfo::Kind(InfoKind::Vxlan) => dev.is_vxlan = true,
-                        LinkInfo::Data(InfoData::Vxlan(attrs)) => {
-                            for v in attrs {
-                                match v {
-                                    InfoVxlan::Id(id) => dev.vni = Some(*id),
-                                    InfoVxlan::Local(ip) => dev.local = Some(*ip),
-                                    InfoVxlan::Port(p) => dev.port = Some(*p),
-                                    InfoVxlan::Link(l) => dev.underlay = Some(*l),
-                                    InfoVxlan::Learning(l) => dev.learning = Some(*l),
-                                    _ => {}
-                                }
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-            }
+/// The VXLAN parameters in a link's info data (`None` if it carries none).
+pub(crate) fn params(infos: &[LinkInfo]) -> Option<VxlanParams> {
+    let attrs = infos.iter().find_map(|i| match i {
+        LinkInfo::Data(InfoData::Vxlan(attrs)) => Some(attrs),
+        _ => None,
+    })?;
+    let mut p = VxlanParams::default();
+    for v in attrs {
+        match v {
+            InfoVxlan::Id(id) => p.vni = Some(*id),
+            InfoVxlan::Local(ip) => p.local = Some(*ip),
+            InfoVxlan::Port(port) => p.port = Some(*port),
+            InfoVxlan::Link(l) => p.underlay = Some(*l),
+            InfoVxlan::Learning(l) => p.learning = Some(*l),
             _ => {}
         }
     }
-    dev
+    Some(p)
 }
