@@ -22,7 +22,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use crate::error::NatError;
 use crate::rules::RuleSet;
-use crate::signal::{self, ChangeSignal};
+use crate::signal::{self, ChangeSignal, Ready};
 use crate::{NatBackend, NatMode};
 
 /// Loop timing.
@@ -213,6 +213,7 @@ fn run(
     };
     own_events(&mut signal);
     let mut next_resync = Instant::now() + options.resync;
+    let mut broken = 0;
     loop {
         let left = next_resync.saturating_duration_since(Instant::now());
         let timeout = match &signal {
@@ -226,8 +227,25 @@ fn run(
             }
             signal::wait(&fds, timeout)
         };
+        let is = |i: usize| ready.iter().any(|(j, _)| *j == i);
         let mut dirty = signal.is_none() && ready.is_empty();
-        if ready.contains(&0) {
+        if ready.contains(&(1, Ready::Broken)) {
+            // An error on the signal: a netlink overrun clears when read (and
+            // means changes were missed); one that stays would make the loop
+            // spin, so after a few in a row it polls instead.
+            broken += 1;
+            dirty = true;
+            if let Some(s) = signal.as_mut() {
+                s.drain();
+            }
+            if broken >= 3 {
+                tracing::warn!(%mode, poll = ?options.poll, "the NAT change signal keeps failing; polling instead");
+                signal = None;
+            }
+        } else {
+            broken = 0;
+        }
+        if is(0) {
             let _ = inbox.wake.read();
             loop {
                 match inbox.rx.try_recv() {
@@ -246,7 +264,7 @@ fn run(
                 }
             }
         }
-        if ready.contains(&1) {
+        if ready.contains(&(1, Ready::Readable)) {
             if let Some(s) = signal.as_mut() {
                 dirty |= s.drain();
             }

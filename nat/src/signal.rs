@@ -129,9 +129,18 @@ impl ChangeSignal for XtablesLockWatch {
     }
 }
 
-/// Waits until one of `fds` is readable or `timeout` passes; the indexes of
-/// the readable ones.
-pub fn wait(fds: &[BorrowedFd<'_>], timeout: std::time::Duration) -> Vec<usize> {
+/// What [`wait`] saw of each file descriptor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ready {
+    /// Data to read.
+    Readable,
+    /// An error or hang-up: it will never become quiet again.
+    Broken,
+}
+
+/// Waits until one of `fds` is readable (or broken) or `timeout` passes;
+/// the index and state of each that is.
+pub fn wait(fds: &[BorrowedFd<'_>], timeout: std::time::Duration) -> Vec<(usize, Ready)> {
     let mut polled: Vec<PollFd<'_>> = fds
         .iter()
         .map(|fd| PollFd::new(*fd, PollFlags::POLLIN))
@@ -141,8 +150,18 @@ pub fn wait(fds: &[BorrowedFd<'_>], timeout: std::time::Duration) -> Vec<usize> 
         Ok(n) if n > 0 => polled
             .iter()
             .enumerate()
-            .filter(|(_, p)| p.revents().is_some_and(|r| !r.is_empty()))
-            .map(|(i, _)| i)
+            .filter_map(|(i, p)| {
+                let r = p.revents()?;
+                if r.intersects(PollFlags::POLLERR | PollFlags::POLLHUP | PollFlags::POLLNVAL)
+                    && !r.contains(PollFlags::POLLIN)
+                {
+                    Some((i, Ready::Broken))
+                } else if r.contains(PollFlags::POLLIN) {
+                    Some((i, Ready::Readable))
+                } else {
+                    None
+                }
+            })
             .collect(),
         _ => Vec::new(),
     }

@@ -217,9 +217,11 @@ async fn agent(
                     tracing::debug!(generation, peers = cluster.index.peers(), "peers changed");
                 }
                 let own_now = cluster.index.own();
+                // Changed, or back (deleted and registered again).
                 let own_changed = match (&own_before, &own_now) {
                     (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
-                    _ => false,
+                    (None, Some(_)) => true,
+                    (_, None) => false,
                 };
                 if let (true, Some(own)) = (own_changed, own_now) {
                     // Restores the annotations if someone removed them.
