@@ -17,6 +17,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use ipnet::Ipv4Net;
 
@@ -89,7 +90,7 @@ struct Peer {
 struct Claim {
     end: u32,
     subnet: Ipv4Net,
-    node: String,
+    node: Arc<str>,
     seq: u64,
 }
 
@@ -99,12 +100,12 @@ pub struct Peers {
     local: LocalNode,
     underlay: Option<UnderlayFacts>,
     backend: BackendConfig,
-    peers: HashMap<String, Peer>,
+    peers: HashMap<Arc<str>, Peer>,
     next_seq: u64,
     /// Accepted subnets by first address (they are disjoint).
     taken: BTreeMap<u32, Claim>,
     /// Accepted VTEP MACs → node.
-    macs: HashMap<MacAddr, String>,
+    macs: HashMap<MacAddr, Arc<str>>,
     entries: Entries,
     rejected: BTreeMap<String, LeaseError>,
     /// Rejected for a conflict: node → the node it conflicts with.
@@ -179,7 +180,7 @@ impl Peers {
         let mut out: Vec<(u64, LeaseError)> = self
             .rejected
             .iter()
-            .map(|(node, e)| (self.peers.get(node).map_or(0, |p| p.seq), e.clone()))
+            .map(|(node, e)| (self.peers.get(node.as_str()).map_or(0, |p| p.seq), e.clone()))
             .collect();
         out.sort_by_key(|(seq, _)| *seq);
         out.into_iter().map(|(_, e)| e).collect()
@@ -234,10 +235,10 @@ impl Peers {
     /// the order given (new ones are younger than every lease held).
     pub fn replace(&mut self, leases: Vec<Lease>) -> Touched {
         let keep: BTreeSet<&str> = leases.iter().map(|l| l.node.as_str()).collect();
-        let gone: Vec<String> = self
+        let gone: Vec<Arc<str>> = self
             .peers
             .keys()
-            .filter(|n| !keep.contains(n.as_str()))
+            .filter(|n| !keep.contains(&***n))
             .cloned()
             .collect();
         let mut touched = Touched::default();
@@ -256,7 +257,7 @@ impl Peers {
         if lease.node == self.local.name {
             return touched;
         }
-        let seq = match self.peers.get(&lease.node) {
+        let seq = match self.peers.get(lease.node.as_str()) {
             Some(p) if p.lease == lease => return touched,
             Some(p) => p.seq,
             None => {
@@ -264,7 +265,10 @@ impl Peers {
                 self.next_seq
             }
         };
-        let node = lease.node.clone();
+        let node: Arc<str> = match self.peers.get_key_value(lease.node.as_str()) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(lease.node.as_str()),
+        };
         let unblocks = self.withdraw(&node, &mut touched);
         self.peers.insert(
             node.clone(),
@@ -299,7 +303,7 @@ impl Peers {
         self.entries = Entries::default();
         self.rejected.clear();
         self.blocked.clear();
-        let mut order: Vec<(u64, String)> = self
+        let mut order: Vec<(u64, Arc<str>)> = self
             .peers
             .iter_mut()
             .map(|(node, p)| {
@@ -353,10 +357,10 @@ impl Peers {
         let Some(underlay) = self.underlay.as_ref() else {
             return Ok(());
         };
-        let Some(peer) = self.peers.get(node) else {
+        let Some((key, peer)) = self.peers.get_key_value(node) else {
             return Ok(());
         };
-        let (seq, lease) = (peer.seq, &peer.lease);
+        let (seq, lease, key) = (peer.seq, &peer.lease, key.clone());
         let checked = check(
             &self.config,
             self.backend.backend(),
@@ -373,7 +377,7 @@ impl Peers {
                 let reorders = !rebuilding
                     && self.blocked.keys().any(|b| {
                         self.peers
-                            .get(b)
+                            .get(b.as_str())
                             .is_some_and(|p| p.seq > seq && overlaps(p.lease.subnet, lease.subnet))
                     });
                 if reorders {
@@ -384,7 +388,7 @@ impl Peers {
                     Claim {
                         end: u32::from(lease.subnet.broadcast()),
                         subnet: lease.subnet,
-                        node: node.to_string(),
+                        node: key.clone(),
                         seq,
                     },
                 );
@@ -393,7 +397,7 @@ impl Peers {
                     self.entries.put_neighbour(n);
                 }
                 if let Some(f) = entries.fdb {
-                    self.macs.insert(f.mac, node.to_string());
+                    self.macs.insert(f.mac, key);
                     self.entries.put_fdb(f);
                 }
                 touched.add_peer(&entries);
@@ -409,7 +413,7 @@ impl Peers {
                     _ => None,
                 };
                 if let Some(other) = other {
-                    let older = self.peers.get(&other).is_some_and(|o| o.seq < seq);
+                    let older = self.peers.get(other.as_str()).is_some_and(|o| o.seq < seq);
                     if !older && !rebuilding {
                         return Err(NeedsRebuild);
                     }
@@ -456,7 +460,7 @@ fn check(
     underlay: &UnderlayFacts,
     lease: &Lease,
     taken: &BTreeMap<u32, Claim>,
-    macs: &HashMap<MacAddr, String>,
+    macs: &HashMap<MacAddr, Arc<str>>,
 ) -> Result<PeerEntries, (&'static str, LeaseFault)> {
     let subnet = lease.subnet.trunc();
     if subnet != lease.subnet {
@@ -504,7 +508,7 @@ fn check(
             "podCIDR",
             LeaseFault::OverlapsPeer {
                 subnet,
-                other: claim.node.clone(),
+                other: claim.node.to_string(),
                 other_subnet: claim.subnet,
             },
         ));
@@ -515,7 +519,7 @@ fn check(
                 "backend-data.VtepMAC",
                 LeaseFault::DuplicateMac {
                     mac: f.mac.to_string(),
-                    other: other.clone(),
+                    other: other.to_string(),
                 },
             ));
         }
