@@ -285,6 +285,7 @@ fn run(
 fn own_events(signal: &mut Option<Box<dyn ChangeSignal>>) {
     if let Some(s) = signal.as_mut() {
         s.drain();
+        s.refresh();
     }
 }
 

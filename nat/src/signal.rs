@@ -35,6 +35,10 @@ pub trait ChangeSignal: Send {
     /// Consumes every pending signal; true if there was any (or some were
     /// lost: then a look is due as well).
     fn drain(&mut self) -> bool;
+
+    /// Called after each reconcile: a signal that can lose its source
+    /// (a watched file deleted) sets itself up again here.
+    fn refresh(&mut self) {}
 }
 
 fn io(context: &str) -> impl FnOnce(std::io::Error) -> NatError {
@@ -89,6 +93,9 @@ impl ChangeSignal for NfTablesEvents {
 /// An inotify watch on the xtables lock file (see the module docs).
 pub struct XtablesLockWatch {
     inotify: Inotify,
+    path: PathBuf,
+    /// False once the file was deleted (the kernel drops the watch).
+    watching: bool,
 }
 
 impl XtablesLockWatch {
@@ -102,13 +109,21 @@ impl XtablesLockWatch {
     /// Watches the lock file (it exists once any iptables command ran,
     /// weft's own first write included).
     pub fn open() -> Result<XtablesLockWatch, NatError> {
-        let path = Self::lock_path();
+        Self::open_at(Self::lock_path())
+    }
+
+    /// Watches the lock file at `path`.
+    pub fn open_at(path: PathBuf) -> Result<XtablesLockWatch, NatError> {
         let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
             .map_err(|e| io("inotify")(e.into()))?;
         inotify
             .add_watch(&path, AddWatchFlags::IN_OPEN)
             .map_err(|e| io(&format!("watch {}", path.display()))(e.into()))?;
-        Ok(XtablesLockWatch { inotify })
+        Ok(XtablesLockWatch {
+            inotify,
+            path,
+            watching: true,
+        })
     }
 }
 
@@ -123,9 +138,26 @@ impl ChangeSignal for XtablesLockWatch {
             if events.is_empty() {
                 break;
             }
+            if events
+                .iter()
+                .any(|e| e.mask.contains(AddWatchFlags::IN_IGNORED))
+            {
+                self.watching = false;
+            }
             seen = true;
         }
         seen
+    }
+
+    fn refresh(&mut self) {
+        // The lock file was deleted (the next iptables command makes it
+        // again): watch the new one; until then the resync covers.
+        if !self.watching {
+            self.watching = self
+                .inotify
+                .add_watch(&self.path, AddWatchFlags::IN_OPEN)
+                .is_ok();
+        }
     }
 }
 
@@ -164,5 +196,32 @@ pub fn wait(fds: &[BorrowedFd<'_>], timeout: std::time::Duration) -> Vec<(usize,
             })
             .collect(),
         _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Opening the lock file signals; a deleted and recreated file is
+    /// watched again after `refresh`.
+    #[test]
+    fn the_lock_watch_signals_opens_and_survives_a_recreated_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = dir.path().join("xtables.lock");
+        std::fs::write(&lock, "").unwrap();
+        let mut watch = XtablesLockWatch::open_at(lock.clone()).unwrap();
+        assert!(!watch.drain(), "nothing yet");
+        drop(std::fs::File::open(&lock).unwrap());
+        assert!(watch.drain(), "an open is a signal");
+        std::fs::remove_file(&lock).unwrap();
+        watch.drain();
+        watch.refresh();
+        std::fs::write(&lock, "").unwrap();
+        watch.drain();
+        watch.refresh();
+        drop(std::fs::File::open(&lock).unwrap());
+        assert!(watch.drain(), "the recreated file is watched");
     }
 }

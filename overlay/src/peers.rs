@@ -180,7 +180,12 @@ impl Peers {
         let mut out: Vec<(u64, LeaseError)> = self
             .rejected
             .iter()
-            .map(|(node, e)| (self.peers.get(node.as_str()).map_or(0, |p| p.seq), e.clone()))
+            .map(|(node, e)| {
+                (
+                    self.peers.get(node.as_str()).map_or(0, |p| p.seq),
+                    e.clone(),
+                )
+            })
             .collect();
         out.sort_by_key(|(seq, _)| *seq);
         out.into_iter().map(|(_, e)| e).collect()
