@@ -183,8 +183,8 @@ impl Peer {
     pub fn lease(self) -> Lease {
         Lease {
             node: format!("node-{}", self.i),
-            subnet: self.subnet(),
-            public_ip: self.public_ip(),
+            subnet: self.subnet().into(),
+            public_ip: self.public_ip().into(),
             backend_type: "vxlan".into(),
             backend_data: format!(r#"{{"VNI":1,"VtepMAC":"{}"}}"#, self.mac()),
         }
@@ -206,7 +206,7 @@ pub fn overlay_input(peers: &[Peer]) -> anyhow::Result<Input> {
         local: LocalNode {
             name: "bench-node".into(),
             subnet: LOCAL_SUBNET.parse()?,
-            public_ip: LOCAL_IP,
+            public_ip: LOCAL_IP.into(),
             underlay: "eth0".into(),
             vtep_mac: None,
         },
@@ -357,8 +357,8 @@ fn compare(
 /// A kernel change seen on the route/neighbour multicast groups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KernelEvent {
-    /// RTM_NEWROUTE (`true`) / RTM_DELROUTE (`false`) for an IPv4 destination.
-    Route(bool, Ipv4Net),
+    /// RTM_NEWROUTE (`true`) / RTM_DELROUTE (`false`) for a destination.
+    Route(bool, ipnet::IpNet),
     /// RTM_NEWNEIGH / RTM_DELNEIGH for an IPv4 neighbour.
     Neighbour(bool, Ipv4Addr),
     /// RTM_NEWNEIGH / RTM_DELNEIGH for an FDB (AF_BRIDGE) entry.
@@ -511,7 +511,7 @@ fn neighbour_event(new: bool, n: &NeighbourMessage) -> Option<KernelEvent> {
 /// The three kernel events that say peer `p` was added (`true`) or removed.
 pub fn peer_events(p: Peer, added: bool) -> [KernelEvent; 3] {
     [
-        KernelEvent::Route(added, p.subnet()),
+        KernelEvent::Route(added, p.subnet().into()),
         KernelEvent::Neighbour(added, p.gateway()),
         KernelEvent::Fdb(added, p.mac_bytes()),
     ]

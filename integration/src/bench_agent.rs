@@ -120,7 +120,7 @@ pub fn run(weftd: &Path, events: usize) -> anyhow::Result<()> {
             .join(":");
         let name = format!("bench-peer-{i}");
         let added = [
-            KernelEvent::Route(true, subnet),
+            KernelEvent::Route(true, subnet.into()),
             KernelEvent::Neighbour(true, subnet.network()),
             KernelEvent::Fdb(true, mac),
         ];
@@ -130,7 +130,7 @@ pub fn run(weftd: &Path, events: usize) -> anyhow::Result<()> {
         let done = monitor.wait_for(&added, Duration::from_secs(10))?;
         from_request.push(done.saturating_duration_since(t0));
         let removed = [
-            KernelEvent::Route(false, subnet),
+            KernelEvent::Route(false, subnet.into()),
             KernelEvent::Neighbour(false, subnet.network()),
             KernelEvent::Fdb(false, mac),
         ];

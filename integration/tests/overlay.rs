@@ -40,8 +40,8 @@ fn vxlan(direct_routing: bool) -> OverlayConfig {
 fn lease(spec: &NodeSpec, config: &OverlayConfig) -> Lease {
     Lease {
         node: spec.name.clone(),
-        subnet: spec.subnet,
-        public_ip: spec.ip,
+        subnet: spec.subnet.into(),
+        public_ip: spec.ip.into(),
         backend_type: config.backend.kind().into(),
         backend_data: format!(r#"{{"VNI":1,"VtepMAC":"{}"}}"#, mac_of(&spec.name)),
     }
@@ -52,8 +52,8 @@ fn input(me: &NodeSpec, specs: &[NodeSpec], config: &OverlayConfig) -> Input {
         config: config.clone(),
         local: LocalNode {
             name: me.name.clone(),
-            subnet: me.subnet,
-            public_ip: me.ip,
+            subnet: me.subnet.into(),
+            public_ip: me.ip.into(),
             underlay: "eth0".into(),
             vtep_mac: Some(mac_of(&me.name)),
         },
@@ -549,7 +549,7 @@ fn bad_leases_are_skipped_and_the_rest_is_programmed() {
     });
     inp.leases.push(Lease {
         node: "same-as-own".into(),
-        subnet: node.spec.subnet,
+        subnet: node.spec.subnet.into(),
         backend_data: r#"{"VNI":1,"VtepMAC":"02:00:00:00:00:07"}"#.into(),
         ..good.clone()
     });

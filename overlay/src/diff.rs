@@ -32,9 +32,9 @@ pub enum DeviceOp {
     /// Bring the device up.
     SetUp,
     /// Add the /32 address.
-    AddAddress(ipnet::Ipv4Net),
+    AddAddress(ipnet::IpNet),
     /// Remove a stale address inside the cluster network.
-    DelAddress(ipnet::Ipv4Net),
+    DelAddress(ipnet::IpNet),
 }
 
 /// Adds, in-place replaces and deletes of one kind of object.

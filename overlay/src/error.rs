@@ -1,8 +1,8 @@
 //! Errors of the overlay: bad leases (data) and kernel refusals.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 /// A peer that cannot be programmed, naming the node and the field at fault.
 /// The peer is skipped; every other peer is still programmed.
@@ -25,27 +25,27 @@ pub enum LeaseFault {
     #[error("subnet {subnet} is outside the cluster network {network}")]
     OutsideNetwork {
         /// The lease's subnet.
-        subnet: Ipv4Net,
+        subnet: IpNet,
         /// The cluster network.
-        network: Ipv4Net,
+        network: IpNet,
     },
     /// The subnet overlaps this node's own subnet.
     #[error("subnet {subnet} overlaps this node's own subnet {own}")]
     OverlapsOwn {
         /// The lease's subnet.
-        subnet: Ipv4Net,
+        subnet: IpNet,
         /// This node's subnet.
-        own: Ipv4Net,
+        own: IpNet,
     },
     /// The subnet overlaps a subnet another node already holds.
     #[error("subnet {subnet} overlaps {other_subnet} of node {other}")]
     OverlapsPeer {
         /// The lease's subnet.
-        subnet: Ipv4Net,
+        subnet: IpNet,
         /// The node that holds the overlapping subnet first.
         other: String,
         /// Its subnet.
-        other_subnet: Ipv4Net,
+        other_subnet: IpNet,
     },
     /// The VTEP MAC is already used by another node.
     #[error("VTEP MAC {mac} is already used by node {other}")]
@@ -65,10 +65,10 @@ pub enum LeaseFault {
     },
     /// The subnet has host bits set (`10.244.1.5/24`).
     #[error("{0} is not a network address (host bits set)")]
-    NotANetwork(Ipv4Net),
+    NotANetwork(IpNet),
     /// The public IP cannot be a node address.
     #[error("{0} cannot be a node address")]
-    BadPublicIp(Ipv4Addr),
+    BadPublicIp(IpAddr),
     /// The backend data is not what the backend needs.
     #[error("{0}")]
     BadBackendData(String),
@@ -82,7 +82,7 @@ pub enum LeaseFault {
     },
     /// host-gw needs every node on the same L2 network.
     #[error("{0} is not on this node's underlay network, which host-gw requires")]
-    NotOnLink(Ipv4Addr),
+    NotOnLink(IpAddr),
 }
 
 /// A kernel request that failed, with what it was for.

@@ -1,9 +1,9 @@
 //! The inputs of the overlay: the cluster's configuration, this node, and the
 //! other nodes' leases.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use crate::backend::BackendConfig;
 use crate::mac::MacAddr;
@@ -15,9 +15,9 @@ pub struct Lease {
     /// Kubernetes Node name, used in every error about this lease.
     pub node: String,
     /// The node's pod subnet (`spec.podCIDR`).
-    pub subnet: Ipv4Net,
+    pub subnet: IpNet,
     /// The node's underlay address (`public-ip` annotation).
-    pub public_ip: Ipv4Addr,
+    pub public_ip: IpAddr,
     /// The `backend-type` annotation (`vxlan`, `host-gw`).
     pub backend_type: String,
     /// The `backend-data` annotation, raw JSON as published (`{"VNI":1,"VtepMAC":"…"}`).
@@ -28,7 +28,7 @@ pub struct Lease {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OverlayConfig {
     /// The cluster network (`Network`), which every pod subnet lies in.
-    pub network: Ipv4Net,
+    pub network: IpNet,
     /// Which data plane carries pod traffic between nodes.
     pub backend: BackendConfig,
 }
@@ -39,9 +39,9 @@ pub struct LocalNode {
     /// Kubernetes Node name.
     pub name: String,
     /// This node's pod subnet.
-    pub subnet: Ipv4Net,
+    pub subnet: IpNet,
     /// This node's underlay address (VXLAN source address).
-    pub public_ip: Ipv4Addr,
+    pub public_ip: IpAddr,
     /// The underlay interface's name (`eth0`).
     pub underlay: String,
     /// The VTEP MAC to keep (from this node's own annotation after a restart, flannel #1795);
@@ -58,12 +58,12 @@ pub struct UnderlayFacts {
     /// Its MTU.
     pub mtu: u32,
     /// The networks of its IPv4 addresses: peers inside them are on the same L2 network.
-    pub networks: Vec<Ipv4Net>,
+    pub networks: Vec<IpNet>,
 }
 
 impl UnderlayFacts {
     /// True when `ip` lies on one of the underlay's connected networks.
-    pub fn is_on_link(&self, ip: Ipv4Addr) -> bool {
+    pub fn is_on_link(&self, ip: IpAddr) -> bool {
         self.networks.iter().any(|n| n.contains(&ip))
     }
 }

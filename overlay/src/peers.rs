@@ -16,10 +16,10 @@
 //! conflicting leases, which is bad input.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::Arc;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use crate::backend::{Backend, BackendConfig, PeerEntries};
 use crate::error::{LeaseError, LeaseFault};
@@ -33,9 +33,9 @@ pub struct Touched {
     /// Every key (after a rebuild, a re-read of the kernel, a new device).
     pub all: bool,
     /// Route destinations.
-    pub routes: BTreeSet<Ipv4Net>,
+    pub routes: BTreeSet<IpNet>,
     /// Neighbour addresses on the overlay device.
-    pub neighbours: BTreeSet<Ipv4Addr>,
+    pub neighbours: BTreeSet<IpAddr>,
     /// FDB MACs on the overlay device.
     pub fdb: BTreeSet<MacAddr>,
 }
@@ -88,8 +88,8 @@ struct Peer {
 /// An accepted subnet, indexed by its first address.
 #[derive(Debug, Clone)]
 struct Claim {
-    end: u32,
-    subnet: Ipv4Net,
+    end: u128,
+    subnet: IpNet,
     node: Arc<str>,
     seq: u64,
 }
@@ -103,7 +103,7 @@ pub struct Peers {
     peers: HashMap<Arc<str>, Peer>,
     next_seq: u64,
     /// Accepted subnets by first address (they are disjoint).
-    taken: BTreeMap<u32, Claim>,
+    taken: BTreeMap<u128, Claim>,
     /// Accepted VTEP MACs → node.
     macs: HashMap<MacAddr, Arc<str>>,
     entries: Entries,
@@ -337,7 +337,7 @@ impl Peers {
         let Some(entries) = peer.accepted.take() else {
             return false;
         };
-        self.taken.remove(&u32::from(peer.lease.subnet.network()));
+        self.taken.remove(&span(peer.lease.subnet).0);
         self.entries.routes.remove(&entries.route.dst);
         if let Some(n) = &entries.neighbour {
             self.entries.neighbours.remove(&n.ip);
@@ -388,10 +388,11 @@ impl Peers {
                 if reorders {
                     return Err(NeedsRebuild);
                 }
+                let (start, end) = span(lease.subnet);
                 self.taken.insert(
-                    u32::from(lease.subnet.network()),
+                    start,
                     Claim {
-                        end: u32::from(lease.subnet.broadcast()),
+                        end,
                         subnet: lease.subnet,
                         node: key.clone(),
                         seq,
@@ -442,8 +443,8 @@ impl Peers {
 /// The earliest-accepted subnet overlapping `subnet`. Accepted subnets are
 /// disjoint, so only the one starting just below and those starting inside
 /// can overlap.
-fn overlapping(taken: &BTreeMap<u32, Claim>, subnet: Ipv4Net) -> Option<&Claim> {
-    let (start, end) = (u32::from(subnet.network()), u32::from(subnet.broadcast()));
+fn overlapping(taken: &BTreeMap<u128, Claim>, subnet: IpNet) -> Option<&Claim> {
+    let (start, end) = span(subnet);
     let below = taken
         .range(..start)
         .next_back()
@@ -464,7 +465,7 @@ fn check(
     local: &LocalNode,
     underlay: &UnderlayFacts,
     lease: &Lease,
-    taken: &BTreeMap<u32, Claim>,
+    taken: &BTreeMap<u128, Claim>,
     macs: &HashMap<MacAddr, Arc<str>>,
 ) -> Result<PeerEntries, (&'static str, LeaseFault)> {
     let subnet = lease.subnet.trunc();
@@ -493,7 +494,7 @@ fn check(
     if ip.is_unspecified()
         || ip.is_loopback()
         || ip.is_multicast()
-        || ip.is_broadcast()
+        || matches!(ip, IpAddr::V4(v4) if v4.is_broadcast())
         || ip == local.public_ip
     {
         return Err(("public-ip", LeaseFault::BadPublicIp(ip)));
@@ -532,7 +533,19 @@ fn check(
     Ok(peer)
 }
 
-fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
+/// A subnet's first and last address in one number space for both
+/// families (IPv4 as IPv4-mapped IPv6), for the ordered overlap index.
+fn span(net: IpNet) -> (u128, u128) {
+    match net {
+        IpNet::V4(n) => (
+            u128::from(n.network().to_ipv6_mapped()),
+            u128::from(n.broadcast().to_ipv6_mapped()),
+        ),
+        IpNet::V6(n) => (u128::from(n.network()), u128::from(n.broadcast())),
+    }
+}
+
+fn overlaps(a: IpNet, b: IpNet) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
 }
 
@@ -545,8 +558,10 @@ mod tests {
     fn lease(i: u32) -> Lease {
         Lease {
             node: format!("node-{i}"),
-            subnet: Ipv4Net::new(Ipv4Addr::from(0x0af4_0000 + (i << 8)), 24).unwrap(),
-            public_ip: Ipv4Addr::from(0xac12_0000 + i),
+            subnet: ipnet::Ipv4Net::new(std::net::Ipv4Addr::from(0x0af4_0000 + (i << 8)), 24)
+                .unwrap()
+                .into(),
+            public_ip: std::net::Ipv4Addr::from(0xac12_0000 + i).into(),
             backend_type: "vxlan".into(),
             backend_data: format!(
                 r#"{{"VNI":1,"VtepMAC":"02:00:00:00:{:02x}:{:02x}"}}"#,

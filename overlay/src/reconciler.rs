@@ -15,14 +15,14 @@
 //! lookups and its writes, and a restart on a programmed node costs no write
 //! at all.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
-use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage};
+use netlink_packet_route::neighbour::{NeighbourAttribute, NeighbourMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -385,7 +385,7 @@ impl Reconciler {
                             .peers
                             .config()
                             .backend
-                            .device_name()
+                            .device_name(self.peers.config().network)
                             .is_some_and(|n| name == Some(n.as_str()));
                     if ours {
                         // A device going down or away takes its routes with it, silently.
@@ -480,7 +480,8 @@ impl Reconciler {
 
     async fn pass(&mut self) -> Result<Report, KernelError> {
         let mut report = Report::default();
-        let device_name = self.peers.config().backend.device_name();
+        let config = self.peers.config();
+        let device_name = config.backend.device_name(config.network);
         if !self.facts_valid {
             let underlay = self.kernel.underlay(&self.peers.local().underlay).await?;
             self.observed.device = match &device_name {
@@ -577,17 +578,17 @@ fn forget_neighbour(
     if Some(n.header.ifindex) != scope.overlay {
         return false;
     }
-    let mut ip: Option<Ipv4Addr> = None;
+    let mut ip: Option<IpAddr> = None;
     let mut mac: Option<MacAddr> = None;
     for a in &n.attributes {
         match a {
-            NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => ip = Some(*v),
+            NeighbourAttribute::Destination(d) => ip = kernel::observe::neighbour_ip(d),
             NeighbourAttribute::LinkLayerAddress(b) => mac = MacAddr::from_bytes(b),
             _ => {}
         }
     }
     match n.header.family {
-        AddressFamily::Inet => ip.is_some_and(|ip| {
+        AddressFamily::Inet | AddressFamily::Inet6 => ip.is_some_and(|ip| {
             let gone = entries.neighbours.remove(&ip).is_some();
             if gone {
                 pending.neighbours.insert(ip);

@@ -2,9 +2,9 @@
 //! (observed), in one vocabulary so the two can be diffed.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use crate::mac::MacAddr;
 
@@ -31,9 +31,9 @@ pub enum Dev {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Route {
     /// The remote pod subnet.
-    pub dst: Ipv4Net,
+    pub dst: IpNet,
     /// The gateway: the subnet's network address (VXLAN) or the node's IP (direct).
-    pub via: Ipv4Addr,
+    pub via: IpAddr,
     /// The outgoing device.
     pub dev: Dev,
     /// `onlink`: the gateway is not on any connected network (VXLAN).
@@ -46,7 +46,7 @@ pub struct Route {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Neighbour {
     /// The remote subnet's network address (the route's gateway).
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     /// The remote VTEP MAC.
     pub mac: MacAddr,
 }
@@ -57,16 +57,16 @@ pub struct FdbEntry {
     /// The remote VTEP MAC.
     pub mac: MacAddr,
     /// The remote node's underlay address.
-    pub dst: Ipv4Addr,
+    pub dst: IpAddr,
 }
 
 /// Per-peer kernel objects, keyed the way the kernel keys them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Entries {
     /// Routes by destination.
-    pub routes: BTreeMap<Ipv4Net, Route>,
+    pub routes: BTreeMap<IpNet, Route>,
     /// Neighbours on the overlay device by IP.
-    pub neighbours: BTreeMap<Ipv4Addr, Neighbour>,
+    pub neighbours: BTreeMap<IpAddr, Neighbour>,
     /// FDB entries on the overlay device by MAC.
     pub fdb: BTreeMap<MacAddr, FdbEntry>,
 }
@@ -143,7 +143,7 @@ pub struct VxlanDevice {
     /// VXLAN network identifier.
     pub vni: u32,
     /// Source address of the encapsulated packets: this node's IP.
-    pub local: Ipv4Addr,
+    pub local: IpAddr,
     /// UDP destination port.
     pub port: u16,
     /// Underlay interface index.
@@ -155,9 +155,9 @@ pub struct VxlanDevice {
     /// The MAC to keep, if one is known; `None`: whatever the device has.
     pub mac: Option<MacAddr>,
     /// The own subnet's network address as /32.
-    pub address: Ipv4Net,
+    pub address: IpNet,
     /// The cluster network: other addresses inside it on the device are stale and removed.
-    pub network: Ipv4Net,
+    pub network: IpNet,
 }
 
 /// The backend's device as the kernel has it: what every link has, and
@@ -175,7 +175,7 @@ pub struct ObservedDevice {
     /// Administratively up.
     pub up: bool,
     /// Its IPv4 addresses.
-    pub addresses: Vec<Ipv4Net>,
+    pub addresses: Vec<IpNet>,
 }
 
 /// The kind of an observed device (one variant per kind weft makes).
@@ -193,7 +193,7 @@ pub struct VxlanParams {
     /// VNI.
     pub vni: Option<u32>,
     /// Source address.
-    pub local: Option<Ipv4Addr>,
+    pub local: Option<IpAddr>,
     /// UDP port.
     pub port: Option<u16>,
     /// Underlay interface index.

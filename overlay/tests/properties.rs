@@ -15,8 +15,10 @@ use weft_overlay::*;
 /// A small key space, so desired and observed share keys often (replaces).
 fn route() -> impl Strategy<Value = Route> {
     (0u8..24, 0u8..3, any::<bool>(), 0u8..2).prop_map(|(n, gw, onlink, dev)| Route {
-        dst: Ipv4Net::new(Ipv4Addr::new(10, 244, n, 0), 24).unwrap(),
-        via: Ipv4Addr::new(10, 244, n, gw),
+        dst: Ipv4Net::new(Ipv4Addr::new(10, 244, n, 0), 24)
+            .unwrap()
+            .into(),
+        via: Ipv4Addr::new(10, 244, n, gw).into(),
         dev: if dev == 0 {
             Dev::Overlay
         } else {
@@ -33,7 +35,7 @@ fn mac(b: u8) -> MacAddr {
 
 fn neighbour() -> impl Strategy<Value = Neighbour> {
     (0u8..24, 0u8..6).prop_map(|(n, m)| Neighbour {
-        ip: Ipv4Addr::new(10, 244, n, 0),
+        ip: Ipv4Addr::new(10, 244, n, 0).into(),
         mac: mac(m),
     })
 }
@@ -41,7 +43,7 @@ fn neighbour() -> impl Strategy<Value = Neighbour> {
 fn fdb() -> impl Strategy<Value = FdbEntry> {
     (0u8..24, 0u8..6).prop_map(|(m, d)| FdbEntry {
         mac: mac(m),
-        dst: Ipv4Addr::new(172, 18, 0, d),
+        dst: Ipv4Addr::new(172, 18, 0, d).into(),
     })
 }
 
@@ -64,7 +66,7 @@ fn device() -> VxlanDevice {
     VxlanDevice {
         name: "flannel.1".into(),
         vni: 1,
-        local: Ipv4Addr::new(172, 18, 0, 2),
+        local: Ipv4Addr::new(172, 18, 0, 2).into(),
         port: 8472,
         underlay: 2,
         learning: false,
@@ -180,14 +182,18 @@ fn lease() -> impl Strategy<Value = Lease> {
     (0u8..8, 0u8..8, any::<bool>(), 1u8..6, 0u8..6, 0u8..10).prop_map(
         |(node, net, wide, ip, m, kind)| {
             let subnet = if wide {
-                Ipv4Net::new(Ipv4Addr::new(10, 244, net & !1, 0), 23).unwrap()
+                Ipv4Net::new(Ipv4Addr::new(10, 244, net & !1, 0), 23)
+                    .unwrap()
+                    .into()
             } else {
-                Ipv4Net::new(Ipv4Addr::new(10, 244, net, 0), 24).unwrap()
+                Ipv4Net::new(Ipv4Addr::new(10, 244, net, 0), 24)
+                    .unwrap()
+                    .into()
             };
             Lease {
                 node: format!("n{node}"),
                 subnet,
-                public_ip: Ipv4Addr::new(172, 18, 0, 10 + ip),
+                public_ip: Ipv4Addr::new(172, 18, 0, 10 + ip).into(),
                 backend_type: if kind == 0 { "host-gw" } else { "vxlan" }.into(),
                 backend_data: if kind == 1 {
                     "{}".into()
@@ -221,7 +227,7 @@ fn cluster() -> (OverlayConfig, LocalNode, UnderlayFacts) {
         LocalNode {
             name: "self".into(),
             subnet: "10.244.9.0/24".parse().unwrap(),
-            public_ip: Ipv4Addr::new(172, 18, 0, 2),
+            public_ip: Ipv4Addr::new(172, 18, 0, 2).into(),
             underlay: "eth0".into(),
             vtep_mac: None,
         },

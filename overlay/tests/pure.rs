@@ -2,9 +2,9 @@
 
 #![allow(clippy::unwrap_used)] // tests may unwrap
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteType,
 };
@@ -12,10 +12,13 @@ use netlink_packet_route::AddressFamily;
 use weft_overlay::kernel::{route_of, Scope};
 use weft_overlay::*;
 
-fn net(s: &str) -> Ipv4Net {
+fn net(s: &str) -> IpNet {
     s.parse().unwrap()
 }
-fn ip(s: &str) -> Ipv4Addr {
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+fn ip4(s: &str) -> Ipv4Addr {
     s.parse().unwrap()
 }
 fn mac(s: &str) -> MacAddr {
@@ -610,7 +613,7 @@ fn route_msg(
     protocol: RouteProtocol,
     onlink: bool,
 ) -> RouteMessage {
-    let dst = net(dst);
+    let dst: ipnet::Ipv4Net = dst.parse().unwrap();
     let mut m = RouteMessage::default();
     m.header.address_family = AddressFamily::Inet;
     m.header.destination_prefix_length = dst.prefix_len();
@@ -625,7 +628,7 @@ fn route_msg(
             dst.network(),
         )));
     m.attributes
-        .push(RouteAttribute::Gateway(RouteAddress::Inet(ip(via))));
+        .push(RouteAttribute::Gateway(RouteAddress::Inet(ip4(via))));
     m.attributes.push(RouteAttribute::Oif(oif));
     m
 }
@@ -697,4 +700,110 @@ fn only_weft_routes_and_flannel_leftovers_on_the_device_are_managed() {
     let mut other_table = route_msg("10.244.0.0/24", "10.244.0.0", 7, weft, true);
     other_table.header.table = 100;
     assert_eq!(route_of(&other_table, &scope), None);
+}
+
+/// The same cluster in IPv6 (flannel's `IPv6Network`, `backend-v6-data`,
+/// `public-ipv6`): the same code gives flannel's v6 tables — device
+/// `flannel-v6.1` with its VTEP on the node's IPv6 address and the subnet's
+/// network address as /128; per peer an onlink route via the subnet's
+/// network address, a PERMANENT neighbour and an FDB entry to the peer's
+/// IPv6 address.
+#[test]
+fn ipv6_vxlan_gives_flannels_v6_tables() {
+    let config = OverlayConfig {
+        network: net("fd00:10:244::/56"),
+        backend: BackendConfig::from(VxlanConfig::default()),
+    };
+    let me = LocalNode {
+        name: "worker2".into(),
+        subnet: net("fd00:10:244:2::/64"),
+        public_ip: ip("fd00:172:18::2"),
+        underlay: "eth0".into(),
+        vtep_mac: None,
+    };
+    let under = UnderlayFacts {
+        ifindex: 2,
+        mtu: 1500,
+        networks: vec![net("fd00:172:18::/64")],
+    };
+    let leases = vec![
+        lease("control-plane", "fd00:10:244::/64", "fd00:172:18::3", MAC0),
+        lease("worker", "fd00:10:244:1::/64", "fd00:172:18::4", MAC1),
+    ];
+    let d = desired(&config, &me, &under, &leases);
+    assert!(d.rejected.is_empty(), "{:?}", d.rejected);
+    let dev = d.state.device.as_ref().unwrap().vxlan().unwrap();
+    assert_eq!(dev.name, "flannel-v6.1");
+    assert_eq!(dev.local, ip("fd00:172:18::2"));
+    assert_eq!(dev.address, net("fd00:10:244:2::/128"));
+    assert_eq!(
+        dev.mtu, 1450,
+        "flannel uses the overhead of 50 for IPv6 too"
+    );
+    let r = d.state.entries.routes[&net("fd00:10:244:1::/64")];
+    assert_eq!(
+        (r.via, r.dev, r.onlink),
+        (ip("fd00:10:244:1::"), Dev::Overlay, true)
+    );
+    let n = d.state.entries.neighbours[&ip("fd00:10:244:1::")];
+    assert_eq!(n.mac, mac(MAC1));
+    let f = d.state.entries.fdb[&mac(MAC1)];
+    assert_eq!(f.dst, ip("fd00:172:18::4"));
+    // The diff against a fresh node creates everything; against itself, nothing.
+    let plan = diff(&d.state, &Observed::default());
+    assert_eq!(plan.writes(), 1 + 6);
+    assert!(diff(&d.state, &programmed(&d.state)).is_empty());
+}
+
+/// IPv6 leases are checked like IPv4 ones: outside the network, overlapping,
+/// or of the other family, they are skipped with the node and the field.
+#[test]
+fn bad_ipv6_leases_are_skipped_naming_node_and_field() {
+    let config = OverlayConfig {
+        network: net("fd00:10:244::/56"),
+        backend: BackendConfig::from(weft_overlay::HostGw),
+    };
+    let me = LocalNode {
+        name: "worker2".into(),
+        subnet: net("fd00:10:244:2::/64"),
+        public_ip: ip("fd00:172:18::2"),
+        underlay: "eth0".into(),
+        vtep_mac: None,
+    };
+    let under = UnderlayFacts {
+        ifindex: 2,
+        mtu: 1500,
+        networks: vec![net("fd00:172:18::/64")],
+    };
+    let host_gw = |node: &str, subnet: &str, public_ip: &str| Lease {
+        backend_type: "host-gw".into(),
+        backend_data: "null".into(),
+        ..lease(node, subnet, public_ip, MAC0)
+    };
+    let leases = vec![
+        host_gw("good", "fd00:10:244:1::/64", "fd00:172:18::4"),
+        host_gw("outside", "fd00:99::/64", "fd00:172:18::5"),
+        host_gw("overlap", "fd00:10:244:1::/72", "fd00:172:18::6"),
+        host_gw("v4", "10.244.7.0/24", "172.18.0.7"),
+    ];
+    let d = desired(&config, &me, &under, &leases);
+    assert_eq!(d.state.entries.routes.len(), 1);
+    let r = d.state.entries.routes[&net("fd00:10:244:1::/64")];
+    assert_eq!(
+        (r.via, r.dev, r.onlink),
+        (ip("fd00:172:18::4"), Dev::Underlay, false)
+    );
+    let why: Vec<(String, &str)> = d
+        .rejected
+        .iter()
+        .map(|e| (e.node.clone(), e.field))
+        .collect();
+    assert_eq!(
+        why,
+        [
+            ("outside".to_string(), "podCIDR"),
+            ("overlap".to_string(), "podCIDR"),
+            ("v4".to_string(), "podCIDR"),
+        ]
+    );
 }

@@ -82,6 +82,10 @@ impl Host {
                     .iter()
                     .filter(|a| a.header.index == l.header.index)
                     .filter_map(address_of)
+                    .filter_map(|a| match a {
+                        ipnet::IpNet::V4(v4) => Some(v4),
+                        ipnet::IpNet::V6(_) => None,
+                    })
                     .collect(),
             })
             .collect())

@@ -414,13 +414,13 @@ fn overlay_input(settings: &Settings, cluster: &Cluster, underlay: &iface::Under
         .and_then(|data| settings.conf.backend.backend().restore_mac(data));
     Input {
         config: weft_overlay::OverlayConfig {
-            network: settings.conf.network,
+            network: settings.conf.network.into(),
             backend: settings.conf.backend.clone(),
         },
         local: LocalNode {
             name: cluster.name.clone(),
-            subnet: cluster.subnet,
-            public_ip: underlay.ip,
+            subnet: cluster.subnet.into(),
+            public_ip: underlay.ip.into(),
             underlay: underlay.name.clone(),
             vtep_mac,
         },

@@ -131,8 +131,8 @@ impl Annotations {
             .unwrap_or_else(|| "null".into());
         Ok(Some(Lease {
             node: name,
-            subnet,
-            public_ip,
+            subnet: subnet.into(),
+            public_ip: public_ip.into(),
             backend_type,
             backend_data,
         }))
@@ -242,13 +242,19 @@ mod tests {
         let a = Annotations::new("flannel.alpha.coreos.com").unwrap();
         let lease = a.lease(&flannel_node()).unwrap().unwrap();
         assert_eq!(lease.node, "k8s-guide-control-plane");
-        assert_eq!(lease.subnet, "10.244.0.0/24".parse::<Ipv4Net>().unwrap());
-        assert_eq!(lease.public_ip, Ipv4Addr::new(172, 18, 0, 3));
+        assert_eq!(
+            lease.subnet,
+            "10.244.0.0/24".parse::<ipnet::IpNet>().unwrap()
+        );
+        assert_eq!(
+            lease.public_ip,
+            std::net::IpAddr::from(Ipv4Addr::new(172, 18, 0, 3))
+        );
         assert_eq!(lease.backend_type, "vxlan");
         let data = weft_overlay::VxlanBackendData::parse(&lease.backend_data).unwrap();
         assert_eq!(data.vtep_mac.to_string(), "5a:11:99:ab:8c:22");
         // What weft publishes is the same set of annotations, byte for byte.
-        let published = a.published("vxlan", &data.to_json(), lease.public_ip);
+        let published = a.published("vxlan", &data.to_json(), Ipv4Addr::new(172, 18, 0, 3));
         let ann = flannel_node().metadata.annotations.unwrap();
         for (k, v) in &published {
             assert_eq!(ann.get(k), Some(v), "{k}");
@@ -289,7 +295,7 @@ mod tests {
         n.spec.as_mut().unwrap().pod_cidrs = Some(vec!["fd00::/64".into(), "10.244.7.0/24".into()]);
         assert_eq!(
             a.lease(&n).unwrap().unwrap().subnet,
-            "10.244.7.0/24".parse::<Ipv4Net>().unwrap()
+            "10.244.7.0/24".parse::<ipnet::IpNet>().unwrap()
         );
     }
 }

@@ -388,7 +388,11 @@ mod overlay {
         let task = ns.spawn_task(move || async move {
             let kernel = Kernel::connect()?;
             let underlay = kernel.underlay(&input.local.underlay).await?;
-            let name = input.config.backend.device_name().context("no device")?;
+            let name = input
+                .config
+                .backend
+                .device_name(input.config.network)
+                .context("no device")?;
             let device = kernel.device(&name).await?.context("no flannel.1")?;
             let scope = Scope {
                 network: input.config.network,

@@ -5,7 +5,7 @@
 
 use std::any::Any;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use super::{
     report_unknown, same_as, Backend, BackendConfig, PeerEntries, Registration, Section,
@@ -42,11 +42,11 @@ impl Backend for HostGw {
         "host-gw"
     }
 
-    fn device_name(&self) -> Option<String> {
+    fn device_name(&self, _: IpNet) -> Option<String> {
         None
     }
 
-    fn device(&self, _: &LocalNode, _: &UnderlayFacts, _: Ipv4Net) -> Option<DeviceSpec> {
+    fn device(&self, _: &LocalNode, _: &UnderlayFacts, _: IpNet) -> Option<DeviceSpec> {
         None
     }
 

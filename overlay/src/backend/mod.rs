@@ -20,7 +20,7 @@ use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde_json::Value;
 
 pub use host_gw::HostGw;
@@ -37,16 +37,17 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// The `backend-type` this backend publishes and accepts (`vxlan`).
     fn kind(&self) -> &'static str;
 
-    /// The name of the device it makes (`flannel.1`), if any: the kernel
-    /// is watched for a device of that name.
-    fn device_name(&self) -> Option<String>;
+    /// The name of the device it makes for the cluster network's family
+    /// (`flannel.1`, `flannel-v6.1`), if any: the kernel is watched for a
+    /// device of that name.
+    fn device_name(&self, network: IpNet) -> Option<String>;
 
     /// The device this node needs, if any.
     fn device(
         &self,
         local: &LocalNode,
         underlay: &UnderlayFacts,
-        network: Ipv4Net,
+        network: IpNet,
     ) -> Option<DeviceSpec>;
 
     /// The MTU pods get (`FLANNEL_MTU`), given the underlay's.
@@ -99,9 +100,9 @@ impl BackendConfig {
         self.0.kind()
     }
 
-    /// The overlay device's name, if this backend has one.
-    pub fn device_name(&self) -> Option<String> {
-        self.0.device_name()
+    /// The overlay device's name for the network's family, if this backend has one.
+    pub fn device_name(&self, network: IpNet) -> Option<String> {
+        self.0.device_name(network)
     }
 }
 

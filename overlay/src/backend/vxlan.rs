@@ -5,7 +5,7 @@
 
 use std::any::Any;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde_json::Value;
 
 use super::{
@@ -52,9 +52,13 @@ impl Default for VxlanConfig {
 }
 
 impl VxlanConfig {
-    /// The device name flannel uses: `flannel.<VNI>`.
-    pub fn device_name(&self) -> String {
-        format!("flannel.{}", self.vni)
+    /// The device name flannel uses: `flannel.<VNI>` for IPv4,
+    /// `flannel-v6.<VNI>` for IPv6.
+    pub fn device_name_for(&self, network: IpNet) -> String {
+        match network {
+            IpNet::V4(_) => format!("flannel.{}", self.vni),
+            IpNet::V6(_) => format!("flannel-v6.{}", self.vni),
+        }
     }
 }
 
@@ -199,18 +203,18 @@ impl Backend for VxlanConfig {
         "vxlan"
     }
 
-    fn device_name(&self) -> Option<String> {
-        Some(VxlanConfig::device_name(self))
+    fn device_name(&self, network: IpNet) -> Option<String> {
+        Some(self.device_name_for(network))
     }
 
     fn device(
         &self,
         local: &LocalNode,
         underlay: &UnderlayFacts,
-        network: Ipv4Net,
+        network: IpNet,
     ) -> Option<DeviceSpec> {
         Some(DeviceSpec::Vxlan(VxlanDevice {
-            name: VxlanConfig::device_name(self),
+            name: self.device_name_for(network),
             vni: self.vni,
             local: local.public_ip,
             port: self.port,
@@ -218,7 +222,8 @@ impl Backend for VxlanConfig {
             learning: self.learning,
             mtu: self.mtu(underlay.mtu),
             mac: local.vtep_mac,
-            address: Ipv4Net::new(local.subnet.network(), 32).unwrap_or(local.subnet),
+            address: IpNet::new(local.subnet.network(), local.subnet.max_prefix_len())
+                .unwrap_or(local.subnet),
             network,
         }))
     }

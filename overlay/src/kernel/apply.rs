@@ -1,7 +1,9 @@
 //! Applying a plan: device operations first, one by one; then every entry
 //! request pipelined on one socket.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnet::IpNet;
 
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
@@ -147,7 +149,7 @@ impl Kernel {
             DeviceOp::AddAddress(a) => {
                 self.handle
                     .address()
-                    .add(idx()?, IpAddr::V4(a.addr()), a.prefix_len())
+                    .add(idx()?, a.addr(), a.prefix_len())
                     .replace()
                     .execute()
                     .await
@@ -155,10 +157,16 @@ impl Kernel {
                 Ok(None)
             }
             DeviceOp::DelAddress(a) => {
-                let msg = AddressMessageBuilder::<Ipv4Addr>::new()
-                    .index(idx()?)
-                    .address(a.addr(), a.prefix_len())
-                    .build();
+                let msg = match a {
+                    IpNet::V4(v4) => AddressMessageBuilder::<Ipv4Addr>::new()
+                        .index(idx()?)
+                        .address(v4.addr(), v4.prefix_len())
+                        .build(),
+                    IpNet::V6(v6) => AddressMessageBuilder::<Ipv6Addr>::new()
+                        .index(idx()?)
+                        .address(v6.addr(), v6.prefix_len())
+                        .build(),
+                };
                 self.handle
                     .address()
                     .del(msg)
@@ -205,7 +213,7 @@ impl Kernel {
     ) -> BoxFuture<'_, Result<(), rtnetlink::Error>> {
         self.handle
             .neighbours()
-            .add(dev, IpAddr::V4(n.ip))
+            .add(dev, n.ip)
             .link_layer_address(&n.mac.octets())
             .state(NeighbourState::Permanent)
             .replace()
@@ -219,12 +227,13 @@ impl Kernel {
         dev: u32,
     ) -> BoxFuture<'_, Result<(), rtnetlink::Error>> {
         let mut msg = NeighbourMessage::default();
-        msg.header.family = AddressFamily::Inet;
+        msg.header.family = match n.ip {
+            IpAddr::V4(_) => AddressFamily::Inet,
+            IpAddr::V6(_) => AddressFamily::Inet6,
+        };
         msg.header.ifindex = dev;
         msg.attributes
-            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
-                n.ip,
-            )));
+            .push(NeighbourAttribute::Destination(neighbour_address(n.ip)));
         self.handle.neighbours().del(msg).execute().boxed()
     }
 
@@ -233,7 +242,7 @@ impl Kernel {
             .neighbours()
             .add_bridge(dev, &f.mac.octets())
             .flags(NeighbourFlags::Own)
-            .destination(IpAddr::V4(f.dst))
+            .destination(f.dst)
             .state(NeighbourState::Permanent)
             .replace()
             .execute()
@@ -250,9 +259,7 @@ impl Kernel {
             f.mac.octets().to_vec(),
         ));
         msg.attributes
-            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
-                f.dst,
-            )));
+            .push(NeighbourAttribute::Destination(neighbour_address(f.dst)));
         self.handle.neighbours().del(msg).execute().boxed()
     }
 }
@@ -279,13 +286,43 @@ fn route_message(r: &Route, scope: &Scope) -> RouteMessage {
         Dev::Underlay => scope.underlay,
         Dev::Other(i) => i,
     };
-    let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(r.dst.network(), r.dst.prefix_len())
-        .gateway(r.via)
-        .output_interface(oif)
-        .protocol(RouteProtocol::from(r.protocol));
-    if r.onlink {
-        b = b.onlink();
+    let protocol = RouteProtocol::from(r.protocol);
+    // One family per route (weft never mixes them; a mixed one is sent
+    // without its gateway, and the kernel refuses it by name).
+    match (r.dst, r.via) {
+        (IpNet::V4(dst), via) => {
+            let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(dst.network(), dst.prefix_len())
+                .output_interface(oif)
+                .protocol(protocol);
+            if let IpAddr::V4(gw) = via {
+                b = b.gateway(gw);
+            }
+            if r.onlink {
+                b = b.onlink();
+            }
+            b.build()
+        }
+        (IpNet::V6(dst), via) => {
+            let mut b = RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(dst.network(), dst.prefix_len())
+                .output_interface(oif)
+                .protocol(protocol);
+            if let IpAddr::V6(gw) = via {
+                b = b.gateway(gw);
+            }
+            if r.onlink {
+                b = b.onlink();
+            }
+            b.build()
+        }
     }
-    b.build()
+}
+
+/// An address as a neighbour message's destination.
+fn neighbour_address(ip: IpAddr) -> NeighbourAddress {
+    match ip {
+        IpAddr::V4(v4) => NeighbourAddress::Inet(v4),
+        IpAddr::V6(v6) => NeighbourAddress::Inet6(v6),
+    }
 }

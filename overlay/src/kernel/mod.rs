@@ -17,7 +17,7 @@ pub mod vxlan;
 use std::net::IpAddr;
 
 use futures::TryStreamExt;
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use netlink_packet_route::neighbour::NeighbourMessage;
@@ -38,7 +38,7 @@ const ESRCH: i32 = 3;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Scope {
     /// The cluster network: only routes inside it can be weft's.
-    pub network: Ipv4Net,
+    pub network: IpNet,
     /// The overlay device's index, if it exists.
     pub overlay: Option<u32>,
     /// The underlay interface's index.
@@ -96,7 +96,7 @@ impl Kernel {
         }
     }
 
-    pub(crate) async fn addresses(&self, ifindex: u32) -> Result<Vec<Ipv4Net>, KernelError> {
+    pub(crate) async fn addresses(&self, ifindex: u32) -> Result<Vec<IpNet>, KernelError> {
         let msgs: Vec<AddressMessage> = self
             .handle
             .address()
@@ -132,18 +132,26 @@ pub(crate) fn is_gone(e: &rtnetlink::Error) -> bool {
     matches!(errno(e), Some(ENOENT | ESRCH | ENODEV))
 }
 
-/// An address message's IPv4 address with its prefix.
-pub fn address_of(m: &AddressMessage) -> Option<Ipv4Net> {
-    let mut local = None;
-    let mut address = None;
+/// An address message's address with its prefix (either family).
+pub fn address_of(m: &AddressMessage) -> Option<IpNet> {
+    let mut local: Option<IpAddr> = None;
+    let mut address: Option<IpAddr> = None;
     for a in &m.attributes {
         match a {
-            AddressAttribute::Local(IpAddr::V4(ip)) => local = Some(*ip),
-            AddressAttribute::Address(IpAddr::V4(ip)) => address = Some(*ip),
+            AddressAttribute::Local(ip) => local = Some(*ip),
+            AddressAttribute::Address(ip) => address = Some(*ip),
             _ => {}
         }
     }
-    Ipv4Net::new(local.or(address)?, m.header.prefix_len).ok()
+    IpNet::new(local.or(address)?, m.header.prefix_len).ok()
+}
+
+/// The netlink family of an address.
+pub fn family_of(ip: IpAddr) -> AddressFamily {
+    match ip {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    }
 }
 
 /// A link's MTU (0 if it has none).

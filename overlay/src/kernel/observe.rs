@@ -3,10 +3,10 @@
 //! (dumps and monitor events alike) into the overlay's vocabulary. Nothing
 //! outside the [`Scope`] is ever observed, so nothing else is ever deleted.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt;
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
@@ -17,7 +17,7 @@ use netlink_packet_route::route::{
 use netlink_packet_route::AddressFamily;
 use rtnetlink::RouteMessageBuilder;
 
-use super::{link_mtu, req, Kernel, Scope};
+use super::{family_of, link_mtu, req, Kernel, Scope};
 use crate::error::KernelError;
 use crate::mac::MacAddr;
 use crate::model::UnderlayFacts;
@@ -61,11 +61,11 @@ impl Kernel {
     /// Every route, neighbour and FDB entry in the scope.
     pub async fn entries(&self, scope: &Scope) -> Result<Entries, KernelError> {
         let mut out = Entries::default();
-        let mut routes = self
-            .handle
-            .route()
-            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-            .execute();
+        let dump = match scope.network {
+            IpNet::V4(_) => RouteMessageBuilder::<Ipv4Addr>::new().build(),
+            IpNet::V6(_) => RouteMessageBuilder::<Ipv6Addr>::new().build(),
+        };
+        let mut routes = self.handle.route().get(dump).execute();
         while let Some(msg) = routes.try_next().await.map_err(req("dump routes"))? {
             if let Some(r) = route_of(&msg, scope) {
                 out.put_route(r);
@@ -73,7 +73,7 @@ impl Kernel {
         }
         if scope.overlay.is_some() {
             for msg in self
-                .neighbour_dump(AddressFamily::Inet, "dump neighbours")
+                .neighbour_dump(family_of(scope.network.addr()), "dump neighbours")
                 .await?
             {
                 if let Some(n) = neighbour_of(&msg, scope) {
@@ -121,15 +121,15 @@ fn observed_device(link: &LinkMessage) -> ObservedDevice {
 /// protocol nor a flannel leftover on the overlay device.
 pub fn route_of(msg: &RouteMessage, scope: &Scope) -> Option<Route> {
     let h = &msg.header;
-    if h.address_family != AddressFamily::Inet || h.kind != RouteType::Unicast {
+    if h.address_family != family_of(scope.network.addr()) || h.kind != RouteType::Unicast {
         return None;
     }
     let mut table = u32::from(h.table);
     let (mut dst, mut via, mut oif, mut priority) = (None, None, None, 0);
     for a in &msg.attributes {
         match a {
-            RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = Some(*ip),
-            RouteAttribute::Gateway(RouteAddress::Inet(ip)) => via = Some(*ip),
+            RouteAttribute::Destination(d) => dst = route_address(d),
+            RouteAttribute::Gateway(g) => via = route_address(g),
             RouteAttribute::Oif(i) => oif = Some(*i),
             RouteAttribute::Table(t) => table = *t,
             RouteAttribute::Priority(p) => priority = *p,
@@ -139,7 +139,7 @@ pub fn route_of(msg: &RouteMessage, scope: &Scope) -> Option<Route> {
     if table != u32::from(RouteHeader::RT_TABLE_MAIN) || priority != 0 {
         return None;
     }
-    let dst = Ipv4Net::new(dst?, h.destination_prefix_length).ok()?;
+    let dst = IpNet::new(dst?, h.destination_prefix_length).ok()?;
     if !scope.network.contains(&dst) {
         return None;
     }
@@ -158,30 +158,54 @@ pub fn route_of(msg: &RouteMessage, scope: &Scope) -> Option<Route> {
     }
     Some(Route {
         dst,
-        via: via.unwrap_or(Ipv4Addr::UNSPECIFIED),
+        via: via.unwrap_or(match dst {
+            IpNet::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            IpNet::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        }),
         dev,
         onlink: h.flags.contains(RouteFlags::Onlink),
         protocol,
     })
 }
 
-/// The destination of an IPv4 route message, whoever owns the route.
-pub fn route_dst(r: &RouteMessage) -> Option<Ipv4Net> {
-    if r.header.address_family != AddressFamily::Inet {
-        return None;
+/// An address of a route attribute (either family).
+fn route_address(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(ip) => Some(IpAddr::V4(*ip)),
+        RouteAddress::Inet6(ip) => Some(IpAddr::V6(*ip)),
+        _ => None,
     }
+}
+
+/// The destination of a route message, whoever owns the route.
+pub fn route_dst(r: &RouteMessage) -> Option<IpNet> {
     r.attributes.iter().find_map(|a| match a {
-        RouteAttribute::Destination(RouteAddress::Inet(ip)) => {
-            Ipv4Net::new(*ip, r.header.destination_prefix_length).ok()
+        RouteAttribute::Destination(d) => {
+            IpNet::new(route_address(d)?, r.header.destination_prefix_length).ok()
         }
         _ => None,
     })
 }
 
-/// A PERMANENT IPv4 neighbour on the overlay device.
+/// The address of a neighbour message's destination (either family; raw
+/// bytes as AF_BRIDGE dumps carry them).
+pub fn neighbour_ip(a: &NeighbourAddress) -> Option<IpAddr> {
+    match a {
+        NeighbourAddress::Inet(v) => Some(IpAddr::V4(*v)),
+        NeighbourAddress::Inet6(v) => Some(IpAddr::V6(*v)),
+        NeighbourAddress::Other(b) => match b.len() {
+            4 => <[u8; 4]>::try_from(b.as_slice()).ok().map(IpAddr::from),
+            16 => <[u8; 16]>::try_from(b.as_slice()).ok().map(IpAddr::from),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// A PERMANENT neighbour of the scope's family on the overlay device.
 pub fn neighbour_of(msg: &NeighbourMessage, scope: &Scope) -> Option<Neighbour> {
     let h = &msg.header;
-    if h.family != AddressFamily::Inet
+    if h.family != family_of(scope.network.addr())
         || Some(h.ifindex) != scope.overlay
         || h.state != NeighbourState::Permanent
     {
@@ -191,7 +215,7 @@ pub fn neighbour_of(msg: &NeighbourMessage, scope: &Scope) -> Option<Neighbour> 
     let mut mac = None;
     for a in &msg.attributes {
         match a {
-            NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => ip = Some(*v),
+            NeighbourAttribute::Destination(d) => ip = neighbour_ip(d),
             NeighbourAttribute::LinkLayerAddress(b) => mac = MacAddr::from_bytes(b),
             _ => {}
         }
@@ -212,11 +236,8 @@ pub fn fdb_of(msg: &NeighbourMessage, scope: &Scope) -> Option<FdbEntry> {
     let mut mac = None;
     for a in &msg.attributes {
         match a {
-            NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => dst = Some(*v),
             // AF_BRIDGE dumps carry NDA_DST as raw bytes (the parser cannot tell the family).
-            NeighbourAttribute::Destination(NeighbourAddress::Other(b)) if b.len() == 4 => {
-                dst = Some(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
-            }
+            NeighbourAttribute::Destination(d) => dst = neighbour_ip(d),
             NeighbourAttribute::LinkLayerAddress(b) => mac = MacAddr::from_bytes(b),
             _ => {}
         }

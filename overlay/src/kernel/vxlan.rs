@@ -15,12 +15,12 @@ impl Kernel {
             "create {} (vxlan id {} local {} dstport {} dev #{})",
             d.name, d.vni, d.local, d.port, d.underlay
         );
-        let mut builder = LinkVxlan::new(&d.name, d.vni)
-            .dev(d.underlay)
-            .local(d.local)
-            .port(d.port)
-            .learning(d.learning)
-            .mtu(d.mtu);
+        let mut builder = LinkVxlan::new(&d.name, d.vni).dev(d.underlay);
+        builder = match d.local {
+            IpAddr::V4(v4) => builder.local(v4),
+            IpAddr::V6(v6) => builder.local6(v6),
+        };
+        builder = builder.port(d.port).learning(d.learning).mtu(d.mtu);
         if let Some(mac) = d.mac {
             builder = builder.address(mac.octets().to_vec());
         }
@@ -37,11 +37,7 @@ impl Kernel {
         let ifindex = link.header.index;
         self.handle
             .address()
-            .add(
-                ifindex,
-                IpAddr::V4(d.address.addr()),
-                d.address.prefix_len(),
-            )
+            .add(ifindex, d.address.addr(), d.address.prefix_len())
             .replace()
             .execute()
             .await
@@ -60,7 +56,8 @@ pub(crate) fn params(infos: &[LinkInfo]) -> Option<VxlanParams> {
     for v in attrs {
         match v {
             InfoVxlan::Id(id) => p.vni = Some(*id),
-            InfoVxlan::Local(ip) => p.local = Some(*ip),
+            InfoVxlan::Local(ip) => p.local = Some(IpAddr::V4(*ip)),
+            InfoVxlan::Local6(ip) => p.local = Some(IpAddr::V6(*ip)),
             InfoVxlan::Port(port) => p.port = Some(*port),
             InfoVxlan::Link(l) => p.underlay = Some(*l),
             InfoVxlan::Learning(l) => p.learning = Some(*l),
