@@ -226,7 +226,7 @@ impl Reconciler {
         options: Options,
     ) -> Result<(Reconciler, ReconcilerHandle), KernelError> {
         let kernel = Kernel::connect()?;
-        let events = kernel::monitor::subscribe()?;
+        let events = kernel::monitor::subscribe(input.config.network)?;
         let (inbox_tx, inbox_rx) = mpsc::unbounded_channel();
         // Generation 1: placed once the first pass knows the underlay.
         let mut peers = Peers::new(input.config, input.local, None);

@@ -1,7 +1,9 @@
-//! The monitor: a multicast subscription to link, IPv4 address, IPv4 route
-//! and neighbour (also FDB) events, which the reconciler folds into its view.
+//! The monitor: a multicast subscription to link, address and route events
+//! of the cluster network's family and to neighbour (also FDB) events,
+//! which the reconciler folds into its view.
 
 use futures::channel::mpsc::UnboundedReceiver;
+use ipnet::IpNet;
 use netlink_packet_core::NetlinkMessage;
 use netlink_packet_route::RouteNetlinkMessage;
 use rtnetlink::MulticastGroup;
@@ -11,13 +13,17 @@ use crate::error::KernelError;
 /// The events, as they arrive.
 pub type Events = UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, netlink_sys::SocketAddr)>;
 
-/// Subscribes in the current network namespace; the connection's driver
-/// runs on the current tokio runtime.
-pub fn subscribe() -> Result<Events, KernelError> {
+/// Subscribes in the current network namespace, for `network`'s family;
+/// the connection's driver runs on the current tokio runtime.
+pub fn subscribe(network: IpNet) -> Result<Events, KernelError> {
+    let (address, route) = match network {
+        IpNet::V4(_) => (MulticastGroup::Ipv4Ifaddr, MulticastGroup::Ipv4Route),
+        IpNet::V6(_) => (MulticastGroup::Ipv6Ifaddr, MulticastGroup::Ipv6Route),
+    };
     let (mut conn, _handle, events) = rtnetlink::new_multicast_connection(&[
         MulticastGroup::Link,
-        MulticastGroup::Ipv4Ifaddr,
-        MulticastGroup::Ipv4Route,
+        address,
+        route,
         MulticastGroup::Neigh,
     ])
     .map_err(KernelError::Socket)?;
