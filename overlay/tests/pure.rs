@@ -702,6 +702,24 @@ fn only_weft_routes_and_flannel_leftovers_on_the_device_are_managed() {
     assert_eq!(route_of(&other_table, &scope), None);
 }
 
+/// worker2 of an IPv6 cluster: its node and underlay.
+fn v6_node() -> (LocalNode, UnderlayFacts) {
+    (
+        LocalNode {
+            name: "worker2".into(),
+            subnet: net("fd00:10:244:2::/64"),
+            public_ip: ip("fd00:172:18::2"),
+            underlay: "eth0".into(),
+            vtep_mac: None,
+        },
+        UnderlayFacts {
+            ifindex: 2,
+            mtu: 1500,
+            networks: vec![net("fd00:172:18::/64")],
+        },
+    )
+}
+
 /// The same cluster in IPv6 (flannel's `IPv6Network`, `backend-v6-data`,
 /// `public-ipv6`): the same code gives flannel's v6 tables — device
 /// `flannel-v6.1` with its VTEP on the node's IPv6 address and the subnet's
@@ -714,18 +732,7 @@ fn ipv6_vxlan_gives_flannels_v6_tables() {
         network: net("fd00:10:244::/56"),
         backend: BackendConfig::from(VxlanConfig::default()),
     };
-    let me = LocalNode {
-        name: "worker2".into(),
-        subnet: net("fd00:10:244:2::/64"),
-        public_ip: ip("fd00:172:18::2"),
-        underlay: "eth0".into(),
-        vtep_mac: None,
-    };
-    let under = UnderlayFacts {
-        ifindex: 2,
-        mtu: 1500,
-        networks: vec![net("fd00:172:18::/64")],
-    };
+    let (me, under) = v6_node();
     let leases = vec![
         lease("control-plane", "fd00:10:244::/64", "fd00:172:18::3", MAC0),
         lease("worker", "fd00:10:244:1::/64", "fd00:172:18::4", MAC1),
@@ -763,18 +770,7 @@ fn bad_ipv6_leases_are_skipped_naming_node_and_field() {
         network: net("fd00:10:244::/56"),
         backend: BackendConfig::from(weft_overlay::HostGw),
     };
-    let me = LocalNode {
-        name: "worker2".into(),
-        subnet: net("fd00:10:244:2::/64"),
-        public_ip: ip("fd00:172:18::2"),
-        underlay: "eth0".into(),
-        vtep_mac: None,
-    };
-    let under = UnderlayFacts {
-        ifindex: 2,
-        mtu: 1500,
-        networks: vec![net("fd00:172:18::/64")],
-    };
+    let (me, under) = v6_node();
     let host_gw = |node: &str, subnet: &str, public_ip: &str| Lease {
         backend_type: "host-gw".into(),
         backend_data: "null".into(),
