@@ -29,6 +29,7 @@ use tokio::time::Instant;
 
 use crate::diff::plan;
 use crate::error::{KernelError, LeaseError};
+use crate::kernel::monitor::Events;
 use crate::kernel::{self, Kernel, Scope};
 use crate::mac::MacAddr;
 use crate::model::{Lease, LocalNode, OverlayConfig};
@@ -191,8 +192,6 @@ impl ReconcilerHandle {
     }
 }
 
-use kernel::monitor::Events;
-
 /// The loop. Build it with [`Reconciler::start`] inside the network namespace
 /// it programs, then `run()` it there.
 pub struct Reconciler {
@@ -294,17 +293,13 @@ impl Reconciler {
                 change = self.inbox.recv() => {
                     let Some(change) = change else { return };
                     self.fold(change);
-                    while let Ok(change) = self.inbox.try_recv() {
-                        self.fold(change);
-                    }
+                    self.drain_inbox();
                     dirty = true;
                 }
                 Some(cmd) = self.commands.recv() => match cmd {
                     Command::ReconcileNow(reply) => {
                         self.drain_events();
-                        while let Ok(change) = self.inbox.try_recv() {
-                            self.fold(change);
-                        }
+                        self.drain_inbox();
                         let report = self.reconcile().await;
                         let _ = reply.send(report);
                     }
@@ -333,6 +328,13 @@ impl Reconciler {
             dirty |= self.on_event(msg);
         }
         dirty
+    }
+
+    /// Folds every input change already queued.
+    fn drain_inbox(&mut self) {
+        while let Ok(change) = self.inbox.try_recv() {
+            self.fold(change);
+        }
     }
 
     /// Folds one input change into the desired state.

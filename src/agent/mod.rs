@@ -231,7 +231,7 @@ async fn agent(
             _ = sleep_until(retry_at), if retry_at.is_some() => {
                 let now = tokio::time::Instant::now();
                 if jobs.publish.is_due(now) {
-                    let own = cluster.index.own().unwrap_or_else(|| cluster.own.clone());
+                    let own = cluster.own_now();
                     jobs.publish.record(publish(&cluster, &own, &wanted).await);
                 }
                 if jobs.subnet_env.is_due(now)
@@ -358,6 +358,11 @@ impl Cluster {
         })
     }
 
+    /// This Node as last seen (as at start while the watch has it not).
+    fn own_now(&self) -> Arc<Node> {
+        self.index.own().unwrap_or_else(|| self.own.clone())
+    }
+
     /// Folds one watch event into the index: what the overlay must hear.
     fn fold(&mut self, event: NodeEvent) -> Vec<PeerChange> {
         fold(&mut self.index, event)
@@ -465,7 +470,7 @@ async fn publish(
 /// `NetworkUnavailable=False` on this node.
 async fn set_available(cluster: &Cluster) -> Result<(), kube_sm::KubeError> {
     let now = k8s_openapi::jiff::Timestamp::now().to_string();
-    let own = cluster.index.own().unwrap_or_else(|| cluster.own.clone());
+    let own = cluster.own_now();
     cluster
         .nodes
         .set_network_available(&own, &now)

@@ -144,15 +144,14 @@ impl NodeIndex {
             .into_iter()
             .filter_map(|n| self.leases.remove(&n).map(|_| PeerChange::Remove(n)))
             .collect();
-        nodes.sort_by(|a, b| {
-            let key = |n: &Node| {
-                (
-                    n.metadata.creation_timestamp.as_ref().map(|t| t.0),
-                    n.metadata.name.clone(),
-                )
-            };
-            key(a).cmp(&key(b))
-        });
+        let key = |n: &Node| {
+            (
+                n.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                n.metadata.name.as_deref().map(str::to_owned),
+            )
+        };
+        // One key per Node (not two clones per comparison).
+        nodes.sort_by_cached_key(key);
         changes.extend(nodes.into_iter().filter_map(|n| self.applied(n)));
         changes
     }
