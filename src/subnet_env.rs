@@ -4,17 +4,26 @@
 use std::io::Write;
 use std::path::Path;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
+use weft_overlay::Family;
 
 use crate::config::net_conf::first_ip;
+
+/// One family's lines: the cluster network and this node's subnet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FamilyLines {
+    /// `FLANNEL_NETWORK` / `FLANNEL_IPV6_NETWORK`: the cluster network.
+    pub network: IpNet,
+    /// This node's subnet, written as its first address
+    /// (`FLANNEL_SUBNET=10.244.1.1/24`, `FLANNEL_IPV6_SUBNET=fc00:0:0:1::1/64`).
+    pub subnet: IpNet,
+}
 
 /// What the subnet file says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubnetEnv {
-    /// `FLANNEL_NETWORK`: the cluster network.
-    pub network: Ipv4Net,
-    /// This node's subnet (written as its first address: `FLANNEL_SUBNET=10.244.1.1/24`).
-    pub subnet: Ipv4Net,
+    /// The enabled families' lines, IPv4 first (each family's own keys).
+    pub families: Vec<FamilyLines>,
     /// `FLANNEL_MTU`: the pods' MTU (the VXLAN device's, or the interface's for host-gw).
     pub mtu: u32,
     /// `FLANNEL_IPMASQ`: the value of `--ip-masq`.
@@ -22,15 +31,32 @@ pub struct SubnetEnv {
 }
 
 impl SubnetEnv {
-    /// The file's text: four lines in flannel's order.
+    /// The file's text, in flannel's order: the IPv4 lines, the IPv6
+    /// lines, the MTU and the masquerade flag.
     pub fn render(&self) -> String {
-        format!(
-            "FLANNEL_NETWORK={}\nFLANNEL_SUBNET={}\nFLANNEL_MTU={}\nFLANNEL_IPMASQ={}\n",
-            self.network,
-            first_ip(self.subnet),
-            self.mtu,
-            self.ipmasq
-        )
+        let mut out = String::new();
+        for family in Family::ALL {
+            for l in self
+                .families
+                .iter()
+                .filter(|l| Family::of_net(&l.network) == family)
+            {
+                let (network, subnet) = match family {
+                    Family::V4 => ("FLANNEL_NETWORK", "FLANNEL_SUBNET"),
+                    Family::V6 => ("FLANNEL_IPV6_NETWORK", "FLANNEL_IPV6_SUBNET"),
+                };
+                out.push_str(&format!(
+                    "{network}={}\n{subnet}={}\n",
+                    l.network,
+                    first_ip(l.subnet)
+                ));
+            }
+        }
+        out.push_str(&format!(
+            "FLANNEL_MTU={}\nFLANNEL_IPMASQ={}\n",
+            self.mtu, self.ipmasq
+        ));
+        out
     }
 
     /// Writes the file atomically (temporary file in the same directory,
@@ -69,16 +95,47 @@ mod tests {
 
     fn seed() -> SubnetEnv {
         SubnetEnv {
-            network: "10.244.0.0/16".parse().unwrap(),
-            subnet: "10.244.1.0/24".parse().unwrap(),
+            families: vec![FamilyLines {
+                network: "10.244.0.0/16".parse().unwrap(),
+                subnet: "10.244.1.0/24".parse().unwrap(),
+            }],
             mtu: 1450,
             ipmasq: true,
+        }
+    }
+
+    fn v6() -> FamilyLines {
+        FamilyLines {
+            network: "fc00::/48".parse().unwrap(),
+            subnet: "fc00:0:0:1::/64".parse().unwrap(),
         }
     }
 
     #[test]
     fn bytes_identical_to_flannels() {
         assert_eq!(seed().render().as_bytes(), FLANNEL_BYTES);
+    }
+
+    /// flanneld's `WriteSubnetFile`: the v4 pair, then the v6 pair.
+    #[test]
+    fn dual_stack_and_ipv6_only_as_flannel_writes_them() {
+        let mut dual = seed();
+        dual.families.insert(0, v6());
+        assert_eq!(
+            dual.render(),
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\n\
+             FLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00:0:0:1::1/64\n\
+             FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
+        );
+        let only = SubnetEnv {
+            families: vec![v6()],
+            ..seed()
+        };
+        assert_eq!(
+            only.render(),
+            "FLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00:0:0:1::1/64\n\
+             FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
+        );
     }
 
     #[test]

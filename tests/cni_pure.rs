@@ -268,8 +268,10 @@ fn netconf_errors() {
 fn subnet_file_from_weftd_and_errors() {
     // Exactly what weftd writes.
     let written = weft::subnet_env::SubnetEnv {
-        network: "10.244.0.0/16".parse().unwrap(),
-        subnet: "10.244.1.0/24".parse().unwrap(),
+        families: vec![weft::subnet_env::FamilyLines {
+            network: "10.244.0.0/16".parse().unwrap(),
+            subnet: "10.244.1.0/24".parse().unwrap(),
+        }],
         mtu: 1450,
         ipmasq: true,
     }

@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::client::Body;
 use kube::Client;
 use serde_json::{json, Value};
+use weft::subnet::annotations::Published;
 use weft::subnet::kube::NodeClient;
 use weft::subnet::Annotations;
 
@@ -40,8 +41,10 @@ fn wanted() -> BTreeMap<String, String> {
         .unwrap()
         .published(
             "vxlan",
-            r#"{"VNI":1,"VtepMAC":"0a:58:0a:f4:02:00"}"#,
-            Ipv4Addr::new(172, 18, 0, 2),
+            &[Published {
+                backend_data: r#"{"VNI":1,"VtepMAC":"0a:58:0a:f4:02:00"}"#.into(),
+                public_ip: Ipv4Addr::new(172, 18, 0, 2).into(),
+            }],
         )
 }
 

@@ -17,6 +17,7 @@ pub mod backend;
 pub mod desired;
 pub mod diff;
 pub mod error;
+pub mod family;
 pub mod kernel;
 pub mod mac;
 pub mod model;
@@ -31,6 +32,7 @@ pub use backend::{
 pub use desired::{desired, Desired};
 pub use diff::{diff, plan, Changes, DeviceOp, Plan};
 pub use error::{KernelError, LeaseError, LeaseFault};
+pub use family::{Family, PerFamily};
 pub use kernel::Kernel;
 pub use mac::MacAddr;
 pub use model::{Lease, LocalNode, OverlayConfig, UnderlayFacts};

@@ -3,17 +3,17 @@
 //! `--iface-can-reach`, the default route). The agent's only rtnetlink
 //! user; the overlay's kernel module knows nothing of it.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt;
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use netlink_packet_route::address::AddressMessage;
 use netlink_packet_route::link::{LinkFlags, LinkMessage};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader};
 use netlink_packet_route::AddressFamily;
 use rtnetlink::{Handle, RouteMessageBuilder};
 use weft_overlay::kernel::{address_of, errno, link_mtu, link_name};
-use weft_overlay::KernelError;
+use weft_overlay::{Family, KernelError};
 
 fn req(what: &str) -> impl FnOnce(rtnetlink::Error) -> KernelError + '_ {
     move |source| KernelError::Request {
@@ -37,7 +37,7 @@ impl Host {
     }
 }
 
-/// A network interface with its IPv4 addresses (for choosing the underlay).
+/// A network interface with its addresses (for choosing the underlay).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Interface {
     /// Name.
@@ -48,12 +48,12 @@ pub struct Interface {
     pub mtu: u32,
     /// Administratively up.
     pub up: bool,
-    /// IPv4 addresses with prefix, in the kernel's order.
-    pub addresses: Vec<Ipv4Net>,
+    /// Addresses with prefix, of both families, in the kernel's order.
+    pub addresses: Vec<IpNet>,
 }
 
 impl Host {
-    /// Every interface with its IPv4 addresses.
+    /// Every interface with its addresses.
     pub async fn interfaces(&self) -> Result<Vec<Interface>, KernelError> {
         let links: Vec<LinkMessage> = self
             .handle
@@ -82,31 +82,35 @@ impl Host {
                     .iter()
                     .filter(|a| a.header.index == l.header.index)
                     .filter_map(address_of)
-                    .filter_map(|a| match a {
-                        ipnet::IpNet::V4(v4) => Some(v4),
-                        ipnet::IpNet::V6(_) => None,
-                    })
                     .collect(),
             })
             .collect())
     }
 
-    /// The interface index of the main table's IPv4 default route, if any.
-    pub async fn default_route_interface(&self) -> Result<Option<u32>, KernelError> {
-        let mut routes = self
-            .handle
-            .route()
-            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-            .execute();
+    /// The interface index of the main table's default route of `family`
+    /// (`0.0.0.0/0`, `::/0`), if any.
+    pub async fn default_route_interface(
+        &self,
+        family: Family,
+    ) -> Result<Option<u32>, KernelError> {
+        let (query, af) = match family {
+            Family::V4 => (
+                RouteMessageBuilder::<Ipv4Addr>::new().build(),
+                AddressFamily::Inet,
+            ),
+            Family::V6 => (
+                RouteMessageBuilder::<Ipv6Addr>::new().build(),
+                AddressFamily::Inet6,
+            ),
+        };
+        let mut routes = self.handle.route().get(query).execute();
         while let Some(msg) = routes.try_next().await.map_err(req("dump routes"))? {
             let main = msg.header.table == RouteHeader::RT_TABLE_MAIN
                 || msg
                     .attributes
                     .iter()
                     .any(|a| matches!(a, RouteAttribute::Table(254)));
-            if msg.header.address_family == AddressFamily::Inet
-                && msg.header.destination_prefix_length == 0
-                && main
+            if msg.header.address_family == af && msg.header.destination_prefix_length == 0 && main
             {
                 if let Some(oif) = msg.attributes.iter().find_map(|a| match a {
                     RouteAttribute::Oif(i) => Some(*i),
@@ -122,11 +126,16 @@ impl Host {
     /// `ip route get <dst>`: the outgoing interface and the preferred source address.
     pub async fn route_to(
         &self,
-        dst: Ipv4Addr,
-    ) -> Result<Option<(u32, Option<Ipv4Addr>)>, KernelError> {
-        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(dst, 32)
-            .build();
+        dst: IpAddr,
+    ) -> Result<Option<(u32, Option<IpAddr>)>, KernelError> {
+        let msg = match dst {
+            IpAddr::V4(v4) => RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(v4, 32)
+                .build(),
+            IpAddr::V6(v6) => RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(v6, 128)
+                .build(),
+        };
         let mut answer = self.handle.route().get(msg).execute();
         match answer.try_next().await {
             Ok(Some(r)) => {
@@ -135,7 +144,8 @@ impl Host {
                     _ => None,
                 });
                 let src = r.attributes.iter().find_map(|a| match a {
-                    RouteAttribute::PrefSource(RouteAddress::Inet(ip)) => Some(*ip),
+                    RouteAttribute::PrefSource(RouteAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
+                    RouteAttribute::PrefSource(RouteAddress::Inet6(ip)) => Some(IpAddr::V6(*ip)),
                     _ => None,
                 });
                 Ok(oif.map(|o| (o, src)))

@@ -1,69 +1,94 @@
-//! Choosing the underlay interface and the public IP, as flanneld does.
+//! Choosing the underlay interface and its addresses, as flanneld does:
+//! one interface for every enabled family, and on it one address per family.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use super::host::Interface;
 use regex::Regex;
+use weft_overlay::{Family, PerFamily};
 
 /// The chosen underlay.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Underlay {
     /// Interface name.
     pub name: String,
-    /// Its address used as VXLAN source.
-    pub ip: Ipv4Addr,
     /// Its MTU.
     pub mtu: u32,
+    /// Its address of each enabled family (the VXLAN source, the address
+    /// other nodes reach this one at).
+    pub ips: PerFamily<IpAddr>,
+}
+
+impl Underlay {
+    /// Its address of `family` (present for every enabled family).
+    pub fn ip(&self, family: Family) -> Option<IpAddr> {
+        self.ips.get(family).copied()
+    }
 }
 
 /// What the choice is made from.
 #[derive(Debug, Clone, Default)]
 pub struct Request<'a> {
+    /// The enabled families (net-conf.json), IPv4 first.
+    pub families: &'a [Family],
     /// `--iface`: names or IPs, first match wins.
     pub iface: &'a [String],
     /// `--iface-regex`: matched against IPs first, then names.
     pub iface_regex: &'a [Regex],
     /// `--iface-can-reach`, resolved: the route's interface and source.
-    pub can_reach: Option<(u32, Option<Ipv4Addr>)>,
-    /// `--public-ip` (or the `node-public-ip` annotation).
-    pub public_ip: Option<Ipv4Addr>,
-    /// The default route's interface.
-    pub default_route: Option<u32>,
+    pub can_reach: Option<(u32, Option<IpAddr>)>,
+    /// `--public-ip` / `--public-ipv6` (or the `node-public-ip(v6)` annotations).
+    pub public_ip: PerFamily<IpAddr>,
+    /// Each family's default route's interface.
+    pub default_route: PerFamily<u32>,
 }
 
 /// Picks the interface: `--iface`, else `--iface-regex`, else
-/// `--iface-can-reach`, else the interface holding `--public-ip`, else the
-/// default route's. The error says what was tried.
+/// `--iface-can-reach`, else the interface holding `--public-ip` (then
+/// `--public-ipv6`), else the default route's (dual-stack: both default
+/// routes must use the same interface, as flannel requires). Then one
+/// address per enabled family on it: the one that chose it, else its first
+/// global one. The error says what was tried.
 pub fn choose(req: &Request<'_>, ifaces: &[Interface]) -> Result<Underlay, String> {
-    let with_ip = |i: &Interface, ip: Option<Ipv4Addr>| -> Result<Underlay, String> {
-        let ip = match ip {
+    let (iface, pinned) = pick(req, ifaces)?;
+    if iface.mtu == 0 {
+        return Err(format!("interface {} reports MTU 0", iface.name));
+    }
+    let mut ips = PerFamily::default();
+    for &family in req.families {
+        let ip = match pinned.filter(|p| Family::of_addr(p) == family) {
             Some(ip) => ip,
-            None => {
-                first_ipv4(i).ok_or_else(|| format!("interface {} has no IPv4 address", i.name))?
-            }
+            None => first_address(iface, family)
+                .ok_or_else(|| format!("interface {} has no {family} address", iface.name))?,
         };
-        if i.mtu == 0 {
-            return Err(format!("interface {} reports MTU 0", i.name));
-        }
-        Ok(Underlay {
-            name: i.name.clone(),
-            ip,
-            mtu: i.mtu,
-        })
-    };
-    let owner = |ip: Ipv4Addr| {
+        ips.set(family, Some(ip));
+    }
+    Ok(Underlay {
+        name: iface.name.clone(),
+        mtu: iface.mtu,
+        ips,
+    })
+}
+
+/// The interface, and the address that chose it, if one did.
+fn pick<'i>(
+    req: &Request<'_>,
+    ifaces: &'i [Interface],
+) -> Result<(&'i Interface, Option<IpAddr>), String> {
+    let enabled = |ip: &IpAddr| req.families.contains(&Family::of_addr(ip));
+    let owner = |ip: IpAddr| {
         ifaces
             .iter()
             .find(|i| i.addresses.iter().any(|a| a.addr() == ip))
     };
     if !req.iface.is_empty() {
         for want in req.iface {
-            if let Ok(ip) = want.parse::<Ipv4Addr>() {
+            if let Ok(ip) = want.parse::<IpAddr>() {
                 if let Some(i) = owner(ip) {
-                    return with_ip(i, Some(ip));
+                    return Ok((i, Some(ip)));
                 }
             } else if let Some(i) = ifaces.iter().find(|i| &i.name == want) {
-                return with_ip(i, None);
+                return Ok((i, None));
             }
         }
         return Err(format!(
@@ -77,13 +102,14 @@ pub fn choose(req: &Request<'_>, ifaces: &[Interface]) -> Result<Underlay, Strin
                 if let Some(a) = i
                     .addresses
                     .iter()
-                    .find(|a| re.is_match(&a.addr().to_string()))
+                    .map(|a| a.addr())
+                    .find(|a| enabled(a) && re.is_match(&a.to_string()))
                 {
-                    return with_ip(i, Some(a.addr()));
+                    return Ok((i, Some(a)));
                 }
             }
             if let Some(i) = ifaces.iter().find(|i| re.is_match(&i.name)) {
-                return with_ip(i, None);
+                return Ok((i, None));
             }
         }
         return Err(format!(
@@ -99,35 +125,85 @@ pub fn choose(req: &Request<'_>, ifaces: &[Interface]) -> Result<Underlay, Strin
             .iter()
             .find(|i| i.index == index)
             .ok_or("--iface-can-reach: the route's interface vanished")?;
-        return with_ip(i, src);
+        return Ok((i, src));
     }
-    if let Some(ip) = req.public_ip {
-        if let Some(i) = owner(ip) {
-            return with_ip(i, Some(ip));
+    for &family in req.families {
+        if let Some(&ip) = req.public_ip.get(family) {
+            if let Some(i) = owner(ip) {
+                return Ok((i, Some(ip)));
+            }
         }
     }
-    let index = req.default_route.ok_or(
-        "no default route: choose the interface with --iface (name or IP) or --iface-regex",
-    )?;
+    let mut chosen: Option<(Family, u32)> = None;
+    for &family in req.families {
+        let index = *req.default_route.get(family).ok_or_else(|| {
+            format!(
+                "no {family} default route: choose the interface with --iface (name or IP) or --iface-regex"
+            )
+        })?;
+        match chosen {
+            None => chosen = Some((family, index)),
+            Some((first, other)) if other != index => {
+                return Err(format!(
+                    "the {family} default route's interface (index {index}) is not the {first} one's (index {other}): \
+                     flannel needs one interface for both; choose it with --iface"
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    let (_, index) = chosen.ok_or("no address family is enabled")?;
     let i = ifaces
         .iter()
         .find(|i| i.index == index)
         .ok_or("the default route's interface vanished")?;
-    with_ip(i, None)
+    Ok((i, None))
 }
 
-/// The first global IPv4 address, else the first link-local one.
-fn first_ipv4(i: &Interface) -> Option<Ipv4Addr> {
-    i.addresses
-        .iter()
-        .map(|a| a.addr())
-        .find(|a| !a.is_link_local())
-        .or_else(|| i.addresses.first().map(|a| a.addr()))
+/// The interface's first global address of `family`, else (IPv4 only) its
+/// first link-local one. IPv6 link-local addresses are never used: every
+/// interface has one, and they cannot be routed between nodes.
+fn first_address(i: &Interface, family: Family) -> Option<IpAddr> {
+    let of_family = || {
+        i.addresses
+            .iter()
+            .map(|a| a.addr())
+            .filter(move |a| Family::of_addr(a) == family)
+    };
+    of_family()
+        .find(|a| !is_link_local(a))
+        .or_else(|| match family {
+            Family::V4 => of_family().next(),
+            Family::V6 => None,
+        })
+}
+
+fn is_link_local(ip: &IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
+
+    fn v4_only() -> Request<'static> {
+        Request {
+            families: &[Family::V4],
+            ..Default::default()
+        }
+    }
+
+    fn one(index: u32) -> PerFamily<u32> {
+        PerFamily::one(Family::V4, index)
+    }
+
+    fn v4(ip: Ipv4Addr) -> IpAddr {
+        IpAddr::V4(ip)
+    }
 
     fn ifaces() -> Vec<Interface> {
         vec![
@@ -145,7 +221,9 @@ mod tests {
                 up: true,
                 addresses: vec![
                     "169.254.3.3/16".parse().unwrap(),
+                    "fe80::1/64".parse().unwrap(),
                     "172.18.0.2/16".parse().unwrap(),
+                    "fd00:18::2/64".parse().unwrap(),
                 ],
             },
             Interface {
@@ -164,22 +242,22 @@ mod tests {
         let u = choose(
             &Request {
                 iface: &names,
-                default_route: Some(2),
-                ..Default::default()
+                default_route: one(2),
+                ..v4_only()
             },
             &ifaces(),
         )
         .unwrap();
         assert_eq!(
-            (u.name.as_str(), u.ip, u.mtu),
-            ("eth1", Ipv4Addr::new(10, 9, 0, 7), 9000)
+            (u.name.as_str(), u.ip(Family::V4), u.mtu),
+            ("eth1", Some(v4(Ipv4Addr::new(10, 9, 0, 7))), 9000)
         );
         let by_ip = ["172.18.0.2".to_string()];
         assert_eq!(
             choose(
                 &Request {
                     iface: &by_ip,
-                    ..Default::default()
+                    ..v4_only()
                 },
                 &ifaces()
             )
@@ -192,7 +270,7 @@ mod tests {
             choose(
                 &Request {
                     iface_regex: &re,
-                    ..Default::default()
+                    ..v4_only()
                 },
                 &ifaces()
             )
@@ -204,21 +282,21 @@ mod tests {
         let u = choose(
             &Request {
                 iface_regex: &re,
-                ..Default::default()
+                ..v4_only()
             },
             &ifaces(),
         )
         .unwrap();
         assert_eq!(
-            u.ip,
-            Ipv4Addr::new(172, 18, 0, 2),
+            u.ip(Family::V4),
+            Some(v4(Ipv4Addr::new(172, 18, 0, 2))),
             "global address before link-local"
         );
         let u = choose(
             &Request {
-                public_ip: Some(Ipv4Addr::new(10, 9, 0, 7)),
-                default_route: Some(2),
-                ..Default::default()
+                public_ip: PerFamily::one(Family::V4, v4(Ipv4Addr::new(10, 9, 0, 7))),
+                default_route: one(2),
+                ..v4_only()
             },
             &ifaces(),
         )
@@ -227,8 +305,8 @@ mod tests {
         assert_eq!(
             choose(
                 &Request {
-                    default_route: Some(2),
-                    ..Default::default()
+                    default_route: one(2),
+                    ..v4_only()
                 },
                 &ifaces()
             )
@@ -238,8 +316,8 @@ mod tests {
         );
         let u = choose(
             &Request {
-                can_reach: Some((3, Some(Ipv4Addr::new(10, 9, 0, 7)))),
-                ..Default::default()
+                can_reach: Some((3, Some(v4(Ipv4Addr::new(10, 9, 0, 7))))),
+                ..v4_only()
             },
             &ifaces(),
         )
@@ -249,17 +327,77 @@ mod tests {
 
     #[test]
     fn errors_say_what_to_do() {
-        let e = choose(&Request::default(), &ifaces()).unwrap_err();
+        let e = choose(&v4_only(), &ifaces()).unwrap_err();
         assert!(e.contains("--iface"), "{e}");
         let missing = ["eth7".to_string()];
         assert!(choose(
             &Request {
                 iface: &missing,
-                ..Default::default()
+                ..v4_only()
             },
             &ifaces()
         )
         .unwrap_err()
         .contains("eth7"));
+    }
+
+    #[test]
+    fn dual_stack_and_ipv6_only_take_one_address_per_family() {
+        let both = [Family::V4, Family::V6];
+        let mut routes = PerFamily::default();
+        routes.set(Family::V4, Some(2));
+        routes.set(Family::V6, Some(2));
+        let u = choose(
+            &Request {
+                families: &both,
+                default_route: routes.clone(),
+                ..Default::default()
+            },
+            &ifaces(),
+        )
+        .unwrap();
+        assert_eq!(u.name, "eth0");
+        assert_eq!(u.ip(Family::V4).unwrap().to_string(), "172.18.0.2");
+        assert_eq!(
+            u.ip(Family::V6).unwrap().to_string(),
+            "fd00:18::2",
+            "global, not link-local"
+        );
+        // The interface by its v6 address, IPv6 only.
+        let by_ip = ["fd00:18::2".to_string()];
+        let u = choose(
+            &Request {
+                families: &[Family::V6],
+                iface: &by_ip,
+                ..Default::default()
+            },
+            &ifaces(),
+        )
+        .unwrap();
+        assert_eq!((u.name.as_str(), u.ip(Family::V4)), ("eth0", None));
+        // Default routes on two interfaces: refused, as flannel does.
+        routes.set(Family::V6, Some(3));
+        let e = choose(
+            &Request {
+                families: &both,
+                default_route: routes,
+                ..Default::default()
+            },
+            &ifaces(),
+        )
+        .unwrap_err();
+        assert!(e.contains("--iface"), "{e}");
+        // An interface without a v6 address.
+        let names = ["eth1".to_string()];
+        let e = choose(
+            &Request {
+                families: &both,
+                iface: &names,
+                ..Default::default()
+            },
+            &ifaces(),
+        )
+        .unwrap_err();
+        assert!(e.contains("eth1 has no IPv6 address"), "{e}");
     }
 }

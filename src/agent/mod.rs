@@ -18,11 +18,12 @@ pub mod retry;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Node;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Client;
@@ -31,14 +32,15 @@ use tokio::sync::mpsc;
 use weft_nat::reconciler::LoopOptions;
 use weft_nat::{Options as NatOptions, SnatRules};
 use weft_overlay::reconciler::{Input, Options as OverlayOptions};
-use weft_overlay::{LocalNode, Reconciler};
+use weft_overlay::{Family, LocalNode, PerFamily, Reconciler, ReconcilerHandle};
 
 use crate::config::{Flags, NatModeChoice, NetConf};
 use crate::health::{self, Readiness};
+use crate::subnet::annotations::{pod_cidr, Published};
 use crate::subnet::index::{NodeIndex, PeerChange};
 use crate::subnet::kube::{self as kube_sm, NodeClient};
 use crate::subnet::Annotations;
-use crate::subnet_env::SubnetEnv;
+use crate::subnet_env::{FamilyLines, SubnetEnv};
 
 /// Why the agent stopped (or did not start). Each variant names what is
 /// at fault; nothing is folded into text on the way up.
@@ -97,25 +99,27 @@ pub enum AgentError {
         /// How long it was waited for.
         waited: Duration,
     },
-    /// This Node's pod subnet is unusable.
-    #[error("node {node}: {field}: {reason}")]
+    /// This Node's pod subnet of an enabled family is unusable.
+    #[error("node {node}: {field}: {reason} (net-conf.json enables {family})")]
     PodCidr {
         /// Its name.
         node: String,
+        /// The family.
+        family: Family,
         /// `spec.podCIDR` or `spec.podCIDRs`.
         field: &'static str,
         /// What is wrong.
         reason: String,
     },
     /// This Node's pod subnet lies outside the cluster network.
-    #[error("node {node}: spec.podCIDR {subnet} is not inside the cluster network {network} of net-conf.json")]
+    #[error("node {node}: spec.podCIDRs: {subnet} is not inside the cluster network {network} of net-conf.json")]
     OutsideNetwork {
         /// Its name.
         node: String,
         /// Its pod subnet.
-        subnet: ipnet::Ipv4Net,
-        /// `Network` of net-conf.json.
-        network: ipnet::Ipv4Net,
+        subnet: IpNet,
+        /// `Network` or `IPv6Network` of net-conf.json.
+        network: IpNet,
     },
     /// Another agent runs on this node.
     #[error(transparent)]
@@ -164,34 +168,52 @@ async fn agent(
     serve_health(&flags, &ready);
     let mut cluster = Cluster::join(&client, &env, &settings).await?;
 
-    // 2. The underlay, the overlay from the whole cluster at once, and what
-    //    the other nodes need to reach this one.
+    // 2. The underlay, one overlay per family from the whole cluster at
+    //    once, and what the other nodes need to reach this one.
     let host = host::Host::connect()?;
-    let (underlay, public_ip) = choose_underlay(&flags, &settings, &host, &cluster.own).await?;
-    let input = overlay_input(&settings, &cluster, &underlay);
-    let (reconciler, overlay) = Reconciler::start(input.clone(), OverlayOptions::default())?;
-    let overlay_task = tokio::task::spawn_local(reconciler.run());
-    // The first clean reconcile (a refused write is retried with backoff,
-    // logged by the loop, until it goes through).
-    let first = overlay
-        .wait_applied(1)
-        .await
-        .ok_or(AgentError::OverlayStopped)?;
-    tracing::info!(writes = first.writes, plan = %first.plan, "overlay in place");
-    let wanted = wanted_annotations(&settings, &cluster, first.vtep_mac, public_ip)?;
+    let underlay = choose_underlay(&flags, &settings, &host, &cluster).await?;
+    let mut overlays: PerFamily<ReconcilerHandle> = PerFamily::default();
+    let mut overlay_tasks = Vec::new();
+    for (family, _) in cluster.subnets.iter() {
+        let input = overlay_input(&settings, &cluster, &underlay, family)?;
+        let (reconciler, handle) = Reconciler::start(input, OverlayOptions::default())?;
+        overlay_tasks.push(tokio::task::spawn_local(reconciler.run()));
+        overlays.set(family, Some(handle));
+    }
+    let mut published = Vec::new();
+    for (family, overlay) in overlays.iter() {
+        // The first clean reconcile (a refused write is retried with
+        // backoff, logged by the loop, until it goes through).
+        let first = overlay
+            .wait_applied(1)
+            .await
+            .ok_or(AgentError::OverlayStopped)?;
+        tracing::info!(%family, writes = first.writes, plan = %first.plan, "overlay in place");
+        published.push(published_family(
+            &flags,
+            &settings,
+            &cluster,
+            &underlay,
+            family,
+            first.vtep_mac,
+        )?);
+    }
+    let wanted = settings
+        .annotations
+        .published(settings.conf.backend.kind(), &published);
     let mut jobs = Jobs::default();
     jobs.publish
         .record(publish(&cluster, &cluster.own, &wanted).await);
 
     // 3. NAT, then the subnet file, then ready. Writes to the API and the
     //    subnet file are retried until they succeed; the data plane stays.
-    let nat = start_nat(&flags, &settings.conf, cluster.subnet)?;
-    let subnet_env = subnet_env(&flags, &settings.conf, cluster.subnet, underlay.mtu);
+    let nat = start_nat(&flags, &settings.conf, &cluster.subnets)?;
+    let subnet_env = subnet_env(&flags, &settings.conf, &cluster.subnets, underlay.mtu);
     if jobs
         .subnet_env
         .record(write_subnet_env(&flags, &subnet_env))
     {
-        become_ready(&ready, &flags, &cluster, &subnet_env, &nat);
+        become_ready(&ready, &flags, &subnet_env, &nat);
     }
     if flags.set_node_network_unavailable {
         jobs.available.record(set_available(&cluster).await);
@@ -210,11 +232,15 @@ async fn agent(
                 };
                 let own_before = cluster.index.own();
                 for change in cluster.fold(event) {
+                    let family = change.family();
+                    let Some(overlay) = overlays.get(family) else {
+                        continue;
+                    };
                     let generation = match change {
                         PeerChange::Upsert(lease) => overlay.upsert(lease),
-                        PeerChange::Remove(node) => overlay.remove(&node),
+                        PeerChange::Remove { node, .. } => overlay.remove(&node),
                     };
-                    tracing::debug!(generation, peers = cluster.index.peers(), "peers changed");
+                    tracing::debug!(%family, generation, peers = cluster.index.peers(), "peers changed");
                 }
                 let own_now = cluster.index.own();
                 // Changed, or back (deleted and registered again).
@@ -237,7 +263,7 @@ async fn agent(
                 if jobs.subnet_env.is_due(now)
                     && jobs.subnet_env.record(write_subnet_env(&flags, &subnet_env))
                 {
-                    become_ready(&ready, &flags, &cluster, &subnet_env, &nat);
+                    become_ready(&ready, &flags, &subnet_env, &nat);
                 }
                 if jobs.available.is_due(now) {
                     jobs.available.record(set_available(&cluster).await);
@@ -246,9 +272,13 @@ async fn agent(
         }
     }
     tracing::info!("stopping; routes, neighbours, FDB entries and NAT rules stay in place");
-    drop(overlay);
-    let _ = overlay_task.await;
-    nat.stop();
+    drop(overlays);
+    for task in overlay_tasks {
+        let _ = task.await;
+    }
+    for n in nat {
+        n.stop();
+    }
     instance_task.abort();
     Ok(())
 }
@@ -310,7 +340,8 @@ struct Cluster {
     events: mpsc::UnboundedReceiver<NodeEvent>,
     index: NodeIndex,
     own: Arc<Node>,
-    subnet: ipnet::Ipv4Net,
+    /// This node's pod subnet of each enabled family.
+    subnets: PerFamily<IpNet>,
 }
 
 impl Cluster {
@@ -324,7 +355,8 @@ impl Cluster {
     ) -> Result<Cluster, AgentError> {
         let conf = &settings.conf;
         let name = kube_sm::node_name(client, env).await?;
-        tracing::info!(node = %name, network = %conf.network, backend = conf.backend.kind(), "starting");
+        let networks: Vec<String> = conf.networks().map(|n| n.to_string()).collect();
+        tracing::info!(node = %name, ?networks, backend = conf.backend.kind(), "starting");
         let nodes = NodeClient::new(client.clone(), &name);
         let (tx, mut events) = mpsc::unbounded_channel();
         tokio::spawn(follow_nodes(
@@ -332,29 +364,17 @@ impl Cluster {
             tx,
             settings.annotations.clone(),
         ));
-        let mut index = NodeIndex::new(&name, settings.annotations.clone());
+        let families: Vec<Family> = conf.networks().map(|n| Family::of_net(&n)).collect();
+        let mut index = NodeIndex::new(&name, settings.annotations.clone(), &families);
         let own = wait_for_own_node(&mut events, &mut index, &name).await?;
-        let subnet = crate::subnet::annotations::pod_cidr(&own).map_err(|(field, reason)| {
-            AgentError::PodCidr {
-                node: name.clone(),
-                field,
-                reason,
-            }
-        })?;
-        if !conf.network.contains(&subnet) {
-            return Err(AgentError::OutsideNetwork {
-                node: name,
-                subnet,
-                network: conf.network,
-            });
-        }
+        let subnets = own_subnets(conf, &name, &own)?;
         Ok(Cluster {
             name,
             nodes,
             events,
             index,
             own,
-            subnet,
+            subnets,
         })
     }
 
@@ -369,89 +389,162 @@ impl Cluster {
     }
 }
 
-/// Folds one watch event into `index`: what the overlay must hear.
+/// Folds one watch event into `index`: what the overlays must hear.
 fn fold(index: &mut NodeIndex, event: NodeEvent) -> Vec<PeerChange> {
     match event {
         NodeEvent::Listed(nodes) => index.listed(nodes),
-        NodeEvent::Applied(node) => index.applied(node).into_iter().collect(),
-        NodeEvent::Deleted(node) => index.deleted(&node).into_iter().collect(),
+        NodeEvent::Applied(node) => index.applied(node),
+        NodeEvent::Deleted(node) => index.deleted(&node),
     }
 }
 
-/// The underlay as flanneld chooses it, and the public IP (`--public-ip`,
-/// the `node-public-ip` annotation, else the underlay's address).
+/// This node's pod subnet of each enabled family, inside its cluster
+/// network. A subnet of a family net-conf.json does not enable is named
+/// in the log and left alone (flanneld refuses to start there; the other
+/// family still works).
+fn own_subnets(conf: &NetConf, name: &str, own: &Node) -> Result<PerFamily<IpNet>, AgentError> {
+    let mut subnets = PerFamily::default();
+    for family in Family::ALL {
+        let Some(network) = conf.network(family) else {
+            if let Ok(subnet) = pod_cidr(own, family) {
+                tracing::warn!(
+                    node = %name,
+                    field = "spec.podCIDRs",
+                    %subnet,
+                    "an {family} pod subnet, but net-conf.json does not enable {family} \
+                     ({}): this node's {family} pods get no overlay",
+                    match family {
+                        Family::V4 => "EnableIPv4 is false",
+                        Family::V6 => "no EnableIPv6/IPv6Network",
+                    }
+                );
+            }
+            continue;
+        };
+        let subnet = pod_cidr(own, family).map_err(|e| AgentError::PodCidr {
+            node: name.to_string(),
+            family,
+            field: e.field(),
+            reason: e.to_string(),
+        })?;
+        if !network.contains(&subnet) {
+            return Err(AgentError::OutsideNetwork {
+                node: name.to_string(),
+                subnet,
+                network,
+            });
+        }
+        subnets.set(family, Some(subnet));
+    }
+    Ok(subnets)
+}
+
+/// The underlay as flanneld chooses it: one interface, with an address
+/// of each enabled family.
 async fn choose_underlay(
     flags: &Flags,
     settings: &Settings,
     host: &host::Host,
-    own: &Node,
-) -> Result<(iface::Underlay, std::net::Ipv4Addr), AgentError> {
-    let public_ip_flag = flags
-        .public_ip
-        .or_else(|| kube_sm::node_public_ip(own, &settings.annotations));
+    cluster: &Cluster,
+) -> Result<iface::Underlay, AgentError> {
+    let families: Vec<Family> = cluster.subnets.iter().map(|(f, _)| f).collect();
     let can_reach = match flags.iface_can_reach {
-        Some(ip) => Some(
-            host.route_to(ip)
-                .await?
-                .ok_or(AgentError::NoRouteTo(std::net::IpAddr::V4(ip)))?,
-        ),
+        Some(ip) => Some(host.route_to(ip).await?.ok_or(AgentError::NoRouteTo(ip))?),
         None => None,
     };
+    let mut public_ip = PerFamily::default();
+    let mut default_route = PerFamily::default();
+    for &family in &families {
+        public_ip.set(
+            family,
+            public_ip_flag(flags, settings, &cluster.own, family),
+        );
+        default_route.set(family, host.default_route_interface(family).await?);
+    }
     let req = iface::Request {
+        families: &families,
         iface: &flags.iface,
         iface_regex: &settings.iface_regex,
         can_reach,
-        public_ip: public_ip_flag,
-        default_route: host.default_route_interface().await?,
+        public_ip,
+        default_route,
     };
     let underlay = iface::choose(&req, &host.interfaces().await?).map_err(AgentError::Underlay)?;
-    let public_ip = public_ip_flag.unwrap_or(underlay.ip);
-    tracing::info!(iface = %underlay.name, ip = %underlay.ip, %public_ip, mtu = underlay.mtu, "underlay chosen");
-    Ok((underlay, public_ip))
+    let ips: Vec<String> = underlay.ips.iter().map(|(_, ip)| ip.to_string()).collect();
+    tracing::info!(iface = %underlay.name, ?ips, mtu = underlay.mtu, "underlay chosen");
+    Ok(underlay)
 }
 
-/// The overlay's input: this node (keeping its previous VTEP MAC) and every
-/// usable peer in the store.
-fn overlay_input(settings: &Settings, cluster: &Cluster, underlay: &iface::Underlay) -> Input {
+/// `--public-ip` / `--public-ipv6`, else the `node-public-ip(v6)` annotation.
+fn public_ip_flag(
+    flags: &Flags,
+    settings: &Settings,
+    own: &Node,
+    family: Family,
+) -> Option<IpAddr> {
+    let flag = match family {
+        Family::V4 => flags.public_ip.map(IpAddr::V4),
+        Family::V6 => flags.public_ipv6.map(IpAddr::V6),
+    };
+    flag.or_else(|| kube_sm::node_public_ip(own, &settings.annotations, family))
+}
+
+/// One family's overlay input: this node (keeping the VTEP MAC it
+/// published before) and every usable peer of the family in the index.
+fn overlay_input(
+    settings: &Settings,
+    cluster: &Cluster,
+    underlay: &iface::Underlay,
+    family: Family,
+) -> Result<Input, AgentError> {
+    let missing = || AgentError::Underlay(format!("no {family} address on {}", underlay.name));
+    let network = settings.conf.network(family).ok_or_else(missing)?;
+    let subnet = *cluster.subnets.get(family).ok_or_else(missing)?;
+    let public_ip = underlay.ip(family).ok_or_else(missing)?;
     // What this node published before (the VTEP MAC): the backend says
     // what of it to keep.
-    let vtep_mac = kube_sm::own_backend_data(&cluster.own, &settings.annotations)
+    let vtep_mac = kube_sm::own_backend_data(&cluster.own, &settings.annotations, family)
         .and_then(|data| settings.conf.backend.backend().restore_mac(data));
-    Input {
+    Ok(Input {
         config: weft_overlay::OverlayConfig {
-            network: settings.conf.network.into(),
+            network,
             backend: settings.conf.backend.clone(),
         },
         local: LocalNode {
             name: cluster.name.clone(),
-            subnet: cluster.subnet.into(),
-            public_ip: underlay.ip.into(),
+            subnet,
+            public_ip,
             underlay: underlay.name.clone(),
             vtep_mac,
         },
-        leases: cluster.index.leases(),
-    }
+        leases: cluster.index.leases(family),
+    })
 }
 
-/// flannel's annotations for this node (backend type and data with the
-/// VTEP MAC, the advertised address): published, and restored if someone
-/// removes them.
-fn wanted_annotations(
+/// One family's part of flannel's annotations for this node: the backend
+/// data with that family's VTEP MAC, and the advertised address (the
+/// flag, else the underlay's, unless the user overwrote it).
+fn published_family(
+    flags: &Flags,
     settings: &Settings,
     cluster: &Cluster,
+    underlay: &iface::Underlay,
+    family: Family,
     vtep_mac: Option<weft_overlay::MacAddr>,
-    public_ip: std::net::Ipv4Addr,
-) -> Result<BTreeMap<String, String>, AgentError> {
+) -> Result<Published, AgentError> {
     let backend_data = settings
         .conf
         .backend
         .backend()
         .backend_data(vtep_mac)
         .ok_or(AgentError::NoVtepMac)?;
-    let advertised = kube_sm::advertised_ip(&cluster.own, &settings.annotations, public_ip);
-    Ok(settings
-        .annotations
-        .published(settings.conf.backend.kind(), &backend_data, advertised))
+    let detected = public_ip_flag(flags, settings, &cluster.own, family)
+        .or_else(|| underlay.ip(family))
+        .ok_or_else(|| AgentError::Underlay(format!("no {family} address on {}", underlay.name)))?;
+    Ok(Published {
+        backend_data,
+        public_ip: kube_sm::advertised_ip(&cluster.own, &settings.annotations, detected),
+    })
 }
 
 /// Patches `wanted` onto this node where `own` (its last known state)
@@ -513,55 +606,73 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 fn become_ready(
     ready: &Readiness,
     flags: &Flags,
-    cluster: &Cluster,
     env: &SubnetEnv,
-    nat: &weft_nat::ReconcilerHandle,
+    nat: &[weft_nat::ReconcilerHandle],
 ) {
     ready.set_ready();
-    tracing::info!(subnet_file = %flags.subnet_file.display(), subnet = %cluster.subnet, mtu = env.mtu, nat = %nat.mode(), "ready");
+    let subnets: Vec<String> = env.families.iter().map(|l| l.subnet.to_string()).collect();
+    let nat: Vec<String> = nat.iter().map(|n| n.mode().to_string()).collect();
+    tracing::info!(subnet_file = %flags.subnet_file.display(), ?subnets, mtu = env.mtu, ?nat, "ready");
 }
 
-/// Detects (or takes the forced) NAT mode and starts the NAT loop, which
-/// returns once flannel's rules are in place.
+/// Detects (or takes the forced) NAT mode and starts the NAT loop of each
+/// enabled family, which returns once flannel's rules are in place.
 fn start_nat(
     flags: &Flags,
     conf: &NetConf,
-    subnet: ipnet::Ipv4Net,
-) -> Result<weft_nat::ReconcilerHandle, AgentError> {
-    let mode = match flags.nat_mode {
-        NatModeChoice::Forced(m) => weft_nat::detect(conf.enable_nftables, Some(m)),
-        NatModeChoice::Auto => weft_nat::detect(conf.enable_nftables, None),
-    };
-    tracing::info!(mode = %mode.mode, reason = %mode.reason, "NAT mode");
-    let rules = SnatRules::build(
-        conf.network,
-        subnet,
-        NatOptions {
-            masquerade: flags.ip_masq,
-            fully_random: !flags.ip_masq_fully_random_disable,
-            forward: flags.iptables_forward_rules,
-        },
-    )?;
-    Ok(weft_nat::Reconciler::spawn(
-        mode.mode,
-        rules,
-        LoopOptions {
-            resync: Duration::from_secs(flags.iptables_resync.max(1)),
-            ..LoopOptions::default()
-        },
-    )?)
+    subnets: &PerFamily<IpNet>,
+) -> Result<Vec<weft_nat::ReconcilerHandle>, AgentError> {
+    let mut loops = Vec::new();
+    for (family, subnet) in subnets.iter() {
+        let (Some(IpNet::V4(network)), IpNet::V4(subnet)) = (conf.network(family), *subnet) else {
+            tracing::warn!(%family, "no NAT rules for this family yet");
+            continue;
+        };
+        let mode = match flags.nat_mode {
+            NatModeChoice::Forced(m) => weft_nat::detect(conf.enable_nftables, Some(m)),
+            NatModeChoice::Auto => weft_nat::detect(conf.enable_nftables, None),
+        };
+        tracing::info!(%family, mode = %mode.mode, reason = %mode.reason, "NAT mode");
+        let rules = SnatRules::build(
+            network,
+            subnet,
+            NatOptions {
+                masquerade: flags.ip_masq,
+                fully_random: !flags.ip_masq_fully_random_disable,
+                forward: flags.iptables_forward_rules,
+            },
+        )?;
+        loops.push(weft_nat::Reconciler::spawn(
+            mode.mode,
+            rules,
+            LoopOptions {
+                resync: Duration::from_secs(flags.iptables_resync.max(1)),
+                ..LoopOptions::default()
+            },
+        )?);
+    }
+    Ok(loops)
 }
 
-/// What `subnet.env` says: the MTU is the overlay device's.
+/// What `subnet.env` says: each family's network and subnet; the MTU is
+/// the overlay device's (the same for both families: flannel's VXLAN
+/// overhead is 50 bytes for either).
 fn subnet_env(
     flags: &Flags,
     conf: &NetConf,
-    subnet: ipnet::Ipv4Net,
+    subnets: &PerFamily<IpNet>,
     underlay_mtu: u32,
 ) -> SubnetEnv {
     SubnetEnv {
-        network: conf.network,
-        subnet,
+        families: subnets
+            .iter()
+            .filter_map(|(family, subnet)| {
+                conf.network(family).map(|network| FamilyLines {
+                    network,
+                    subnet: *subnet,
+                })
+            })
+            .collect(),
         mtu: conf.backend.backend().mtu(underlay_mtu),
         ipmasq: flags.ip_masq,
     }

@@ -8,7 +8,7 @@
 //! error that says so, never silently ignored.
 
 use std::ffi::OsString;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use clap::{ArgAction, Parser};
@@ -57,11 +57,15 @@ pub struct Flags {
 
     /// Use the interface (and source address) of the route to this IP.
     #[arg(long, env = "FLANNELD_IFACE_CAN_REACH")]
-    pub iface_can_reach: Option<Ipv4Addr>,
+    pub iface_can_reach: Option<IpAddr>,
 
     /// IP to advertise to other nodes (default: the interface's).
     #[arg(long, env = "FLANNELD_PUBLIC_IP")]
     pub public_ip: Option<Ipv4Addr>,
+
+    /// IPv6 address to advertise to other nodes (default: the interface's).
+    #[arg(long, env = "FLANNELD_PUBLIC_IPV6")]
+    pub public_ipv6: Option<Ipv6Addr>,
 
     /// Masquerade traffic leaving the cluster network (install the SNAT rules).
     #[arg(long, env = "FLANNELD_IP_MASQ", action = ArgAction::Set, num_args = 0..=1,
@@ -162,8 +166,6 @@ const UNSUPPORTED: &[(&str, &str)] = &[
         "subnet-lease-renew-margin",
         "leases are an etcd-mode feature: use --kube-subnet-mgr",
     ),
-    ("public-ipv6", "IPv6 is not supported by weft yet"),
-    ("auto-detect-ipv6", "IPv6 is not supported by weft yet"),
     (
         "ip-blackhole-route",
         "the blackhole route (for Canal) is not supported by weft",
@@ -334,7 +336,6 @@ mod tests {
         for args in [
             &["--etcd-endpoints=http://1.2.3.4:2379"][..],
             &["-etcd-prefix", "/x"],
-            &["--public-ipv6=fc00::1"],
             &["--ip-blackhole-route"],
         ] {
             let e = parse(args, &[]).unwrap_err();

@@ -1,18 +1,18 @@
 //! flannel's `net-conf.json`, parsed in full.
 //!
 //! Keys are matched case-insensitively, as flannel's Go decoder does. Every
-//! error names the field. Values weft does not support (IPv6, backends other
+//! error names the field. Values weft does not support (backends other
 //! than vxlan and host-gw, GBP) are errors that say so; fields that only
 //! flannel's etcd mode or Windows use are accepted and reported as ignored.
 //! The `Backend` section is read by the backend it names (see
 //! `weft_overlay::backend`).
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde_json::Value;
 use weft_overlay::backend::{self, Section, SectionError};
-use weft_overlay::BackendConfig;
+use weft_overlay::{BackendConfig, Family};
 
 /// A problem with `net-conf.json`, naming the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -34,8 +34,10 @@ fn err(field: &str, reason: impl Into<String>) -> NetConfError {
 /// The parts of `net-conf.json` weft uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetConf {
-    /// `Network`: the cluster network.
-    pub network: Ipv4Net,
+    /// `Network`: the IPv4 cluster network (`None` when `EnableIPv4` is false).
+    pub network: Option<Ipv4Net>,
+    /// `IPv6Network`: the IPv6 cluster network (when `EnableIPv6` is true).
+    pub ipv6_network: Option<Ipv6Net>,
     /// `EnableNFTables`: native nftables for NAT.
     pub enable_nftables: bool,
     /// `Backend`.
@@ -64,41 +66,42 @@ impl NetConf {
         let file = Section::new(obj, "");
         let mut ignored = Vec::new();
 
-        if file.boolean("EnableIPv6", false)? {
-            return Err(err(
-                "EnableIPv6",
-                "IPv6 is not supported by weft yet (only IPv4 clusters)",
-            ));
-        }
-        if !file.boolean("EnableIPv4", true)? {
+        let enable_ipv4 = file.boolean("EnableIPv4", true)?;
+        let enable_ipv6 = file.boolean("EnableIPv6", false)?;
+        if !enable_ipv4 && !enable_ipv6 {
             return Err(err(
                 "EnableIPv4",
-                "false, but weft needs an IPv4 cluster network (IPv6 is not supported yet)",
+                "false, and EnableIPv6 is not true: no address family is enabled",
             ));
         }
-        let network = match file.string("Network")? {
-            None => {
-                return Err(err(
-                    "Network",
-                    "missing (the cluster network, e.g. \"10.244.0.0/16\")",
-                ))
-            }
-            Some(s) => s
-                .parse::<Ipv4Net>()
-                .map_err(|_| err("Network", format!("{s:?} is not an IPv4 CIDR")))?,
-        };
-        if network.trunc() != network {
-            return Err(err(
+        let network = if enable_ipv4 {
+            Some(cluster_network::<Ipv4Net>(
+                &file,
                 "Network",
-                format!(
-                    "{network} has host bits set (did you mean {}?)",
-                    network.trunc()
-                ),
-            ));
-        }
-        if network.prefix_len() > 28 {
-            return Err(err("Network", format!("{network} is smaller than /28")));
-        }
+                "IPv4",
+                "10.244.0.0/16",
+                28,
+            )?)
+        } else {
+            if let Some((k, _)) = file.get("Network") {
+                ignored.push(format!("{k}: IPv4 is disabled (EnableIPv4 is false)"));
+            }
+            None
+        };
+        let ipv6_network = if enable_ipv6 {
+            Some(cluster_network::<Ipv6Net>(
+                &file,
+                "IPv6Network",
+                "IPv6",
+                "fc00::/48",
+                124,
+            )?)
+        } else {
+            if let Some((k, _)) = file.get("IPv6Network") {
+                ignored.push(format!("{k}: IPv6 is disabled (EnableIPv6 is false)"));
+            }
+            None
+        };
         let enable_nftables = file.boolean("EnableNFTables", false)?;
         for key in [
             "SubnetLen",
@@ -111,9 +114,6 @@ impl NetConf {
             if let Some((k, _)) = file.get(key) {
                 ignored.push(format!("{k}: only flannel's etcd subnet manager uses it; node subnets come from spec.podCIDR"));
             }
-        }
-        if let Some((k, _)) = file.get("IPv6Network") {
-            ignored.push(format!("{k}: IPv6 is disabled (EnableIPv6 is false)"));
         }
         for k in file.unknown(&[
             "Network",
@@ -135,10 +135,24 @@ impl NetConf {
         let backend = backend::parse(file.get("Backend").map(|(_, v)| v), &mut ignored)?;
         Ok(NetConf {
             network,
+            ipv6_network,
             enable_nftables,
             backend,
             ignored,
         })
+    }
+
+    /// The cluster network of `family`, if that family is enabled.
+    pub fn network(&self, family: Family) -> Option<IpNet> {
+        match family {
+            Family::V4 => self.network.map(IpNet::V4),
+            Family::V6 => self.ipv6_network.map(IpNet::V6),
+        }
+    }
+
+    /// The enabled families' cluster networks, IPv4 first.
+    pub fn networks(&self) -> impl Iterator<Item = IpNet> + '_ {
+        Family::ALL.into_iter().filter_map(|f| self.network(f))
     }
 
     /// Reads and parses the file.
@@ -149,13 +163,48 @@ impl NetConf {
     }
 }
 
-/// The first address of a subnet + its prefix, as `FLANNEL_SUBNET` shows it (`10.244.1.1/24`).
-pub fn first_ip(subnet: Ipv4Net) -> String {
-    format!(
-        "{}/{}",
-        Ipv4Addr::from(u32::from(subnet.network()).wrapping_add(1)),
-        subnet.prefix_len()
-    )
+/// A cluster network field (`Network`, `IPv6Network`): present, of the
+/// family, without host bits, and no smaller than `/max_prefix`.
+fn cluster_network<N>(
+    file: &Section<'_>,
+    key: &str,
+    family: &str,
+    example: &str,
+    max_prefix: u8,
+) -> Result<N, NetConfError>
+where
+    N: std::str::FromStr + Copy + PartialEq + std::fmt::Display + Into<IpNet>,
+{
+    let s = file.string(key)?.ok_or_else(|| {
+        err(
+            key,
+            format!("missing (the {family} cluster network, e.g. \"{example}\")"),
+        )
+    })?;
+    let net: N = s
+        .parse()
+        .map_err(|_| err(key, format!("{s:?} is not an {family} CIDR")))?;
+    let ip: IpNet = net.into();
+    if ip.trunc() != ip {
+        return Err(err(
+            key,
+            format!("{net} has host bits set (did you mean {}?)", ip.trunc()),
+        ));
+    }
+    if ip.prefix_len() > max_prefix {
+        return Err(err(key, format!("{net} is smaller than /{max_prefix}")));
+    }
+    Ok(net)
+}
+
+/// The first address of a subnet + its prefix, as `FLANNEL_SUBNET` and
+/// `FLANNEL_IPV6_SUBNET` show it (`10.244.1.1/24`, `fc00:0:0:1::1/64`).
+pub fn first_ip(subnet: IpNet) -> String {
+    let first = match subnet.network() {
+        IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(u32::from(a).wrapping_add(1))),
+        IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a).wrapping_add(1))),
+    };
+    format!("{first}/{}", subnet.prefix_len())
 }
 
 #[cfg(test)]
@@ -169,7 +218,8 @@ mod tests {
             r#"{"Network":"10.244.0.0/16","EnableNFTables":false,"Backend":{"Type":"vxlan"}}"#,
         )
         .unwrap();
-        assert_eq!(c.network, "10.244.0.0/16".parse::<Ipv4Net>().unwrap());
+        assert_eq!(c.network, Some("10.244.0.0/16".parse::<Ipv4Net>().unwrap()));
+        assert_eq!(c.ipv6_network, None);
         assert!(!c.enable_nftables);
         assert_eq!(c.backend, BackendConfig::from(VxlanConfig::default()));
         assert!(c.ignored.is_empty());
@@ -215,7 +265,23 @@ mod tests {
             (r#"{"Network":"10.244.0.1/16"}"#, "Network"),
             (r#"{"Network":"fc00::/48"}"#, "Network"),
             (
-                r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48"}"#,
+                r#"{"Network":"10.244.0.0/16","EnableIPv6":true}"#,
+                "IPv6Network",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"10.0.0.0/8"}"#,
+                "IPv6Network",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::1/48"}"#,
+                "IPv6Network",
+            ),
+            (
+                r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/126"}"#,
+                "IPv6Network",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","EnableIPv6":"yes","IPv6Network":"fc00::/48"}"#,
                 "EnableIPv6",
             ),
             (
@@ -307,5 +373,47 @@ mod tests {
     #[test]
     fn first_ip_is_flannels_subnet_form() {
         assert_eq!(first_ip("10.244.1.0/24".parse().unwrap()), "10.244.1.1/24");
+        assert_eq!(
+            first_ip("fc00:0:0:1::/64".parse().unwrap()),
+            "fc00:0:0:1::1/64"
+        );
+    }
+
+    #[test]
+    fn dual_stack_and_ipv6_only() {
+        let c = NetConf::parse(
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"vxlan"}}"#,
+        )
+        .unwrap();
+        let nets: Vec<String> = c.networks().map(|n| n.to_string()).collect();
+        assert_eq!(nets, ["10.244.0.0/16", "fc00::/48"]);
+        assert!(c.ignored.is_empty(), "{:?}", c.ignored);
+        let c = NetConf::parse(
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"host-gw"}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.network(Family::V4), None);
+        assert_eq!(
+            c.network(Family::V6),
+            Some("fc00::/48".parse::<IpNet>().unwrap())
+        );
+        // A field of a disabled family is reported, not used.
+        let c = NetConf::parse(r#"{"Network":"10.244.0.0/16","IPv6Network":"fc00::/48"}"#).unwrap();
+        assert_eq!(c.ipv6_network, None);
+        assert!(
+            c.ignored[0].starts_with("IPv6Network: IPv6 is disabled"),
+            "{:?}",
+            c.ignored
+        );
+        let c = NetConf::parse(
+            r#"{"EnableIPv4":false,"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.network, None);
+        assert!(
+            c.ignored[0].starts_with("Network: IPv4 is disabled"),
+            "{:?}",
+            c.ignored
+        );
     }
 }

@@ -2,11 +2,11 @@
 //! conversion of a Node into a [`Lease`].
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Node;
-use weft_overlay::Lease;
+use weft_overlay::{Family, Lease};
 
 /// The annotation names under one prefix (`--kube-annotation-prefix`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,76 +67,148 @@ impl Annotations {
     pub fn backend_type(&self) -> String {
         self.name("backend-type")
     }
-    /// `…/backend-data`.
-    pub fn backend_data(&self) -> String {
-        self.name("backend-data")
+    /// `…/backend-data` (IPv4) or `…/backend-v6-data` (IPv6).
+    pub fn backend_data(&self, family: Family) -> String {
+        self.name(match family {
+            Family::V4 => "backend-data",
+            Family::V6 => "backend-v6-data",
+        })
     }
-    /// `…/public-ip`.
-    pub fn public_ip(&self) -> String {
-        self.name("public-ip")
+    /// `…/public-ip` or `…/public-ipv6`.
+    pub fn public_ip(&self, family: Family) -> String {
+        self.name(match family {
+            Family::V4 => "public-ip",
+            Family::V6 => "public-ipv6",
+        })
     }
-    /// `…/public-ip-overwrite`: set by users; advertised instead of the detected IP.
-    pub fn public_ip_overwrite(&self) -> String {
-        self.name("public-ip-overwrite")
+    /// `…/public-ip-overwrite` or `…/public-ipv6-overwrite`: set by users;
+    /// advertised instead of the detected address.
+    pub fn public_ip_overwrite(&self, family: Family) -> String {
+        self.name(match family {
+            Family::V4 => "public-ip-overwrite",
+            Family::V6 => "public-ipv6-overwrite",
+        })
     }
-    /// `…/node-public-ip`: set by users; used as `--public-ip`.
-    pub fn node_public_ip(&self) -> String {
-        self.name("node-public-ip")
+    /// `…/node-public-ip` or `…/node-public-ipv6`: set by users; used as
+    /// `--public-ip` / `--public-ipv6`.
+    pub fn node_public_ip(&self, family: Family) -> String {
+        self.name(match family {
+            Family::V4 => "node-public-ip",
+            Family::V6 => "node-public-ipv6",
+        })
     }
 
-    /// What this node publishes, exactly as flanneld does.
+    /// What this node publishes, exactly as flanneld does: the backend type,
+    /// the subnet-manager mark, and for each enabled family its backend data
+    /// and advertised address.
     pub fn published(
         &self,
         backend_type: &str,
-        backend_data: &str,
-        public_ip: Ipv4Addr,
+        families: &[Published],
     ) -> BTreeMap<String, String> {
-        BTreeMap::from([
-            (self.backend_data(), backend_data.to_string()),
+        let mut out = BTreeMap::from([
             (self.backend_type(), backend_type.to_string()),
             (self.subnet_manager(), "true".to_string()),
-            (self.public_ip(), public_ip.to_string()),
-        ])
+        ]);
+        for p in families {
+            let family = Family::of_addr(&p.public_ip);
+            out.insert(self.backend_data(family), p.backend_data.clone());
+            out.insert(self.public_ip(family), p.public_ip.to_string());
+        }
+        out
     }
 
-    /// A peer's lease from its Node. `Ok(None)`: the node does not run flannel
-    /// or weft (yet): no `kube-subnet-manager: "true"`. `Err`: it does, but a
-    /// field is unusable (named in the error).
-    pub fn lease(&self, node: &Node) -> Result<Option<Lease>, NodeError> {
-        let name = node.metadata.name.clone().unwrap_or_default();
-        let empty = BTreeMap::new();
-        let ann = node.metadata.annotations.as_ref().unwrap_or(&empty);
-        if ann.get(&self.subnet_manager()).map(String::as_str) != Some("true") {
+    /// Whether the node runs flannel or weft: `kube-subnet-manager: "true"`.
+    pub fn is_managed(&self, node: &Node) -> bool {
+        annotations_of(node)
+            .get(&self.subnet_manager())
+            .map(String::as_str)
+            == Some("true")
+    }
+
+    /// Whether the node publishes anything of `family` (its public address
+    /// or its backend data).
+    pub fn publishes(&self, node: &Node, family: Family) -> bool {
+        let ann = annotations_of(node);
+        ann.contains_key(&self.public_ip(family)) || ann.contains_key(&self.backend_data(family))
+    }
+
+    /// A peer's lease of one family from its Node. `Ok(None)`: the node does
+    /// not run flannel or weft (yet): no `kube-subnet-manager: "true"`.
+    /// `Err`: it does, but a field is unusable (named in the error),
+    /// including a podCIDR without the family's annotations and the reverse.
+    pub fn lease(&self, node: &Node, family: Family) -> Result<Option<Lease>, NodeError> {
+        if !self.is_managed(node) {
             return Ok(None);
         }
+        let name = node.metadata.name.clone().unwrap_or_default();
+        let ann = annotations_of(node);
         let bad = |field: String, reason: String| NodeError {
             node: name.clone(),
             field,
             reason,
         };
-        let subnet = pod_cidr(node).map_err(|(f, r)| bad(f.into(), r))?;
-        let public_ip = match ann.get(&self.public_ip()) {
-            None => return Err(bad(self.public_ip(), "missing".into())),
+        let public_ip_key = self.public_ip(family);
+        let subnet = match pod_cidr(node, family) {
+            Ok(subnet) => subnet,
+            // No subnet of this family, though the node publishes an
+            // address of it: the two disagree.
+            Err(PodCidrError::NoneOfFamily(field, _, list)) if ann.contains_key(&public_ip_key) => {
+                return Err(bad(
+                    field.into(),
+                    format!("no {family} subnet in {list}, but the node publishes {public_ip_key}"),
+                ))
+            }
+            Err(e) => return Err(bad(e.field().into(), e.to_string())),
+        };
+        let public_ip = match ann.get(&public_ip_key) {
+            None => {
+                return Err(bad(
+                    public_ip_key,
+                    format!("missing, but spec.podCIDRs has the {family} subnet {subnet}"),
+                ))
+            }
             Some(v) => v
-                .parse::<Ipv4Addr>()
-                .map_err(|_| bad(self.public_ip(), format!("{v:?} is not an IPv4 address")))?,
+                .parse::<IpAddr>()
+                .ok()
+                .filter(|ip| Family::of_addr(ip) == family)
+                .ok_or_else(|| {
+                    bad(
+                        public_ip_key.clone(),
+                        format!("{v:?} is not an {family} address"),
+                    )
+                })?,
         };
         let backend_type = ann
             .get(&self.backend_type())
             .cloned()
             .ok_or_else(|| bad(self.backend_type(), "missing".into()))?;
         let backend_data = ann
-            .get(&self.backend_data())
+            .get(&self.backend_data(family))
             .cloned()
             .unwrap_or_else(|| "null".into());
         Ok(Some(Lease {
             node: name,
-            subnet: subnet.into(),
-            public_ip: public_ip.into(),
+            subnet,
+            public_ip,
             backend_type,
             backend_data,
         }))
     }
+}
+
+/// One family's part of what a node publishes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// The backend data (`{"VNI":1,"VtepMAC":"…"}`, or `null`).
+    pub backend_data: String,
+    /// The advertised address (its family says which annotations).
+    pub public_ip: IpAddr,
+}
+
+fn annotations_of(node: &Node) -> &BTreeMap<String, String> {
+    static EMPTY: BTreeMap<String, String> = BTreeMap::new();
+    node.metadata.annotations.as_ref().unwrap_or(&EMPTY)
 }
 
 /// A node that runs flannel or weft but cannot be used, naming the field.
@@ -151,53 +223,83 @@ pub struct NodeError {
     pub reason: String,
 }
 
-/// The node's IPv4 pod subnet: the first IPv4 entry of `spec.podCIDRs`, else `spec.podCIDR`.
-pub fn pod_cidr(node: &Node) -> Result<Ipv4Net, (&'static str, String)> {
-    let spec = node.spec.as_ref();
-    let list: Vec<&String> = spec
-        .and_then(|s| s.pod_cidrs.as_ref())
-        .map(|v| v.iter().collect())
-        .unwrap_or_default();
-    if !list.is_empty() {
-        for c in &list {
-            if let Ok(n) = c.parse::<Ipv4Net>() {
-                return check_network(n).map_err(|r| ("spec.podCIDRs", r));
-            }
-        }
-        if list.iter().all(|c| c.parse::<ipnet::IpNet>().is_ok()) {
-            return Err((
-                "spec.podCIDRs",
-                format!("no IPv4 subnet in {list:?} (IPv6 is not supported yet)"),
-            ));
-        }
-        return Err(("spec.podCIDRs", format!("{list:?} is not a list of CIDRs")));
-    }
-    match spec.and_then(|s| s.pod_cidr.as_ref()) {
-        None => Err((
-            "spec.podCIDR",
-            "not set (has the controller manager allocated node CIDRs?)".into(),
-        )),
-        Some(c) => {
-            let n = c
-                .parse::<Ipv4Net>()
-                .map_err(|_| ("spec.podCIDR", format!("{c:?} is not an IPv4 CIDR")))?;
-            check_network(n).map_err(|r| ("spec.podCIDR", r))
+/// Why a node has no usable pod subnet of a family.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PodCidrError {
+    /// Neither `spec.podCIDRs` nor `spec.podCIDR` is set.
+    #[error("not set (has the controller manager allocated node CIDRs?)")]
+    NotSet,
+    /// The field (named) holds no subnet of the family; the list as text.
+    #[error("no {1} subnet in {2}")]
+    NoneOfFamily(&'static str, Family, String),
+    /// The field (named) holds something that is not a CIDR.
+    #[error("{1:?} is not a CIDR")]
+    NotACidr(&'static str, String),
+    /// More than one entry per family, or more than two entries.
+    #[error("{0:?} has more than one subnet per family")]
+    TooMany(Vec<String>),
+    /// The field (named): a subnet with host bits.
+    #[error("{1} has host bits set")]
+    HostBits(&'static str, IpNet),
+}
+
+impl PodCidrError {
+    /// The field at fault.
+    pub fn field(&self) -> &'static str {
+        match self {
+            PodCidrError::NotSet => "spec.podCIDR",
+            PodCidrError::TooMany(_) => "spec.podCIDRs",
+            PodCidrError::NoneOfFamily(f, _, _)
+            | PodCidrError::NotACidr(f, _)
+            | PodCidrError::HostBits(f, _) => f,
         }
     }
 }
 
-fn check_network(n: Ipv4Net) -> Result<Ipv4Net, String> {
-    if n.trunc() == n {
-        Ok(n)
-    } else {
-        Err(format!("{n} has host bits set"))
+/// The node's pod subnet of `family`: its entry in `spec.podCIDRs`, else
+/// `spec.podCIDR` (as flannel reads them: at most one entry per family).
+pub fn pod_cidr(node: &Node, family: Family) -> Result<IpNet, PodCidrError> {
+    let spec = node.spec.as_ref();
+    let (field, list): (&'static str, Vec<&String>) = match spec
+        .and_then(|s| s.pod_cidrs.as_ref())
+        .filter(|l| !l.is_empty())
+    {
+        Some(l) => ("spec.podCIDRs", l.iter().collect()),
+        None => match spec.and_then(|s| s.pod_cidr.as_ref()) {
+            Some(c) => ("spec.podCIDR", vec![c]),
+            None => return Err(PodCidrError::NotSet),
+        },
+    };
+    let mut parsed = Vec::with_capacity(list.len());
+    for c in &list {
+        parsed.push(
+            c.parse::<IpNet>()
+                .map_err(|_| PodCidrError::NotACidr(field, (*c).clone()))?,
+        );
     }
+    let of_family: Vec<IpNet> = parsed
+        .iter()
+        .copied()
+        .filter(|n| Family::of_net(n) == family)
+        .collect();
+    if parsed.len() > 2 || of_family.len() > 1 {
+        return Err(PodCidrError::TooMany(list.into_iter().cloned().collect()));
+    }
+    let subnet = of_family
+        .first()
+        .copied()
+        .ok_or_else(|| PodCidrError::NoneOfFamily(field, family, format!("{list:?}")))?;
+    if subnet.trunc() != subnet {
+        return Err(PodCidrError::HostBits(field, subnet));
+    }
+    Ok(subnet)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+    use std::net::Ipv4Addr;
 
     fn node(v: serde_json::Value) -> Node {
         serde_json::from_value(v).unwrap()
@@ -222,16 +324,20 @@ mod tests {
         assert_eq!(
             Annotations::new("flannel.alpha.coreos.com")
                 .unwrap()
-                .backend_data(),
+                .backend_data(Family::V4),
             "flannel.alpha.coreos.com/backend-data"
         );
         assert_eq!(
-            Annotations::new("example.com/").unwrap().public_ip(),
+            Annotations::new("example.com/")
+                .unwrap()
+                .public_ip(Family::V4),
             "example.com/public-ip"
         );
         assert_eq!(
-            Annotations::new("example.com/net").unwrap().public_ip(),
-            "example.com/net-public-ip"
+            Annotations::new("example.com/net")
+                .unwrap()
+                .public_ip(Family::V6),
+            "example.com/net-public-ipv6"
         );
         assert!(Annotations::new("a/b/c").is_err());
         assert!(Annotations::new("Bad_Domain/x").is_err());
@@ -240,7 +346,11 @@ mod tests {
     #[test]
     fn flannel_written_node_round_trips_to_a_lease() {
         let a = Annotations::new("flannel.alpha.coreos.com").unwrap();
-        let lease = a.lease(&flannel_node()).unwrap().unwrap();
+        let lease = a.lease(&flannel_node(), Family::V4).unwrap().unwrap();
+        assert_eq!(
+            a.lease(&flannel_node(), Family::V6).unwrap_err().field,
+            "spec.podCIDRs"
+        );
         assert_eq!(lease.node, "k8s-guide-control-plane");
         assert_eq!(
             lease.subnet,
@@ -254,7 +364,14 @@ mod tests {
         let data = weft_overlay::VxlanBackendData::parse(&lease.backend_data).unwrap();
         assert_eq!(data.vtep_mac.to_string(), "5a:11:99:ab:8c:22");
         // What weft publishes is the same set of annotations, byte for byte.
-        let published = a.published("vxlan", &data.to_json(), Ipv4Addr::new(172, 18, 0, 3));
+        let published = a.published(
+            "vxlan",
+            &[Published {
+                backend_data: data.to_json(),
+                public_ip: Ipv4Addr::new(172, 18, 0, 3).into(),
+            }],
+        );
+        assert_eq!(published.len(), 4);
         let ann = flannel_node().metadata.annotations.unwrap();
         for (k, v) in &published {
             assert_eq!(ann.get(k), Some(v), "{k}");
@@ -265,9 +382,10 @@ mod tests {
     fn nodes_without_flannel_are_not_peers_and_bad_fields_are_named() {
         let a = Annotations::new("flannel.alpha.coreos.com").unwrap();
         assert_eq!(
-            a.lease(&node(
-                json!({"metadata": {"name": "plain"}, "spec": {"podCIDR": "10.244.9.0/24"}})
-            ))
+            a.lease(
+                &node(json!({"metadata": {"name": "plain"}, "spec": {"podCIDR": "10.244.9.0/24"}})),
+                Family::V4
+            )
             .unwrap(),
             None
         );
@@ -276,8 +394,8 @@ mod tests {
             .annotations
             .as_mut()
             .unwrap()
-            .insert(a.public_ip(), "not-an-ip".into());
-        let e = a.lease(&n).unwrap_err();
+            .insert(a.public_ip(Family::V4), "not-an-ip".into());
+        let e = a.lease(&n, Family::V4).unwrap_err();
         assert_eq!(
             (e.node.as_str(), e.field.as_str()),
             (
@@ -287,15 +405,118 @@ mod tests {
         );
         let mut n = flannel_node();
         n.spec = None;
-        assert_eq!(a.lease(&n).unwrap_err().field, "spec.podCIDR");
+        assert_eq!(a.lease(&n, Family::V4).unwrap_err().field, "spec.podCIDR");
         let mut n = flannel_node();
         n.spec.as_mut().unwrap().pod_cidrs = Some(vec!["fd00::/64".into()]);
-        assert!(a.lease(&n).unwrap_err().reason.contains("IPv6"));
+        let e = a.lease(&n, Family::V4).unwrap_err();
+        assert_eq!(e.field, "spec.podCIDRs");
+        assert!(e.reason.contains("no IPv4 subnet"), "{e}");
         let mut n = flannel_node();
         n.spec.as_mut().unwrap().pod_cidrs = Some(vec!["fd00::/64".into(), "10.244.7.0/24".into()]);
         assert_eq!(
-            a.lease(&n).unwrap().unwrap().subnet,
+            a.lease(&n, Family::V4).unwrap().unwrap().subnet,
             "10.244.7.0/24".parse::<ipnet::IpNet>().unwrap()
         );
+        // The v6 subnet without the v6 annotations: a family mismatch, named.
+        let e = a.lease(&n, Family::V6).unwrap_err();
+        assert_eq!(e.field, "flannel.alpha.coreos.com/public-ipv6");
+        assert!(e.reason.contains("missing"), "{e}");
+        let mut n = flannel_node();
+        n.spec.as_mut().unwrap().pod_cidrs =
+            Some(vec!["10.244.7.0/24".into(), "10.244.8.0/24".into()]);
+        assert_eq!(a.lease(&n, Family::V4).unwrap_err().field, "spec.podCIDRs");
+    }
+}
+
+#[cfg(test)]
+mod dual_stack_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use serde_json::json;
+
+    /// A dual-stack Node as flanneld v0.28 leaves it (vxlan).
+    fn dual_node() -> Node {
+        serde_json::from_value(json!({
+            "metadata": {"name": "worker", "annotations": {
+                "flannel.alpha.coreos.com/backend-data": "{\"VNI\":1,\"VtepMAC\":\"5a:11:99:ab:8c:22\"}",
+                "flannel.alpha.coreos.com/backend-v6-data": "{\"VNI\":1,\"VtepMAC\":\"6e:5f:3b:12:00:9a\"}",
+                "flannel.alpha.coreos.com/backend-type": "vxlan",
+                "flannel.alpha.coreos.com/kube-subnet-manager": "true",
+                "flannel.alpha.coreos.com/public-ip": "172.18.0.3",
+                "flannel.alpha.coreos.com/public-ipv6": "fd00:18::3"
+            }},
+            "spec": {"podCIDR": "10.244.1.0/24", "podCIDRs": ["10.244.1.0/24", "fc00:0:0:1::/64"]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn each_family_gets_its_own_lease() {
+        let a = Annotations::new("flannel.alpha.coreos.com").unwrap();
+        let v4 = a.lease(&dual_node(), Family::V4).unwrap().unwrap();
+        let v6 = a.lease(&dual_node(), Family::V6).unwrap().unwrap();
+        assert_eq!(v4.subnet.to_string(), "10.244.1.0/24");
+        assert_eq!(v4.public_ip.to_string(), "172.18.0.3");
+        assert!(v4.backend_data.contains("5a:11:99:ab:8c:22"));
+        assert_eq!(v6.subnet.to_string(), "fc00:0:0:1::/64");
+        assert_eq!(v6.public_ip.to_string(), "fd00:18::3");
+        assert!(v6.backend_data.contains("6e:5f:3b:12:00:9a"));
+        // What weft publishes for both families is flannel's set, byte for byte.
+        let published = a.published(
+            "vxlan",
+            &[
+                Published {
+                    backend_data: v4.backend_data.clone(),
+                    public_ip: v4.public_ip,
+                },
+                Published {
+                    backend_data: v6.backend_data.clone(),
+                    public_ip: v6.public_ip,
+                },
+            ],
+        );
+        assert_eq!(
+            &published,
+            dual_node().metadata.annotations.as_ref().unwrap()
+        );
+    }
+
+    #[test]
+    fn family_mismatches_are_named() {
+        let a = Annotations::new("flannel.alpha.coreos.com").unwrap();
+        // The v6 address published, but no v6 podCIDR.
+        let mut n = dual_node();
+        n.spec.as_mut().unwrap().pod_cidrs = Some(vec!["10.244.1.0/24".into()]);
+        let e = a.lease(&n, Family::V6).unwrap_err();
+        assert_eq!(
+            (e.node.as_str(), e.field.as_str()),
+            ("worker", "spec.podCIDRs")
+        );
+        assert!(
+            e.reason
+                .contains("publishes flannel.alpha.coreos.com/public-ipv6"),
+            "{e}"
+        );
+        // A v4 address in the v6 annotation.
+        let mut n = dual_node();
+        n.metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(a.public_ip(Family::V6), "172.18.0.3".into());
+        let e = a.lease(&n, Family::V6).unwrap_err();
+        assert_eq!(e.field, "flannel.alpha.coreos.com/public-ipv6");
+        assert!(e.reason.contains("not an IPv6 address"), "{e}");
+        // IPv6-only: podCIDR alone, v6.
+        let mut n = dual_node();
+        n.spec = Some(k8s_openapi::api::core::v1::NodeSpec {
+            pod_cidr: Some("fc00:0:0:7::/64".into()),
+            ..Default::default()
+        });
+        assert_eq!(
+            a.lease(&n, Family::V6).unwrap().unwrap().subnet.to_string(),
+            "fc00:0:0:7::/64"
+        );
+        assert!(a.publishes(&n, Family::V6) && a.publishes(&n, Family::V4));
     }
 }

@@ -2,12 +2,13 @@
 //! there, and every other node as a lease.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::json;
+use weft_overlay::Family;
 
 use super::annotations::Annotations;
 
@@ -151,32 +152,39 @@ impl NodeClient {
     }
 }
 
-/// The address to publish: `public-ip-overwrite` when the user set it, else the detected one.
-pub fn advertised_ip(node: &Node, annotations: &Annotations, detected: Ipv4Addr) -> Ipv4Addr {
-    node.metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(&annotations.public_ip_overwrite()))
-        .and_then(|v| v.parse().ok())
+/// The address to publish for `detected`'s family: `public-ip-overwrite`
+/// (`public-ipv6-overwrite`) when the user set it, else the detected one.
+pub fn advertised_ip(node: &Node, annotations: &Annotations, detected: IpAddr) -> IpAddr {
+    let family = Family::of_addr(&detected);
+    annotation(node, &annotations.public_ip_overwrite(family))
+        .and_then(|v| v.parse::<IpAddr>().ok())
+        .filter(|ip| Family::of_addr(ip) == family)
         .unwrap_or(detected)
 }
 
-/// The `node-public-ip` annotation, which flannel uses as `--public-ip`.
-pub fn node_public_ip(node: &Node, annotations: &Annotations) -> Option<Ipv4Addr> {
-    node.metadata
-        .annotations
-        .as_ref()?
-        .get(&annotations.node_public_ip())?
-        .parse()
+/// The `node-public-ip` (`node-public-ipv6`) annotation, which flannel uses
+/// as `--public-ip` (`--public-ipv6`).
+pub fn node_public_ip(node: &Node, annotations: &Annotations, family: Family) -> Option<IpAddr> {
+    annotation(node, &annotations.node_public_ip(family))?
+        .parse::<IpAddr>()
         .ok()
+        .filter(|ip| Family::of_addr(ip) == family)
 }
 
-/// The `backend-data` this node published before, if any (its backend
-/// says what to keep of it, e.g. the VTEP MAC, flannel #1795).
-pub fn own_backend_data<'a>(node: &'a Node, annotations: &Annotations) -> Option<&'a str> {
+/// The `backend-data` (`backend-v6-data`) this node published before, if
+/// any (its backend says what to keep of it, e.g. the VTEP MAC, flannel #1795).
+pub fn own_backend_data<'a>(
+    node: &'a Node,
+    annotations: &Annotations,
+    family: Family,
+) -> Option<&'a str> {
+    annotation(node, &annotations.backend_data(family))
+}
+
+fn annotation<'a>(node: &'a Node, key: &str) -> Option<&'a str> {
     node.metadata
         .annotations
         .as_ref()?
-        .get(&annotations.backend_data())
+        .get(key)
         .map(String::as_str)
 }

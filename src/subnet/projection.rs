@@ -96,12 +96,12 @@ mod tests {
         project(&mut cut, &annotations);
         // What weft derives from a Node is the same.
         assert_eq!(
-            annotations.lease(&cut).unwrap(),
-            annotations.lease(&full).unwrap()
+            annotations.lease(&cut, weft_overlay::Family::V4).unwrap(),
+            annotations.lease(&full, weft_overlay::Family::V4).unwrap()
         );
         assert_eq!(
-            crate::subnet::annotations::pod_cidr(&cut),
-            crate::subnet::annotations::pod_cidr(&full)
+            crate::subnet::annotations::pod_cidr(&cut, weft_overlay::Family::V4),
+            crate::subnet::annotations::pod_cidr(&full, weft_overlay::Family::V4)
         );
         assert_eq!(
             cut.metadata.creation_timestamp,
