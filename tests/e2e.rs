@@ -8,12 +8,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use weft_integration::lab::{ApiChoice, Backend, Binaries, Lab, LabSpec};
+use weft_integration::lab::{ApiChoice, Backend, Binaries, IpFamily, Lab, LabSpec};
 use weft_integration::pinger::Pinger;
 use weft_integration::seed_nodes;
 use weft_integration::topology::NodeSpec;
 use weft_nat::NatMode;
 use weft_netns::{require_netns, Netns};
+use weft_overlay::Family;
 
 fn binaries() -> Binaries {
     Binaries {
@@ -23,46 +24,58 @@ fn binaries() -> Binaries {
     }
 }
 
-/// The seed's tables on every node, for this backend (weft's routes carry
-/// protocol 119; a flannel-made node's carry none).
+/// The seed's tables on every node, for this backend and every family of
+/// the lab (weft's routes carry protocol 119; a flannel-made node's carry
+/// none; IPv6 has the same tables on `flannel-v6.1`).
 fn assert_tables(lab: &Lab, backend: Backend) {
+    for &family in lab.families() {
+        assert_tables_of(lab, backend, family);
+    }
+}
+
+fn assert_tables_of(lab: &Lab, backend: Backend, family: Family) {
+    let (flag, device) = match family {
+        Family::V4 => ("-4", "flannel.1"),
+        Family::V6 => ("-6", "flannel-v6.1"),
+    };
     for n in &lab.nodes {
         let routes = match n.agent {
-            Some(_) => n.ns.ip(&["route", "show", "proto", "119"]).unwrap(),
-            None => n.ns.ip(&["route", "show"]).unwrap(),
+            Some(_) => n.ns.ip(&[flag, "route", "show", "proto", "119"]).unwrap(),
+            None => n.ns.ip(&[flag, "route", "show"]).unwrap(),
         };
-        let neigh = n.ns.ip(&["neigh", "show", "nud", "permanent"]).unwrap();
+        let neigh =
+            n.ns.ip(&[flag, "neigh", "show", "nud", "permanent"])
+                .unwrap();
         let fdb =
-            n.ns.exec(&["bridge", "fdb", "show", "dev", "flannel.1"])
+            n.ns.exec(&["bridge", "fdb", "show", "dev", device])
                 .unwrap_or_default();
         for o in lab.nodes.iter().filter(|o| o.spec.name != n.spec.name) {
-            let (dst, gw) = (
-                o.spec.subnet.to_string(),
-                o.spec.subnet.network().to_string(),
+            let subnet = o.spec.subnet_of(family);
+            let (dst, gw, peer) = (
+                subnet.to_string(),
+                subnet.network().to_string(),
+                o.spec.ip_of(family),
             );
+            let at = format!("{} ({family})", n.spec.name);
             match backend {
                 Backend::Vxlan => {
                     assert!(
-                        routes.contains(&format!("{dst} via {gw} dev flannel.1 onlink")),
-                        "{}: {routes}",
-                        n.spec.name
+                        routes.contains(&format!("{dst} via {gw} dev {device} onlink")),
+                        "{at}: {routes}"
                     );
                     assert!(
-                        neigh.contains(&format!("{gw} dev flannel.1 lladdr")),
-                        "{}: {neigh}",
-                        n.spec.name
+                        neigh.contains(&format!("{gw} dev {device} lladdr")),
+                        "{at}: {neigh}"
                     );
                     assert!(
-                        fdb.contains(&format!("dst {} self permanent", o.spec.ip)),
-                        "{}: {fdb}",
-                        n.spec.name
+                        fdb.contains(&format!("dst {peer} self permanent")),
+                        "{at}: {fdb}"
                     );
                 }
                 Backend::HostGw | Backend::VxlanDirect => {
                     assert!(
-                        routes.contains(&format!("{dst} via {} dev eth0", o.spec.ip)),
-                        "{}: {routes}",
-                        n.spec.name
+                        routes.contains(&format!("{dst} via {peer} dev eth0")),
+                        "{at}: {routes}"
                     );
                 }
             }
@@ -70,52 +83,68 @@ fn assert_tables(lab: &Lab, backend: Backend) {
     }
 }
 
-/// The node's NAT rules as the mode lists them (both iptables tables, or
-/// the nftables table).
-fn nat_listing(ns: &Netns, nat: NatMode) -> String {
+/// The node's NAT rules of `family` as the mode lists them (both iptables
+/// tables, or the nftables table).
+fn nat_listing(ns: &Netns, nat: NatMode, family: Family) -> String {
+    let v6 = family == Family::V6;
     match nat {
-        NatMode::IptablesLegacy => ns.exec(&["iptables-legacy-save"]).unwrap(),
-        NatMode::IptablesNft => ns.exec(&["iptables-nft-save"]).unwrap(),
+        NatMode::IptablesLegacy => ns
+            .exec(&[if v6 {
+                "ip6tables-legacy-save"
+            } else {
+                "iptables-legacy-save"
+            }])
+            .unwrap(),
+        NatMode::IptablesNft => ns
+            .exec(&[if v6 {
+                "ip6tables-nft-save"
+            } else {
+                "iptables-nft-save"
+            }])
+            .unwrap(),
         NatMode::Nftables => ns
-            .exec(&["nft", "list", "table", "ip", "flannel-ipv4"])
+            .exec(&if v6 {
+                ["nft", "list", "table", "ip6", "flannel-ipv6"]
+            } else {
+                ["nft", "list", "table", "ip", "flannel-ipv4"]
+            })
             .unwrap(),
     }
 }
 
 fn assert_nat(lab: &Lab, nat: NatMode) {
-    for n in &lab.nodes {
-        let listing = nat_listing(&n.ns, nat);
-        let random = if nat == NatMode::Nftables {
-            "masquerade fully-random"
-        } else {
-            "--random-fully"
-        };
-        assert!(
-            listing.contains(random),
-            "{}: {nat}: {listing}",
-            n.spec.name
-        );
-        assert!(
-            listing.contains(&n.spec.subnet.to_string()),
-            "{}: {nat}: {listing}",
-            n.spec.name
-        );
+    for &family in lab.families() {
+        for n in &lab.nodes {
+            let listing = nat_listing(&n.ns, nat, family);
+            let random = if nat == NatMode::Nftables {
+                "masquerade fully-random"
+            } else {
+                "--random-fully"
+            };
+            let at = format!("{} ({family}, {nat})", n.spec.name);
+            assert!(listing.contains(random), "{at}: {listing}");
+            assert!(
+                listing.contains(&n.spec.subnet_of(family).to_string()),
+                "{at}: {listing}"
+            );
+        }
     }
 }
 
 /// Against the real kube-apiserver where ../shared/kube has it (CI), else
 /// the embedded Node API server; the output says which.
 fn combination(backend: Backend, nat: NatMode) {
-    combination_with(backend, nat, ApiChoice::Auto);
+    combination_with(backend, nat, ApiChoice::Auto, IpFamily::Ipv4);
 }
 
-fn combination_with(backend: Backend, nat: NatMode, api: ApiChoice) {
+fn combination_with(backend: Backend, nat: NatMode, api: ApiChoice, ip_family: IpFamily) {
     let spec = LabSpec {
         nodes: &seed_nodes(),
         flannel: &[],
         backend,
         nat,
         api,
+        ip_family,
     };
     let mut lab = Lab::start_with(&spec, &binaries()).unwrap();
     for i in 0..lab.nodes.len() {
@@ -124,17 +153,18 @@ fn combination_with(backend: Backend, nat: NatMode, api: ApiChoice) {
         }
     }
     let t = lab.wait_for_overlay(Duration::from_secs(20)).unwrap();
+    let what = format!("{backend:?} × {nat} × {ip_family}");
     eprintln!(
-        "{backend:?} × {nat}: converged {:.0} ms after the last pod ({})",
+        "{what}: converged {:.0} ms after the last pod ({})",
         t.as_secs_f64() * 1e3,
         lab.api.describe()
     );
     assert_tables(&lab, backend);
     assert_nat(&lab, nat);
-    assert_full_matrix(&lab, &format!("{backend:?} × {nat}"));
+    assert_full_matrix(&lab, &what);
     for c in lab.outside_checks().unwrap() {
-        assert!(c.masqueraded(), "{backend:?} × {nat}: {c:?}");
-        assert!(c.kept_source(), "{backend:?} × {nat}: {c:?}");
+        assert!(c.masqueraded(), "{what}: {c:?}");
+        assert!(c.kept_source(), "{what}: {c:?}");
     }
 }
 
@@ -144,11 +174,43 @@ fn all_backends(nat: NatMode) {
     }
 }
 
+/// Dual-stack and IPv6-only pods, every backend, in one NAT mode.
+fn every_backend_beyond_ipv4(nat: NatMode) {
+    for ip_family in [IpFamily::Dual, IpFamily::Ipv6] {
+        for backend in [Backend::Vxlan, Backend::HostGw, Backend::VxlanDirect] {
+            combination_with(backend, nat, ApiChoice::Auto, ip_family);
+        }
+    }
+}
+
 /// The lab where ../shared/kube is absent: weft's embedded Node API server.
 #[test]
 fn the_lab_with_the_embedded_api_server() {
     require_netns!();
-    combination_with(Backend::Vxlan, NatMode::Nftables, ApiChoice::Embedded);
+    combination_with(
+        Backend::Vxlan,
+        NatMode::Nftables,
+        ApiChoice::Embedded,
+        IpFamily::Ipv4,
+    );
+}
+
+#[test]
+fn dual_stack_and_ipv6_only_with_iptables_legacy() {
+    require_netns!();
+    every_backend_beyond_ipv4(NatMode::IptablesLegacy);
+}
+
+#[test]
+fn dual_stack_and_ipv6_only_with_iptables_nft() {
+    require_netns!();
+    every_backend_beyond_ipv4(NatMode::IptablesNft);
+}
+
+#[test]
+fn dual_stack_and_ipv6_only_with_nftables() {
+    require_netns!();
+    every_backend_beyond_ipv4(NatMode::Nftables);
 }
 
 #[test]
@@ -218,10 +280,16 @@ fn mixed_lab(backend: Backend, nat: NatMode) -> Lab {
 }
 
 fn assert_full_matrix(lab: &Lab, what: &str) {
-    let matrix = lab.ping_matrix();
+    for &family in lab.families() {
+        assert_full_matrix_of(lab, family, what);
+    }
+}
+
+fn assert_full_matrix_of(lab: &Lab, family: Family, what: &str) {
+    let matrix = lab.ping_matrix_of(family);
     assert!(
         matrix.iter().flatten().all(|ok| *ok),
-        "{what}: pod ping matrix {matrix:?}"
+        "{what}: {family} pod ping matrix {matrix:?}"
     );
 }
 
@@ -291,7 +359,7 @@ fn assert_no_duplicates(ns: &Netns, nat: NatMode) {
         "FDB entries",
     );
 
-    let listing = nat_listing(ns, nat);
+    let listing = nat_listing(ns, nat, Family::V4);
     let rules: Vec<&str> = listing
         .lines()
         .map(str::trim)
@@ -313,7 +381,7 @@ fn assert_no_duplicates(ns: &Netns, nat: NatMode) {
     assert_eq!(rules.len(), want, "{nat}:\n{listing}");
     for other in [NatMode::IptablesLegacy, NatMode::IptablesNft] {
         if other != nat {
-            let save = nat_listing(ns, other);
+            let save = nat_listing(ns, other, Family::V4);
             assert!(
                 !save.contains("FLANNEL"),
                 "{other} still has rules:\n{save}"

@@ -1,7 +1,7 @@
 //! A `ping` running in a pod while something changes (a restart, a
 //! takeover), and what it counted.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use anyhow::{bail, Context};
 use weft_netns::Netns;
@@ -31,7 +31,7 @@ impl PingSummary {
 
 impl Pinger {
     /// Starts `count` pings 10 ms apart (each waiting at most 1 s) from `from` to `to`.
-    pub fn start(from: &Netns, to: Ipv4Addr, count: u32) -> anyhow::Result<Pinger> {
+    pub fn start(from: &Netns, to: impl Into<IpAddr>, count: u32) -> anyhow::Result<Pinger> {
         Self::start_with(from.command(&["ping"]), to, count)
     }
 
@@ -39,10 +39,10 @@ impl Pinger {
     /// namespace (e.g. through `nsenter` into a pod).
     pub fn start_with(
         mut ping: std::process::Command,
-        to: Ipv4Addr,
+        to: impl Into<IpAddr>,
         count: u32,
     ) -> anyhow::Result<Pinger> {
-        let (to, count) = (to.to_string(), count.to_string());
+        let (to, count) = (to.into().to_string(), count.to_string());
         let child = ping
             .args(["-i", "0.01", "-c", &count, "-W", "1", "-q", &to])
             .stdin(std::process::Stdio::null())

@@ -1,15 +1,28 @@
 //! A cluster made of network namespaces: an underlay switch, nodes with a
 //! `cni0` bridge and one pod each, as the seed document draws it.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use weft_netns::{veth, Netns, Switch};
+use weft_overlay::Family;
 
 /// The underlay network of the lab (the seed's kind network).
 pub const UNDERLAY: &str = "172.18.0.0/16";
 /// The cluster network.
 pub const CLUSTER: &str = "10.244.0.0/16";
+/// The underlay's IPv6 network (each node's v6 address ends like its v4 one).
+pub const UNDERLAY6: &str = "fd00:18::/64";
+/// The IPv6 cluster network (node n's subnet is `fc00:0:0:n::/64`).
+pub const CLUSTER6: &str = "fc00::/48";
+
+/// The lab's cluster network of `family`.
+pub fn cluster_network(family: Family) -> IpNet {
+    match family {
+        Family::V4 => CLUSTER.parse().unwrap_or(IpNet::V4(Ipv4Net::default())),
+        Family::V6 => CLUSTER6.parse().unwrap_or(IpNet::V6(Ipv6Net::default())),
+    }
+}
 
 /// What one node looks like.
 #[derive(Debug, Clone)]
@@ -31,6 +44,46 @@ impl NodeSpec {
     /// The address of the node's pod: subnet.2.
     pub fn pod_ip(&self) -> Ipv4Addr {
         nth(self.subnet, 2)
+    }
+
+    /// The node's IPv6 underlay address: `fd00:18::<last octet of its v4 one>`.
+    pub fn ip6(&self) -> Ipv6Addr {
+        Ipv6Addr::new(0xfd00, 0x18, 0, 0, 0, 0, 0, u16::from(self.ip.octets()[3]))
+    }
+
+    /// The node's IPv6 pod subnet: `fc00:0:0:<third octet of its v4 one>::/64`.
+    pub fn subnet6(&self) -> Ipv6Net {
+        let n = u16::from(self.subnet.network().octets()[2]);
+        Ipv6Net::new(Ipv6Addr::new(0xfc00, 0, 0, n, 0, 0, 0, 0), 64).unwrap_or_default()
+    }
+
+    /// The node's underlay address of `family`.
+    pub fn ip_of(&self, family: Family) -> IpAddr {
+        match family {
+            Family::V4 => self.ip.into(),
+            Family::V6 => self.ip6().into(),
+        }
+    }
+
+    /// The node's pod subnet of `family`.
+    pub fn subnet_of(&self, family: Family) -> IpNet {
+        match family {
+            Family::V4 => self.subnet.into(),
+            Family::V6 => self.subnet6().into(),
+        }
+    }
+
+    /// `cni0`'s address of `family` (the pods' gateway): the subnet's first.
+    pub fn gateway_of(&self, family: Family) -> IpAddr {
+        nth_of(self.subnet_of(family), 1)
+    }
+}
+
+/// The n-th address of a subnet of either family.
+pub fn nth_of(subnet: IpNet, n: u32) -> IpAddr {
+    match subnet {
+        IpNet::V4(s) => nth(s, n).into(),
+        IpNet::V6(s) => Ipv6Addr::from(u128::from(s.network()) + u128::from(n)).into(),
     }
 }
 

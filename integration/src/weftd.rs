@@ -14,6 +14,24 @@ pub fn net_conf(network: &str, backend: &str, nftables: bool) -> String {
     format!(r#"{{"Network":"{network}","EnableNFTables":{nftables},"Backend":{backend}}}"#)
 }
 
+/// `net-conf.json` for a cluster of these families: IPv4's `Network`
+/// (or `EnableIPv4: false`), `EnableIPv6` with `IPv6Network`, as flannel's
+/// dual-stack documentation writes it.
+pub fn net_conf_families(networks: &[ipnet::IpNet], backend: &str, nftables: bool) -> String {
+    let mut fields = Vec::new();
+    match networks.iter().find(|n| matches!(n, ipnet::IpNet::V4(_))) {
+        Some(v4) => fields.push(format!(r#""Network":"{v4}""#)),
+        None => fields.push(r#""EnableIPv4":false"#.to_string()),
+    }
+    if let Some(v6) = networks.iter().find(|n| matches!(n, ipnet::IpNet::V6(_))) {
+        fields.push(format!(r#""EnableIPv6":true,"IPv6Network":"{v6}""#));
+    }
+    format!(
+        r#"{{{},"EnableNFTables":{nftables},"Backend":{backend}}}"#,
+        fields.join(",")
+    )
+}
+
 /// How weftd learns its node: `NODE_NAME`, or (when `extra` holds
 /// `--pod=<namespace>/<name>`, a test-only marker removed from the flags)
 /// `POD_NAMESPACE` and `POD_NAME` as flannel's manifest sets them.

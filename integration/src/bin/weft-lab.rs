@@ -14,12 +14,15 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
-use weft_integration::lab::{ApiChoice, Backend, Binaries, Lab, LabSpec, OUTSIDE_IP};
+use weft_integration::lab::{
+    outside_ip, ApiChoice, Backend, Binaries, IpFamily, Lab, LabSpec, OUTSIDE_IP, OUTSIDE_IP6,
+};
 use weft_integration::pinger::Pinger;
 use weft_integration::seed_nodes;
-use weft_integration::topology::CLUSTER;
+use weft_integration::topology::{cluster_network, CLUSTER};
 use weft_nat::NatMode;
 use weft_netns::Netns;
+use weft_overlay::Family;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum BackendArg {
@@ -36,6 +39,16 @@ enum NatArg {
     IptablesLegacy,
     IptablesNft,
     Nftables,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum IpFamilyArg {
+    /// IPv4 pods (flannel's default).
+    Ipv4,
+    /// IPv6-only pods (EnableIPv4: false, EnableIPv6 with IPv6Network).
+    Ipv6,
+    /// Dual-stack pods: an IPv4 and an IPv6 address each.
+    Dual,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -67,6 +80,9 @@ struct Args {
     /// The NAT mode weftd uses.
     #[arg(long, value_enum, default_value = "iptables-nft")]
     nat: NatArg,
+    /// The pods' address families.
+    #[arg(long, value_enum, default_value = "ipv4")]
+    ip_family: IpFamilyArg,
     /// Set this node up the way flanneld and flannel's CNI plugin would (no
     /// weftd), show the mixed cluster, then let weftd take the node over
     /// while a pod pings a pod on it every 10 ms. E.g. `--flannel-node worker2`.
@@ -166,11 +182,22 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         NatArg::IptablesNft => NatMode::IptablesNft,
         NatArg::Nftables => NatMode::Nftables,
     };
+    let ip_family = match args.ip_family {
+        IpFamilyArg::Ipv4 => IpFamily::Ipv4,
+        IpFamilyArg::Ipv6 => IpFamily::Ipv6,
+        IpFamilyArg::Dual => IpFamily::Dual,
+    };
+    let families = ip_family.families();
     let specs = seed_nodes();
+    let networks: Vec<String> = families
+        .iter()
+        .map(|f| cluster_network(*f).to_string())
+        .collect();
     println!(
-        "== weft lab: {} nodes, backend {:?}, NAT {nat}, cluster network 10.244.0.0/16",
+        "== weft lab: {} nodes, backend {:?}, NAT {nat}, {ip_family}, cluster network {}",
         specs.len(),
-        args.backend
+        args.backend,
+        networks.join(" + ")
     );
     let flannel: Vec<&str> = args.flannel_node.iter().map(String::as_str).collect();
     if let Some(f) = flannel.first() {
@@ -202,16 +229,25 @@ fn run(args: &Args) -> anyhow::Result<bool> {
             backend,
             nat,
             api,
+            ip_family,
         },
         &bins,
     )?;
     println!("   Kubernetes API: {}", lab.api.describe());
     for n in &lab.nodes {
+        let eth0: Vec<String> = families
+            .iter()
+            .map(|f| n.spec.ip_of(*f).to_string())
+            .collect();
+        let cidrs: Vec<String> = families
+            .iter()
+            .map(|f| n.spec.subnet_of(*f).to_string())
+            .collect();
         println!(
-            "   node {:<14} eth0 {:<11} podCIDR {:<14} netns {}{}",
+            "   node {:<14} eth0 {:<11} podCIDRs {:<14} netns {}{}",
             n.spec.name,
-            n.spec.ip,
-            n.spec.subnet,
+            eth0.join(" "),
+            cidrs.join(" "),
             n.ns.name(),
             if n.flannel.is_some() {
                 "  (set up as flanneld would, no weftd)"
@@ -221,7 +257,12 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         );
     }
     println!(
-        "   outside host    eth0 {OUTSIDE_IP}   netns {}",
+        "   outside host    eth0 {OUTSIDE_IP}{}   netns {}",
+        if families.contains(&Family::V6) {
+            format!(" {OUTSIDE_IP6}")
+        } else {
+            String::new()
+        },
         lab.outside.name()
     );
     println!(
@@ -231,7 +272,13 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     for i in 0..lab.nodes.len() {
         for k in 1..=2 {
             let name = format!("pod{}-{k}", i + 1);
-            let ip = lab.add_pod(i, &name)?;
+            lab.add_pod(i, &name)?;
+            let ips: Vec<String> = lab.nodes[i]
+                .pods
+                .last()
+                .map(|p| p.ips.iter().map(ToString::to_string).collect())
+                .unwrap_or_default();
+            let ip = ips.join(" ");
             let how = if lab.nodes[i].flannel.is_some() {
                 "through bridge with flannel's delegate config, as flannel's CNI plugin does"
             } else {
@@ -246,34 +293,8 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     lab.wait_for_overlay(std::time::Duration::from_secs(20))?;
 
     let node3 = lab.nodes.last().context("no nodes")?;
-    let name = node3.spec.name.clone();
-    section(&format!(
-        "1. Pod IP and default route ({} on {name})",
-        node3.pods[0].name
-    ));
-    shell(&node3.pods[0].ns, &["ip", "route", "get", "1.1"]);
-    section(&format!("2. Node routing table ({name})"));
-    shell(&node3.ns, &["ip", "route"]);
-    if backend != Backend::HostGw {
-        section(&format!("3. Static ARP entries for NextHops ({name})"));
-        shell(&node3.ns, &["ip", "neigh", "show", "nud", "permanent"]);
-        section(&format!("4. VXLAN forwarding database ({name})"));
-        shell(&node3.ns, &["bridge", "fdb", "show", "dev", "flannel.1"]);
-    }
-    section(&format!("5. SNAT rules ({name}, {nat})"));
-    match nat {
-        NatMode::IptablesLegacy | NatMode::IptablesNft => {
-            let tool = if nat == NatMode::IptablesLegacy {
-                "iptables-legacy"
-            } else {
-                "iptables-nft"
-            };
-            shell(
-                &node3.ns,
-                &[tool, "-t", "nat", "-L", "FLANNEL-POSTRTG", "-n", "-v"],
-            );
-        }
-        NatMode::Nftables => shell(&node3.ns, &["nft", "list", "table", "ip", "flannel-ipv4"]),
+    for &family in families {
+        seed_tables(node3, family, backend, nat);
     }
     println!("   (proto 119 marks the routes weft owns; flannel's carry no tag)");
 
@@ -346,24 +367,87 @@ fn down() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every pod to every pod; each pod to the outside (and the address the
-/// outside saw); the outside to each pod (and the address the pod saw).
+/// What the seed prints for a node, for one family: the pod's route, the
+/// node's routes, the static neighbours and the FDB (VXLAN), the SNAT rules.
+fn seed_tables(
+    node: &weft_integration::lab::LabNode,
+    family: Family,
+    backend: Backend,
+    nat: NatMode,
+) {
+    let name = &node.spec.name;
+    let (flag, device, table, tools) = match family {
+        Family::V4 => (
+            "-4",
+            "flannel.1",
+            "ip flannel-ipv4",
+            ["iptables-legacy", "iptables-nft"],
+        ),
+        Family::V6 => (
+            "-6",
+            "flannel-v6.1",
+            "ip6 flannel-ipv6",
+            ["ip6tables-legacy", "ip6tables-nft"],
+        ),
+    };
+    let Some(pod) = node.pods.first() else {
+        return;
+    };
+    section(&format!(
+        "1. Pod IP and default route ({} on {name}, {family})",
+        pod.name
+    ));
+    let outside = outside_ip(family).to_string();
+    shell(&pod.ns, &["ip", flag, "route", "get", &outside]);
+    section(&format!("2. Node routing table ({name}, {family})"));
+    shell(&node.ns, &["ip", flag, "route"]);
+    if backend != Backend::HostGw {
+        section(&format!(
+            "3. Static neighbours for next hops ({name}, {family})"
+        ));
+        shell(&node.ns, &["ip", flag, "neigh", "show", "nud", "permanent"]);
+        section(&format!("4. VXLAN forwarding database ({name}, {device})"));
+        shell(&node.ns, &["bridge", "fdb", "show", "dev", device]);
+    }
+    section(&format!("5. SNAT rules ({name}, {nat}, {family})"));
+    match nat {
+        NatMode::IptablesLegacy | NatMode::IptablesNft => {
+            let tool = tools[usize::from(nat == NatMode::IptablesNft)];
+            shell(
+                &node.ns,
+                &[tool, "-t", "nat", "-L", "FLANNEL-POSTRTG", "-n", "-v"],
+            );
+        }
+        NatMode::Nftables => {
+            let (fam, t) = table.split_once(' ').unwrap_or(("ip", table));
+            shell(&node.ns, &["nft", "list", "table", fam, t]);
+        }
+    }
+}
+
+/// Every pod to every pod (for each family); each pod to the outside (and
+/// the address the outside saw); the outside to each pod (and the address
+/// the pod saw).
 fn matrix(lab: &Lab) -> anyhow::Result<bool> {
-    section("Connectivity: ping from each pod (rows) to each pod (columns)");
     let pods = lab.pods();
     let mut ok = true;
-    print!("{:<10}", "");
-    for (p, _) in &pods {
-        print!("{:<9}", p.name);
-    }
-    println!();
-    for ((from, _), row) in pods.iter().zip(lab.ping_matrix()) {
-        print!("{:<10}", from.name);
-        for good in row {
-            ok &= good;
-            print!("{:<9}", if good { "ok" } else { "FAIL" });
+    for &family in lab.families() {
+        section(&format!(
+            "Connectivity ({family}): ping from each pod (rows) to each pod (columns)"
+        ));
+        print!("{:<10}", "");
+        for (p, _) in &pods {
+            print!("{:<9}", p.name);
         }
         println!();
+        for ((from, _), row) in pods.iter().zip(lab.ping_matrix_of(family)) {
+            print!("{:<10}", from.name);
+            for good in row {
+                ok &= good;
+                print!("{:<9}", if good { "ok" } else { "FAIL" });
+            }
+            println!();
+        }
     }
     section("Pods <-> outside host (TCP; the address the other side saw)");
     let show = |a: Option<IpAddr>| {
@@ -374,7 +458,7 @@ fn matrix(lab: &Lab) -> anyhow::Result<bool> {
         ok &= c.masqueraded() && c.kept_source();
         println!(
             "   {:<8} -> outside  seen as {:<15} {}",
-            c.pod,
+            format!("{} {}", c.pod, c.family),
             show(c.to_outside),
             if c.masqueraded() {
                 "ok (masqueraded to its node's address)"
@@ -384,7 +468,7 @@ fn matrix(lab: &Lab) -> anyhow::Result<bool> {
         );
         println!(
             "   outside  -> {:<8} seen as {:<15} {}",
-            c.pod,
+            format!("{} {}", c.pod, c.family),
             show(c.from_outside),
             if c.kept_source() {
                 "ok (the client's own address)"
@@ -458,7 +542,12 @@ fn walk(lab: &Lab, backend: Backend) {
     };
     let (src, dst) = (&a.pods[0], &c.pods[0]);
     let dst_ip = dst.ip.to_string();
-    let gw = c.spec.subnet.network().to_string();
+    let family = Family::of_addr(&dst.ip);
+    let gw = c.spec.subnet_of(family).network().to_string();
+    let device = match family {
+        Family::V4 => "flannel.1",
+        Family::V6 => "flannel-v6.1",
+    };
     section(&format!(
         "A day in the life of a packet: {} ({}) on {} -> {} ({}) on {}",
         src.name, src.ip, a.spec.name, dst.name, dst.ip, c.spec.name
@@ -472,14 +561,14 @@ fn walk(lab: &Lab, backend: Backend) {
     shell(&a.ns, &["ip", "route", "get", &dst_ip]);
     if backend == Backend::Vxlan {
         println!("3. The static neighbour weft programmed gives the next hop's MAC:");
-        shell(&a.ns, &["ip", "neigh", "get", &gw, "dev", "flannel.1"]);
-        println!("4. The FDB of flannel.1 gives the VTEP's address:");
-        shell(&a.ns, &["bridge", "fdb", "show", "dev", "flannel.1"]);
+        shell(&a.ns, &["ip", "neigh", "get", &gw, "dev", device]);
+        println!("4. The FDB of {device} gives the VTEP's address:");
+        shell(&a.ns, &["bridge", "fdb", "show", "dev", device]);
         println!(
-            "5. Encapsulated, it reaches {}, whose flannel.1 has that MAC:",
+            "5. Encapsulated, it reaches {}, whose {device} has that MAC:",
             c.spec.name
         );
-        shell(&c.ns, &["ip", "link", "show", "flannel.1"]);
+        shell(&c.ns, &["ip", "link", "show", device]);
     } else {
         println!(
             "3. No encapsulation: the next hop is {}'s own address on the underlay.",

@@ -108,6 +108,19 @@ impl RealApiServer {
         internal_ip: Ipv4Addr,
         annotations: &[(&str, &str)],
     ) -> anyhow::Result<()> {
+        self.create_node_with_cidrs(name, &[pod_cidr.to_owned()], internal_ip, annotations)
+    }
+
+    /// Creates a Node with these pod subnets (`podCIDRs`, one per family,
+    /// IPv4 first, as the controller manager allocates them), its
+    /// InternalIP and annotations.
+    pub fn create_node_with_cidrs(
+        &self,
+        name: &str,
+        pod_cidrs: &[String],
+        internal_ip: Ipv4Addr,
+        annotations: &[(&str, &str)],
+    ) -> anyhow::Result<()> {
         let annotations: serde_json::Map<String, Value> = annotations
             .iter()
             .map(|(k, v)| ((*k).to_owned(), Value::from(*v)))
@@ -116,7 +129,7 @@ impl RealApiServer {
             "apiVersion": "v1",
             "kind": "Node",
             "metadata": {"name": name, "annotations": annotations},
-            "spec": {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr]},
+            "spec": {"podCIDR": pod_cidrs.first(), "podCIDRs": pod_cidrs},
         }))?;
         let status = json!({"status": {"addresses": [
             {"type": "InternalIP", "address": internal_ip.to_string()},

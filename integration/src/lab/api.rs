@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use crate::kube_api::RealApiServer;
 use crate::node_api::NodeApi;
 use crate::topology::NodeSpec;
+use weft_overlay::Family;
 
 /// Which Kubernetes API a lab should run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -80,12 +81,18 @@ impl Api {
         }
     }
 
-    pub(super) fn create_node(&self, spec: &NodeSpec) -> anyhow::Result<()> {
+    /// Creates the Node with a pod subnet of each of `families`, as the
+    /// controller manager allocates them (`podCIDRs`, IPv4 first).
+    pub(super) fn create_node(&self, spec: &NodeSpec, families: &[Family]) -> anyhow::Result<()> {
+        let cidrs: Vec<String> = families
+            .iter()
+            .map(|f| spec.subnet_of(*f).to_string())
+            .collect();
         match self {
-            Api::Real(r) => r.create_node(&spec.name, &spec.subnet.to_string(), spec.ip, &[]),
+            Api::Real(r) => r.create_node_with_cidrs(&spec.name, &cidrs, spec.ip, &[]),
             Api::Embedded(e, _) => e.create_node(json!({
                 "apiVersion": "v1", "kind": "Node", "metadata": {"name": spec.name},
-                "spec": {"podCIDR": spec.subnet.to_string(), "podCIDRs": [spec.subnet.to_string()]},
+                "spec": {"podCIDR": cidrs.first(), "podCIDRs": cidrs},
                 "status": {"addresses": [{"type": "InternalIP", "address": spec.ip.to_string()}]}
             })),
         }

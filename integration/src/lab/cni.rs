@@ -1,7 +1,7 @@
 //! Running CNI plugins on a lab node as a container runtime does, and
 //! saving a delegate configuration as flannel's CNI plugin does.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::Path;
 
 use anyhow::bail;
@@ -77,11 +77,18 @@ pub(super) fn cni(
     Ok(serde_json::from_str(&text)?)
 }
 
-/// The first IPv4 address of a CNI result (0.3.x/0.4.0/1.x `ips`, or 0.2.0 `ip4`).
-pub(super) fn result_ip(r: &Value) -> Option<Ipv4Addr> {
-    let cidr = r["ips"]
-        .as_array()
-        .and_then(|ips| ips.iter().find_map(|i| i["address"].as_str()))
-        .or_else(|| r["ip4"]["ip"].as_str())?;
-    cidr.split('/').next()?.parse().ok()
+/// The addresses of a CNI result in its order (0.3.x/0.4.0/1.x `ips`, or
+/// 0.1.0/0.2.0 `ip4` and `ip6`).
+pub(super) fn result_ips(r: &Value) -> Vec<IpAddr> {
+    let cidrs: Vec<&str> = match r["ips"].as_array() {
+        Some(ips) => ips.iter().filter_map(|i| i["address"].as_str()).collect(),
+        None => [&r["ip4"]["ip"], &r["ip6"]["ip"]]
+            .into_iter()
+            .filter_map(Value::as_str)
+            .collect(),
+    };
+    cidrs
+        .into_iter()
+        .filter_map(|c| c.split('/').next()?.parse().ok())
+        .collect()
 }

@@ -3,7 +3,7 @@
 //! else weft's embedded Node API server), pods created through `weft-cni`
 //! with a flannel conflist, and an outside host.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -12,23 +12,87 @@ use ipnet::Ipv4Net;
 use weft_nat::NatMode;
 use weft_netns::probe::seen_source;
 use weft_netns::{Netns, Switch};
+use weft_overlay::Family;
 
 mod api;
 mod cni;
 
 pub use api::{Api, ApiChoice};
-use cni::{cni, pod_conf, result_ip, save_private};
+use cni::{cni, pod_conf, result_ips, save_private};
 
 use crate::flannel_node::{peer_of, FlannelNode, Peer};
 use crate::kube_api::RealApiServer;
 use crate::node_api::NodeApi;
-use crate::topology::{NodeSpec, CLUSTER};
-use crate::weftd::{health_status, net_conf, Weftd};
+use crate::topology::{cluster_network, NodeSpec, CLUSTER};
+use crate::weftd::{health_status, net_conf_families, Weftd};
 
 /// The API server's address on the switch.
 pub const API_IP: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 1);
 /// The outside host's address.
 pub const OUTSIDE_IP: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 100);
+/// The outside host's IPv6 address.
+pub const OUTSIDE_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x18, 0, 0, 0, 0, 0, 0x100);
+
+/// The outside host's address of `family`.
+pub fn outside_ip(family: Family) -> IpAddr {
+    match family {
+        Family::V4 => OUTSIDE_IP.into(),
+        Family::V6 => OUTSIDE_IP6.into(),
+    }
+}
+
+/// The lab's pod network: IPv4 (flannel's default), IPv6 only, or dual-stack.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum IpFamily {
+    /// IPv4 only.
+    #[default]
+    Ipv4,
+    /// IPv6 only (`EnableIPv4: false`); the underlay keeps its IPv4
+    /// addresses for the API server.
+    Ipv6,
+    /// Both.
+    Dual,
+}
+
+impl IpFamily {
+    /// Every choice.
+    pub const ALL: [IpFamily; 3] = [IpFamily::Ipv4, IpFamily::Ipv6, IpFamily::Dual];
+
+    /// Its families, IPv4 first.
+    pub fn families(self) -> &'static [Family] {
+        match self {
+            IpFamily::Ipv4 => &[Family::V4],
+            IpFamily::Ipv6 => &[Family::V6],
+            IpFamily::Dual => &[Family::V4, Family::V6],
+        }
+    }
+
+    /// `ipv4`, `ipv6`, `dual`, as `--ip-family` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            IpFamily::Ipv4 => "ipv4",
+            IpFamily::Ipv6 => "ipv6",
+            IpFamily::Dual => "dual",
+        }
+    }
+}
+
+impl std::fmt::Display for IpFamily {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for IpFamily {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        IpFamily::ALL
+            .into_iter()
+            .find(|f| f.name() == s)
+            .ok_or_else(|| format!("unknown IP family {s:?} (want ipv4, ipv6 or dual)"))
+    }
+}
 
 /// The data plane between nodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +129,8 @@ pub struct LabSpec<'a> {
     pub nat: NatMode,
     /// The Kubernetes API.
     pub api: ApiChoice,
+    /// The pod network's address families.
+    pub ip_family: IpFamily,
 }
 
 /// A pod created through the CNI plugin.
@@ -73,8 +139,20 @@ pub struct Pod {
     pub ns: Netns,
     /// Its name.
     pub name: String,
-    /// Its address, from the CNI result.
-    pub ip: Ipv4Addr,
+    /// Its first address (IPv4 where the lab has it), from the CNI result.
+    pub ip: IpAddr,
+    /// Its addresses, one per family of the lab, IPv4 first.
+    pub ips: Vec<IpAddr>,
+}
+
+impl Pod {
+    /// Its address of `family`.
+    pub fn ip_of(&self, family: Family) -> Option<IpAddr> {
+        self.ips
+            .iter()
+            .copied()
+            .find(|ip| Family::of_addr(ip) == family)
+    }
 }
 
 /// One node of the lab.
@@ -119,6 +197,7 @@ pub struct Lab {
     net_conf: String,
     backend: Backend,
     nat: NatMode,
+    families: &'static [Family],
 }
 
 impl Lab {
@@ -151,6 +230,7 @@ impl Lab {
                 backend,
                 nat,
                 api: ApiChoice::Auto,
+                ip_family: IpFamily::Ipv4,
             },
             bins,
         )
@@ -164,7 +244,12 @@ impl Lab {
             backend,
             nat,
             api,
+            ip_family,
         } = *spec;
+        let families = ip_family.families();
+        if !flannel.is_empty() && ip_family != IpFamily::Ipv4 {
+            bail!("flannel-made nodes are IPv4 only in the lab so far (--ip-family {ip_family})");
+        }
         let switch = Switch::new("lab-sw")?;
         switch.add_addr("br0", &format!("{API_IP}/16"))?;
         let dir = tempfile::Builder::new().prefix("weft-lab-").tempdir()?;
@@ -200,11 +285,16 @@ impl Lab {
         }
         let outside = Netns::new("lab-out")?;
         switch.attach(&outside, "eth0", &format!("{OUTSIDE_IP}/16"))?;
+        if families.contains(&Family::V6) {
+            add_addr6(&outside, OUTSIDE_IP6)?;
+        }
+        let networks: Vec<ipnet::IpNet> = families.iter().map(|f| cluster_network(*f)).collect();
         let mut lab = Lab {
             weftd: bins.weftd.clone(),
-            net_conf: net_conf(CLUSTER, backend.json(), nat == NatMode::Nftables),
+            net_conf: net_conf_families(&networks, backend.json(), nat == NatMode::Nftables),
             backend,
             nat,
+            families,
             nodes: Vec::new(),
             outside,
             api,
@@ -245,20 +335,26 @@ impl Lab {
         let ns = Netns::new(&format!("lab-{role}"))?;
         self.switch.attach(&ns, "eth0", &format!("{}/16", s.ip))?;
         ns.sysctl("net.ipv4.ip_forward", "1")?;
-        self.outside.ip(&[
-            "route",
-            "replace",
-            &s.subnet.to_string(),
-            "via",
-            &s.ip.to_string(),
-        ])?;
+        if self.families.contains(&Family::V6) {
+            add_addr6(&ns, s.ip6())?;
+            ns.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        }
+        for &family in self.families {
+            self.outside.ip(&[
+                "route",
+                "replace",
+                &s.subnet_of(family).to_string(),
+                "via",
+                &s.ip_of(family).to_string(),
+            ])?;
+        }
         Ok(ns)
     }
 
     /// Creates the Node in the API, its namespace, and starts weftd there
     /// (without waiting for it); returns the node's index.
     fn join_node(&mut self, s: &NodeSpec) -> anyhow::Result<usize> {
-        self.api.create_node(s)?;
+        self.api.create_node(s, self.families)?;
         let ns = self.node_namespace(s)?;
         self.nodes.push(LabNode {
             spec: s.clone(),
@@ -294,7 +390,7 @@ impl Lab {
     /// come with [`teach_flannel_nodes`](Self::teach_flannel_nodes)).
     fn add_flannel_node(&mut self, s: &NodeSpec) -> anyhow::Result<usize> {
         let f = FlannelNode::new(s, self.backend)?;
-        self.api.create_node(s)?;
+        self.api.create_node(s, self.families)?;
         self.api.annotate_node(&s.name, &f.annotations())?;
         let ns = self.node_namespace(s)?;
         let subnet_file = self.dir.path().join(&s.name).join("subnet.env");
@@ -357,9 +453,11 @@ impl Lab {
         }
         let n = self.nodes.remove(node);
         self.api.delete_node(&n.spec.name)?;
-        let _ = self
-            .outside
-            .ip(&["route", "del", &n.spec.subnet.to_string()]);
+        for &family in self.families {
+            let _ = self
+                .outside
+                .ip(&["route", "del", &n.spec.subnet_of(family).to_string()]);
+        }
         if let Some(agent) = n.agent {
             agent.stop()?;
         }
@@ -380,7 +478,7 @@ impl Lab {
     }
 
     /// Creates a pod on node `node` through the CNI plugin, as a container runtime does.
-    pub fn add_pod(&mut self, node: usize, name: &str) -> anyhow::Result<Ipv4Addr> {
+    pub fn add_pod(&mut self, node: usize, name: &str) -> anyhow::Result<IpAddr> {
         let network = self.network();
         let n = self.nodes.get_mut(node).context("no such node")?;
         let ns = Netns::new(name)?;
@@ -396,12 +494,18 @@ impl Lab {
             }
             None => cni(&n.ns, &self.cni_bin, "flannel", "ADD", name, &ns, &conf)?,
         };
-        let ip = result_ip(&result)
-            .with_context(|| format!("no IPv4 address in the CNI result {result}"))?;
+        let ips = result_ips(&result);
+        for &family in self.families {
+            if !ips.iter().any(|ip| Family::of_addr(ip) == family) {
+                bail!("no {family} address in the CNI result {result}");
+            }
+        }
+        let ip = *ips.first().context("no address in the CNI result")?;
         n.pods.push(Pod {
             ns,
             name: name.to_string(),
             ip,
+            ips,
         });
         Ok(ip)
     }
@@ -454,13 +558,19 @@ impl Lab {
         loop {
             // flannel-made nodes are programmed when the lab starts.
             let done = self.nodes.iter().filter(|n| n.agent.is_some()).all(|n| {
-                let routes =
-                    n.ns.ip(&["route", "show", "proto", "119"])
-                        .unwrap_or_default();
-                self.nodes
-                    .iter()
-                    .filter(|o| o.spec.name != n.spec.name)
-                    .all(|o| routes.contains(&o.spec.subnet.to_string()))
+                self.families.iter().all(|&family| {
+                    let flag = match family {
+                        Family::V4 => "-4",
+                        Family::V6 => "-6",
+                    };
+                    let routes =
+                        n.ns.ip(&[flag, "route", "show", "proto", "119"])
+                            .unwrap_or_default();
+                    self.nodes
+                        .iter()
+                        .filter(|o| o.spec.name != n.spec.name)
+                        .all(|o| routes.contains(&o.spec.subnet_of(family).to_string()))
+                })
             });
             if done {
                 return Ok(t0.elapsed());
@@ -472,34 +582,72 @@ impl Lab {
         }
     }
 
-    /// Every pod with its node's address.
-    pub fn pods(&self) -> Vec<(&Pod, Ipv4Addr)> {
+    /// The pod network's families, IPv4 first.
+    pub fn families(&self) -> &'static [Family] {
+        self.families
+    }
+
+    /// Every pod with its node.
+    pub fn pods(&self) -> Vec<(&Pod, &NodeSpec)> {
         self.nodes
             .iter()
-            .flat_map(|n| n.pods.iter().map(move |p| (p, n.spec.ip)))
+            .flat_map(|n| n.pods.iter().map(move |p| (p, &n.spec)))
             .collect()
     }
 
-    /// `ping` from every pod to every pod: rows and columns in [`pods`](Self::pods) order.
+    /// `ping` from every pod to every pod over every family of the lab (a
+    /// cell is true when each family's ping answered): rows and columns in
+    /// [`pods`](Self::pods) order.
     pub fn ping_matrix(&self) -> Vec<Vec<bool>> {
+        let per_family: Vec<Vec<Vec<bool>>> = self
+            .families
+            .iter()
+            .map(|f| self.ping_matrix_of(*f))
+            .collect();
+        let n = self.pods().len();
+        (0..n)
+            .map(|i| (0..n).map(|j| per_family.iter().all(|m| m[i][j])).collect())
+            .collect()
+    }
+
+    /// `ping` from every pod to every pod's `family` address.
+    pub fn ping_matrix_of(&self, family: Family) -> Vec<Vec<bool>> {
         let pods = self.pods();
         pods.iter()
-            .map(|(from, _)| pods.iter().map(|(to, _)| ping(&from.ns, to.ip)).collect())
+            .map(|(from, _)| {
+                pods.iter()
+                    .map(|(to, _)| to.ip_of(family).is_some_and(|ip| ping(&from.ns, ip)))
+                    .collect()
+            })
             .collect()
     }
 
-    /// For every pod: the source address the outside host saw when the pod
-    /// connected (should be the pod's node: masqueraded), and the one the pod
-    /// saw when the outside connected (should be the outside's own).
+    /// For every pod and family: the source address the outside host saw
+    /// when the pod connected (should be the pod's node: masqueraded), and
+    /// the one the pod saw when the outside connected (should be the
+    /// outside's own).
     pub fn outside_checks(&self) -> anyhow::Result<Vec<OutsideCheck>> {
         let mut out = Vec::new();
-        for (pod, node_ip) in self.pods() {
-            let to_outside =
-                seen_source(&self.outside, OUTSIDE_IP.into(), &pod.ns, OUTSIDE_IP.into())?;
-            let from_outside = seen_source(&pod.ns, pod.ip.into(), &self.outside, pod.ip.into())?;
+        for &family in self.families {
+            out.extend(self.outside_checks_of(family)?);
+        }
+        Ok(out)
+    }
+
+    /// [`outside_checks`](Self::outside_checks) for one family.
+    pub fn outside_checks_of(&self, family: Family) -> anyhow::Result<Vec<OutsideCheck>> {
+        let mut out = Vec::new();
+        let outside = outside_ip(family);
+        for (pod, node) in self.pods() {
+            let Some(pod_ip) = pod.ip_of(family) else {
+                continue;
+            };
+            let to_outside = seen_source(&self.outside, outside, &pod.ns, outside)?;
+            let from_outside = seen_source(&pod.ns, pod_ip, &self.outside, pod_ip)?;
             out.push(OutsideCheck {
                 pod: pod.name.clone(),
-                node_ip,
+                family,
+                node_ip: node.ip_of(family),
                 to_outside,
                 from_outside,
             });
@@ -513,8 +661,10 @@ impl Lab {
 pub struct OutsideCheck {
     /// The pod.
     pub pod: String,
-    /// Its node's address.
-    pub node_ip: Ipv4Addr,
+    /// The family checked.
+    pub family: Family,
+    /// Its node's address of that family.
+    pub node_ip: IpAddr,
     /// Source address the outside saw from the pod (want: the node's).
     pub to_outside: Option<std::net::IpAddr>,
     /// Source address the pod saw from the outside (want: the outside's).
@@ -524,12 +674,12 @@ pub struct OutsideCheck {
 impl OutsideCheck {
     /// Pod → outside was masqueraded to the node's address.
     pub fn masqueraded(&self) -> bool {
-        self.to_outside == Some(self.node_ip.into())
+        self.to_outside == Some(self.node_ip)
     }
 
     /// Outside → pod kept the outside's address.
     pub fn kept_source(&self) -> bool {
-        self.from_outside == Some(OUTSIDE_IP.into())
+        self.from_outside == Some(outside_ip(self.family))
     }
 }
 
@@ -551,7 +701,14 @@ fn wait_readyz(n: &mut LabNode) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn ping(ns: &Netns, ip: Ipv4Addr) -> bool {
+/// Adds an IPv6 address to `eth0` without duplicate address detection (a
+/// tentative address cannot be used for seconds), on the underlay's /64.
+fn add_addr6(ns: &Netns, ip: Ipv6Addr) -> anyhow::Result<()> {
+    ns.ip(&["addr", "add", &format!("{ip}/64"), "dev", "eth0", "nodad"])?;
+    Ok(())
+}
+
+fn ping(ns: &Netns, ip: IpAddr) -> bool {
     ns.exec_status(&["ping", "-c1", "-W2", "-q", &ip.to_string()])
         .map(|o| o.status.success())
         .unwrap_or(false)
