@@ -501,6 +501,13 @@ impl Lab {
             }
         }
         let ip = *ips.first().context("no address in the CNI result")?;
+        if self.families.contains(&Family::V6) {
+            // The bridge's IPv6 gateway address goes through duplicate
+            // address detection (about a second) when the node's first pod
+            // is made; until then it answers no neighbour solicitation.
+            wait_dad(&n.ns, "cni0")?;
+            wait_dad(&ns, "eth0")?;
+        }
         n.pods.push(Pod {
             ns,
             name: name.to_string(),
@@ -706,6 +713,24 @@ fn wait_readyz(n: &mut LabNode) -> anyhow::Result<()> {
 fn add_addr6(ns: &Netns, ip: Ipv6Addr) -> anyhow::Result<()> {
     ns.ip(&["addr", "add", &format!("{ip}/64"), "dev", "eth0", "nodad"])?;
     Ok(())
+}
+
+/// Waits (up to 5 s) until no IPv6 address on `dev` is tentative.
+fn wait_dad(ns: &Netns, dev: &str) -> anyhow::Result<()> {
+    let t0 = std::time::Instant::now();
+    loop {
+        let tentative = ns.ip(&["-6", "addr", "show", "dev", dev, "tentative"])?;
+        if tentative.trim().is_empty() {
+            return Ok(());
+        }
+        if t0.elapsed() > Duration::from_secs(5) {
+            bail!(
+                "{dev} in {}: addresses still tentative after 5 s: {tentative}",
+                ns.name()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn ping(ns: &Netns, ip: IpAddr) -> bool {
