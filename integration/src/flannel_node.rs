@@ -5,23 +5,34 @@
 //! flannel/weft clusters and as the starting point of a migration.
 
 use std::io::Write as _;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::process::Stdio;
 
 use anyhow::{bail, Context};
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde_json::{json, Value};
 use weft_nat::NatMode;
 use weft_netns::Netns;
+use weft_overlay::Family;
 
 use crate::lab::Backend;
-use crate::topology::NodeSpec;
+use crate::topology::{cluster_network, nth_of, NodeSpec};
 
 /// flannel's annotation prefix.
 pub const PREFIX: &str = "flannel.alpha.coreos.com";
 /// The VXLAN device flannel makes for VNI 1.
 pub const DEVICE: &str = "flannel.1";
+/// Its IPv6 twin.
+pub const DEVICE6: &str = "flannel-v6.1";
+
+/// flannel's VXLAN device of `family`.
+pub fn device(family: Family) -> &'static str {
+    match family {
+        Family::V4 => DEVICE,
+        Family::V6 => DEVICE6,
+    }
+}
 /// The underlay MTU in the lab, and what flannel derives from it.
 const UNDERLAY_MTU: u32 = 1500;
 
@@ -32,32 +43,63 @@ pub struct FlannelNode {
     pub spec: NodeSpec,
     /// The backend flanneld runs.
     pub backend: Backend,
+    /// The families net-conf.json enables, IPv4 first.
+    pub families: &'static [Family],
     /// The MAC of `flannel.1` (a random locally administered unicast address,
     /// as flannel's `pkg/mac` makes one).
     pub vtep_mac: String,
+    /// The MAC of `flannel-v6.1` (another one).
+    pub vtep_mac6: String,
 }
 
 /// A remote node as flannel sees it through its Node annotations.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
-    /// Its pod subnet (`spec.podCIDR`).
-    pub subnet: Ipv4Net,
-    /// `public-ip`.
-    pub ip: Ipv4Addr,
+    /// Its pod subnet of the family (`spec.podCIDRs`).
+    pub subnet: IpNet,
+    /// `public-ip` (`public-ipv6`).
+    pub ip: IpAddr,
     /// `backend-type`.
     pub backend_type: String,
-    /// The VtepMAC of `backend-data`, for VXLAN peers.
+    /// The VtepMAC of `backend-data` (`backend-v6-data`), for VXLAN peers.
     pub vtep_mac: Option<String>,
+}
+
+fn data_key(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "backend-data",
+        Family::V6 => "backend-v6-data",
+    }
+}
+
+fn public_ip_key(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "public-ip",
+        Family::V6 => "public-ipv6",
+    }
 }
 
 impl FlannelNode {
     /// A flannel node with a fresh random VTEP MAC.
-    pub fn new(spec: &NodeSpec, backend: Backend) -> anyhow::Result<FlannelNode> {
+    pub fn new(
+        spec: &NodeSpec,
+        backend: Backend,
+        families: &'static [Family],
+    ) -> anyhow::Result<FlannelNode> {
         Ok(FlannelNode {
             spec: spec.clone(),
             backend,
+            families,
             vtep_mac: random_mac()?,
+            vtep_mac6: random_mac()?,
         })
+    }
+
+    fn mac(&self, family: Family) -> &str {
+        match family {
+            Family::V4 => &self.vtep_mac,
+            Family::V6 => &self.vtep_mac6,
+        }
     }
 
     /// The MTU flannel gives the overlay (and writes to subnet.env).
@@ -68,60 +110,97 @@ impl FlannelNode {
         }
     }
 
-    /// The four annotations flanneld's kube subnet manager writes on its
-    /// Node (`AcquireLease`): backend-data as Go marshals the VXLAN lease
-    /// attributes, `null` for host-gw.
+    /// The annotations flanneld's kube subnet manager writes on its Node
+    /// (`AcquireLease`): the backend type and the manager mark, and per
+    /// family the backend data (as Go marshals the VXLAN lease attributes,
+    /// `null` for host-gw) and the public address.
     pub fn annotations(&self) -> Vec<(String, String)> {
-        let (kind, data) = match self.backend {
-            Backend::HostGw => ("host-gw", "null".to_string()),
-            Backend::Vxlan | Backend::VxlanDirect => (
-                "vxlan",
-                format!(r#"{{"VNI":1,"VtepMAC":"{}"}}"#, self.vtep_mac),
-            ),
+        let kind = match self.backend {
+            Backend::HostGw => "host-gw",
+            Backend::Vxlan | Backend::VxlanDirect => "vxlan",
         };
-        vec![
-            (format!("{PREFIX}/backend-data"), data),
+        let mut out = vec![
             (format!("{PREFIX}/backend-type"), kind.to_string()),
             (format!("{PREFIX}/kube-subnet-manager"), "true".to_string()),
-            (format!("{PREFIX}/public-ip"), self.spec.ip.to_string()),
-        ]
+        ];
+        for &family in self.families {
+            let data = match self.backend {
+                Backend::HostGw => "null".to_string(),
+                Backend::Vxlan | Backend::VxlanDirect => {
+                    format!(r#"{{"VNI":1,"VtepMAC":"{}"}}"#, self.mac(family))
+                }
+            };
+            out.push((format!("{PREFIX}/{}", data_key(family)), data));
+            out.push((
+                format!("{PREFIX}/{}", public_ip_key(family)),
+                self.spec.ip_of(family).to_string(),
+            ));
+        }
+        out
     }
 
-    /// What flanneld does on its node before it learns any peer: the VXLAN
-    /// device (VNI 1, port 8472, nolearning, MTU − 50, the subnet's network
-    /// address /32), the masquerade and forward rules of `nat`, and
-    /// subnet.env at `subnet_file`.
-    pub fn set_up(
-        &self,
-        ns: &Netns,
-        network: Ipv4Net,
-        nat: NatMode,
-        subnet_file: &Path,
-    ) -> anyhow::Result<()> {
-        if self.backend != Backend::HostGw {
-            let mtu = self.mtu().to_string();
-            add_device(
-                ns,
-                self.spec.ip,
-                &["address", &self.vtep_mac, "mtu", &mtu],
-                &format!("{}/32", self.spec.subnet.network()),
-            )?;
+    /// What flanneld does on its node before it learns any peer, for each
+    /// family: the VXLAN device (VNI 1, port 8472, nolearning, MTU − 50,
+    /// the subnet's network address /32 or /128), the masquerade and
+    /// forward rules of `nat`; then subnet.env at `subnet_file`.
+    pub fn set_up(&self, ns: &Netns, nat: NatMode, subnet_file: &Path) -> anyhow::Result<()> {
+        let mut env = String::new();
+        if nat == NatMode::Nftables {
+            // knftables' Init: both tables, whatever is enabled.
+            feed(ns, &["nft", "-f", "-"], NFT_TABLES)?;
         }
-        let own = self.spec.subnet.to_string();
-        match nat {
-            NatMode::IptablesLegacy => restore(ns, "iptables-legacy-restore", &network, &own)?,
-            NatMode::IptablesNft => restore(ns, "iptables-nft-restore", &network, &own)?,
-            NatMode::Nftables => feed(ns, &["nft", "-f", "-"], &nft_script(&network, &own))?,
+        for &family in self.families {
+            let own = self.spec.subnet_of(family);
+            let network = cluster_network(family);
+            if self.backend != Backend::HostGw {
+                let mtu = self.mtu().to_string();
+                add_device_of(
+                    ns,
+                    family,
+                    self.spec.ip_of(family),
+                    &["address", self.mac(family), "mtu", &mtu],
+                    &format!("{}/{}", own.network(), own.max_prefix_len()),
+                )?;
+            }
+            let own_s = own.to_string();
+            let v6 = family == Family::V6;
+            match nat {
+                NatMode::IptablesLegacy => restore(
+                    ns,
+                    if v6 {
+                        "ip6tables-legacy-restore"
+                    } else {
+                        "iptables-legacy-restore"
+                    },
+                    &network,
+                    &own_s,
+                )?,
+                NatMode::IptablesNft => restore(
+                    ns,
+                    if v6 {
+                        "ip6tables-nft-restore"
+                    } else {
+                        "iptables-nft-restore"
+                    },
+                    &network,
+                    &own_s,
+                )?,
+                NatMode::Nftables => feed(ns, &["nft", "-f", "-"], &nft_script(&network, &own_s))?,
+            }
+            let (net_key, subnet_key) = match family {
+                Family::V4 => ("FLANNEL_NETWORK", "FLANNEL_SUBNET"),
+                Family::V6 => ("FLANNEL_IPV6_NETWORK", "FLANNEL_IPV6_SUBNET"),
+            };
+            env += &format!(
+                "{net_key}={network}\n{subnet_key}={}/{}\n",
+                nth_of(own, 1),
+                own.prefix_len()
+            );
         }
         if let Some(dir) = subnet_file.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let first = Ipv4Addr::from(u32::from(self.spec.subnet.network()) + 1);
-        let env = format!(
-            "FLANNEL_NETWORK={network}\nFLANNEL_SUBNET={first}/{}\nFLANNEL_MTU={}\nFLANNEL_IPMASQ=true\n",
-            self.spec.subnet.prefix_len(),
-            self.mtu()
-        );
+        env += &format!("FLANNEL_MTU={}\nFLANNEL_IPMASQ=true\n", self.mtu());
         std::fs::write(subnet_file, env)?;
         Ok(())
     }
@@ -132,12 +211,16 @@ impl FlannelNode {
     /// a plain route via its address); for host-gw a route via its address.
     /// Peers of another backend type are ignored, as flannel does.
     pub fn add_peers(&self, ns: &Netns, peers: &[Peer]) -> anyhow::Result<()> {
-        for p in peers.iter().filter(|p| p.subnet != self.spec.subnet) {
+        for p in peers
+            .iter()
+            .filter(|p| p.subnet != self.spec.subnet_of(Family::of_net(&p.subnet)))
+        {
             let (dst, peer_ip, gw) = (
                 p.subnet.to_string(),
                 p.ip.to_string(),
                 p.subnet.network().to_string(),
             );
+            let dev = device(Family::of_net(&p.subnet));
             match (self.backend, p.backend_type.as_str()) {
                 (Backend::HostGw, "host-gw") | (Backend::VxlanDirect, "vxlan") => {
                     ns.ip(&["route", "replace", &dst, "via", &peer_ip, "dev", "eth0"])?;
@@ -154,7 +237,7 @@ impl FlannelNode {
                         "lladdr",
                         mac,
                         "dev",
-                        DEVICE,
+                        dev,
                         "nud",
                         "permanent",
                     ])?;
@@ -164,15 +247,13 @@ impl FlannelNode {
                         "replace",
                         mac,
                         "dev",
-                        DEVICE,
+                        dev,
                         "dst",
                         &peer_ip,
                         "self",
                         "permanent",
                     ])?;
-                    ns.ip(&[
-                        "route", "replace", &dst, "via", &gw, "dev", DEVICE, "onlink",
-                    ])?;
+                    ns.ip(&["route", "replace", &dst, "via", &gw, "dev", dev, "onlink"])?;
                 }
                 _ => {}
             }
@@ -183,7 +264,17 @@ impl FlannelNode {
     /// The delegate configuration flannel's CNI plugin builds from
     /// subnet.env and the lab's conflist entry, as it saves it under
     /// `dataDir/<containerID>` before calling `bridge`.
-    pub fn delegate(&self, network: Ipv4Net, ipam_dir: &Path) -> Value {
+    pub fn delegate(&self, ipam_dir: &Path) -> Value {
+        let ranges: Vec<Value> = self
+            .families
+            .iter()
+            .map(|f| json!([{"subnet": self.spec.subnet_of(*f).to_string()}]))
+            .collect();
+        let routes: Vec<Value> = self
+            .families
+            .iter()
+            .map(|f| json!({"dst": cluster_network(*f).to_string()}))
+            .collect();
         json!({
             "cniVersion": "0.3.1",
             "name": "cbr0",
@@ -196,8 +287,8 @@ impl FlannelNode {
             "ipam": {
                 "type": "host-local",
                 "dataDir": ipam_dir,
-                "ranges": [[{"subnet": self.spec.subnet.to_string()}]],
-                "routes": [{"dst": network.to_string()}],
+                "ranges": ranges,
+                "routes": routes,
             },
         })
     }
@@ -212,8 +303,20 @@ pub fn add_device(
     link_options: &[&str],
     addr: &str,
 ) -> anyhow::Result<()> {
+    add_device_of(ns, Family::V4, local.into(), link_options, addr)
+}
+
+/// [`add_device`] for either family: `flannel-v6.1` with a v6 `local`.
+pub fn add_device_of(
+    ns: &Netns,
+    family: Family,
+    local: IpAddr,
+    link_options: &[&str],
+    addr: &str,
+) -> anyhow::Result<()> {
+    let dev = device(family);
     let local = local.to_string();
-    let mut args = vec!["link", "add", DEVICE];
+    let mut args = vec!["link", "add", dev];
     args.extend_from_slice(link_options);
     args.extend_from_slice(&[
         "type",
@@ -230,15 +333,16 @@ pub fn add_device(
     ]);
     ns.ip(&args)?;
     // flanneld turns router advertisements off on the device, ignoring failure.
-    let _ = ns.sysctl(&format!("net/ipv6/conf/{DEVICE}/accept_ra"), "0");
-    ns.ip(&["addr", "add", addr, "dev", DEVICE])?;
-    ns.ip(&["link", "set", DEVICE, "up"])?;
+    let _ = ns.sysctl(&format!("net/ipv6/conf/{dev}/accept_ra"), "0");
+    ns.ip(&["addr", "add", addr, "dev", dev])?;
+    ns.ip(&["link", "set", dev, "up"])?;
     Ok(())
 }
 
-/// A remote node as flannel reads it from a Node object: `None` when the
-/// Node does not carry flannel's `kube-subnet-manager` annotation yet.
-pub fn peer_of(node: &Value) -> Option<Peer> {
+/// A remote node's lease of `family` as flannel reads it from a Node
+/// object: `None` when the Node does not carry flannel's
+/// `kube-subnet-manager` annotation (or that family's) yet.
+pub fn peer_of(node: &Value, family: Family) -> Option<Peer> {
     let annotation = |name: &str| {
         node.pointer("/metadata/annotations")
             .and_then(|a| a.get(format!("{PREFIX}/{name}")))
@@ -248,14 +352,15 @@ pub fn peer_of(node: &Value) -> Option<Peer> {
         return None;
     }
     let subnet = node
-        .pointer("/spec/podCIDR")
-        .and_then(Value::as_str)?
-        .parse()
-        .ok()?;
-    let data: Value = serde_json::from_str(annotation("backend-data")?).ok()?;
+        .pointer("/spec/podCIDRs")
+        .and_then(Value::as_array)?
+        .iter()
+        .filter_map(|c| c.as_str()?.parse::<IpNet>().ok())
+        .find(|c| Family::of_net(c) == family)?;
+    let data: Value = serde_json::from_str(annotation(data_key(family))?).ok()?;
     Some(Peer {
         subnet,
-        ip: annotation("public-ip")?.parse().ok()?,
+        ip: annotation(public_ip_key(family))?.parse().ok()?,
         backend_type: annotation("backend-type")?.to_string(),
         vtep_mac: data
             .get("VtepMAC")
@@ -264,12 +369,16 @@ pub fn peer_of(node: &Value) -> Option<Peer> {
     })
 }
 
-/// flannel's iptables rules, as its `iptables-restore --noflush` payload
-/// leaves them on a node that had none: the nat chain with the six masquerade
-/// rules (random-fully) and its jump, the filter chain with the two forward
-/// rules and its jump.
-pub fn restore_payload(network: &Ipv4Net, own: &str) -> String {
+/// flannel's iptables rules, as its `iptables-restore --noflush` (or
+/// `ip6tables-restore`) payload leaves them on a node that had none: the nat
+/// chain with the six masquerade rules (random-fully) and its jump, the
+/// filter chain with the two forward rules and its jump.
+pub fn restore_payload(network: &IpNet, own: &str) -> String {
     let c = network.to_string();
+    let multicast = match network {
+        IpNet::V4(_) => "224.0.0.0/4",
+        IpNet::V6(_) => "ff00::/8",
+    };
     let masq = |spec: &str| format!("-A FLANNEL-POSTRTG {spec}\n");
     let m = r#"-m comment --comment "flanneld masq""#;
     let f = r#"-m comment --comment "flanneld forward""#;
@@ -280,7 +389,7 @@ pub fn restore_payload(network: &Ipv4Net, own: &str) -> String {
     s += &masq(&format!("-s {c} -d {own} {m} -j RETURN"));
     s += &masq(&format!("! -s {c} -d {own} {m} -j RETURN"));
     s += &masq(&format!(
-        "-s {c} ! -d 224.0.0.0/4 {m} -j MASQUERADE --random-fully"
+        "-s {c} ! -d {multicast} {m} -j MASQUERADE --random-fully"
     ));
     s += &masq(&format!("! -s {c} -d {c} {m} -j MASQUERADE --random-fully"));
     s += "COMMIT\n*filter\n:FLANNEL-FWD - [0:0]\n";
@@ -290,34 +399,40 @@ pub fn restore_payload(network: &Ipv4Net, own: &str) -> String {
     s
 }
 
-/// flannel's nftables mode (knftables transactions): both tables, the
-/// forward chain and the postrouting chain with its six rules.
-pub fn nft_script(network: &Ipv4Net, own: &str) -> String {
+/// flannel's nftables Init: both tables, whichever families are enabled.
+const NFT_TABLES: &str = "add table ip flannel-ipv4 { comment \"rules for flannel-ipv4\" ; }\n\
+    add table ip6 flannel-ipv6 { comment \"rules for flannel-ipv6\" ; }\n";
+
+/// flannel's nftables mode (knftables transactions) for the network's
+/// family: the forward chain and the postrouting chain with its six rules
+/// in that family's table.
+pub fn nft_script(network: &IpNet, own: &str) -> String {
     let c = network.to_string();
-    let t = "ip flannel-ipv4";
+    let (t, ip, multicast) = match network {
+        IpNet::V4(_) => ("ip flannel-ipv4", "ip", "224.0.0.0/4"),
+        IpNet::V6(_) => ("ip6 flannel-ipv6", "ip6", "ff00::/8"),
+    };
     let mut s = String::new();
-    s += "add table ip flannel-ipv4 { comment \"rules for flannel-ipv4\" ; }\n";
-    s += "add table ip6 flannel-ipv6 { comment \"rules for flannel-ipv6\" ; }\n";
     s += &format!("add chain {t} forward {{ type filter hook forward priority filter ; comment \"chain to accept flannel traffic\" ; }}\n");
     s += &format!("flush chain {t} forward\n");
-    s += &format!("add rule {t} forward ip saddr {c} accept\n");
-    s += &format!("add rule {t} forward ip daddr {c} accept\n");
+    s += &format!("add rule {t} forward {ip} saddr {c} accept\n");
+    s += &format!("add rule {t} forward {ip} daddr {c} accept\n");
     s += &format!("add chain {t} postrtg {{ type nat hook postrouting priority srcnat ; comment \"chain to manage traffic masquerading by flannel\" ; }}\n");
     s += &format!("flush chain {t} postrtg\n");
     for rule in [
         "meta mark 0x4000 return".to_string(),
-        format!("ip saddr {own} ip daddr {c} return"),
-        format!("ip saddr {c} ip daddr {own} return"),
-        format!("ip saddr != {own} ip daddr {c} return"),
-        format!("ip saddr {c} ip daddr != 224.0.0.0/4 masquerade fully-random"),
-        format!("ip saddr != {c} ip daddr {c} masquerade fully-random"),
+        format!("{ip} saddr {own} {ip} daddr {c} return"),
+        format!("{ip} saddr {c} {ip} daddr {own} return"),
+        format!("{ip} saddr != {own} {ip} daddr {c} return"),
+        format!("{ip} saddr {c} {ip} daddr != {multicast} masquerade fully-random"),
+        format!("{ip} saddr != {c} {ip} daddr {c} masquerade fully-random"),
     ] {
         s += &format!("add rule {t} postrtg {rule}\n");
     }
     s
 }
 
-fn restore(ns: &Netns, binary: &str, network: &Ipv4Net, own: &str) -> anyhow::Result<()> {
+fn restore(ns: &Netns, binary: &str, network: &IpNet, own: &str) -> anyhow::Result<()> {
     feed(
         ns,
         &[binary, "--noflush", "-w"],

@@ -654,9 +654,8 @@ fn start_nat(
     Ok(loops)
 }
 
-/// What `subnet.env` says: each family's network and subnet; the MTU is
-/// the overlay device's (the same for both families: flannel's VXLAN
-/// overhead is 50 bytes for either).
+/// What `subnet.env` says: each family's network and subnet, and the
+/// overlay devices' MTU.
 fn subnet_env(
     flags: &Flags,
     conf: &NetConf,
@@ -673,7 +672,13 @@ fn subnet_env(
                 })
             })
             .collect(),
-        mtu: conf.backend.backend().mtu(underlay_mtu),
+        // One MTU for every family's pods: the smallest device's (an IPv6
+        // VTEP costs 20 bytes more than an IPv4 one).
+        mtu: subnets
+            .iter()
+            .map(|(family, _)| conf.backend.backend().mtu(underlay_mtu, family))
+            .min()
+            .unwrap_or(underlay_mtu),
         ipmasq: flags.ip_masq,
     }
 }

@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use ipnet::Ipv4Net;
 use weft_nat::NatMode;
 use weft_netns::probe::seen_source;
 use weft_netns::{Netns, Switch};
@@ -23,7 +22,7 @@ use cni::{cni, pod_conf, result_ips, save_private};
 use crate::flannel_node::{peer_of, FlannelNode, Peer};
 use crate::kube_api::RealApiServer;
 use crate::node_api::NodeApi;
-use crate::topology::{cluster_network, NodeSpec, CLUSTER};
+use crate::topology::{cluster_network, NodeSpec};
 use crate::weftd::{health_status, net_conf_families, Weftd};
 
 /// The API server's address on the switch.
@@ -247,9 +246,6 @@ impl Lab {
             ip_family,
         } = *spec;
         let families = ip_family.families();
-        if !flannel.is_empty() && ip_family != IpFamily::Ipv4 {
-            bail!("flannel-made nodes are IPv4 only in the lab so far (--ip-family {ip_family})");
-        }
         let switch = Switch::new("lab-sw")?;
         switch.add_addr("br0", &format!("{API_IP}/16"))?;
         let dir = tempfile::Builder::new().prefix("weft-lab-").tempdir()?;
@@ -318,11 +314,6 @@ impl Lab {
         Ok(lab)
     }
 
-    /// The cluster network.
-    fn network(&self) -> Ipv4Net {
-        CLUSTER.parse().unwrap_or_default()
-    }
-
     /// The namespace of a new node on the switch, with forwarding on, and
     /// the outside host's route to its pods (a router would have one).
     fn node_namespace(&self, s: &NodeSpec) -> anyhow::Result<Netns> {
@@ -389,12 +380,12 @@ impl Lab {
     /// `flannel.1`, the NAT rules of the lab's mode and subnet.env (peers
     /// come with [`teach_flannel_nodes`](Self::teach_flannel_nodes)).
     fn add_flannel_node(&mut self, s: &NodeSpec) -> anyhow::Result<usize> {
-        let f = FlannelNode::new(s, self.backend)?;
+        let f = FlannelNode::new(s, self.backend, self.families)?;
         self.api.create_node(s, self.families)?;
         self.api.annotate_node(&s.name, &f.annotations())?;
         let ns = self.node_namespace(s)?;
         let subnet_file = self.dir.path().join(&s.name).join("subnet.env");
-        f.set_up(&ns, self.network(), self.nat, &subnet_file)?;
+        f.set_up(&ns, self.nat, &subnet_file)?;
         self.nodes.push(LabNode {
             spec: s.clone(),
             ns,
@@ -415,8 +406,13 @@ impl Lab {
         let names: Vec<&str> = self.nodes.iter().map(|n| n.spec.name.as_str()).collect();
         let t0 = std::time::Instant::now();
         let peers = loop {
-            let peers: Vec<Peer> = self.api.nodes(&names)?.iter().filter_map(peer_of).collect();
-            if peers.len() == names.len() {
+            let nodes = self.api.nodes(&names)?;
+            let peers: Vec<Peer> = self
+                .families
+                .iter()
+                .flat_map(|f| nodes.iter().filter_map(|n| peer_of(n, *f)))
+                .collect();
+            if peers.len() == names.len() * self.families.len() {
                 break peers;
             }
             if t0.elapsed() > timeout {
@@ -479,7 +475,6 @@ impl Lab {
 
     /// Creates a pod on node `node` through the CNI plugin, as a container runtime does.
     pub fn add_pod(&mut self, node: usize, name: &str) -> anyhow::Result<IpAddr> {
-        let network = self.network();
         let n = self.nodes.get_mut(node).context("no such node")?;
         let ns = Netns::new(name)?;
         let base = self.dir.path().join(&n.spec.name);
@@ -488,7 +483,7 @@ impl Lab {
             // What flannel's CNI plugin does: save the delegate under
             // dataDir/<containerID> (0600), then run bridge with it.
             Some(f) => {
-                let delegate = f.delegate(network, &base.join("cni-ipam"));
+                let delegate = f.delegate(&base.join("cni-ipam"));
                 save_private(&base.join("cni-flannel"), name, &delegate.to_string())?;
                 cni(&n.ns, &self.cni_bin, "bridge", "ADD", name, &ns, &delegate)?
             }
@@ -701,7 +696,13 @@ fn wait_readyz(n: &mut LabNode) -> anyhow::Result<()> {
             }
         }
         if t0.elapsed() > Duration::from_secs(60) {
-            bail!("weftd on {} not ready after 60 s", n.spec.name);
+            let log = n.agent.as_ref().map(Weftd::log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            bail!(
+                "weftd on {} not ready after 60 s; the end of its log:\n{}",
+                n.spec.name,
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -12,6 +12,7 @@ use super::{
     SectionError,
 };
 use crate::error::LeaseFault;
+use crate::family::Family;
 use crate::mac::MacAddr;
 use crate::model::{Lease, LocalNode, UnderlayFacts};
 use crate::state::DeviceSpec;
@@ -50,7 +51,7 @@ impl Backend for HostGw {
         None
     }
 
-    fn mtu(&self, underlay_mtu: u32) -> u32 {
+    fn mtu(&self, underlay_mtu: u32, _: Family) -> u32 {
         underlay_mtu
     }
 

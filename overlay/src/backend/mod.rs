@@ -25,9 +25,12 @@ use serde_json::Value;
 
 pub use host_gw::HostGw;
 pub use section::{Section, SectionError};
-pub use vxlan::{VxlanBackendData, VxlanConfig, DEFAULT_VNI, DEFAULT_VXLAN_PORT, VXLAN_OVERHEAD};
+pub use vxlan::{
+    VxlanBackendData, VxlanConfig, DEFAULT_VNI, DEFAULT_VXLAN_PORT, VXLAN6_OVERHEAD, VXLAN_OVERHEAD,
+};
 
 use crate::error::LeaseFault;
+use crate::family::Family;
 use crate::mac::MacAddr;
 use crate::model::{Lease, LocalNode, UnderlayFacts};
 use crate::state::{DeviceSpec, FdbEntry, Neighbour, Route};
@@ -50,8 +53,9 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         network: IpNet,
     ) -> Option<DeviceSpec>;
 
-    /// The MTU pods get (`FLANNEL_MTU`), given the underlay's.
-    fn mtu(&self, underlay_mtu: u32) -> u32;
+    /// The MTU pods of `family` get (`FLANNEL_MTU`), given the underlay's
+    /// (the family's own encapsulation overhead, if any).
+    fn mtu(&self, underlay_mtu: u32, family: Family) -> u32;
 
     /// The `backend-data` annotation to publish, given the MAC the device
     /// has; `None` while it cannot be told yet (no device MAC).

@@ -13,6 +13,7 @@ use super::{
     SectionError,
 };
 use crate::error::LeaseFault;
+use crate::family::Family;
 use crate::mac::MacAddr;
 use crate::model::{Lease, LocalNode, UnderlayFacts};
 use crate::state::{Dev, DeviceSpec, FdbEntry, Neighbour, Route, VxlanDevice, ROUTE_PROTOCOL};
@@ -23,6 +24,11 @@ pub const DEFAULT_VXLAN_PORT: u16 = 8472;
 pub const DEFAULT_VNI: u32 = 1;
 /// Bytes the VXLAN encapsulation costs (outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8), as flannel counts it.
 pub const VXLAN_OVERHEAD: u32 = 50;
+/// The same over an IPv6 underlay (a 40-byte IP header instead of 20): the
+/// kernel caps a VXLAN device with a v6 VTEP at its lower device's MTU
+/// minus 70, whatever MTU it is created with. flannel asks for − 50 and
+/// gets − 70 from the kernel; weft asks for what the kernel gives.
+pub const VXLAN6_OVERHEAD: u32 = 70;
 
 /// VXLAN parameters, flannel's names and defaults (the backend itself).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -220,7 +226,7 @@ impl Backend for VxlanConfig {
             port: self.port,
             underlay: underlay.ifindex,
             learning: self.learning,
-            mtu: self.mtu(underlay.mtu),
+            mtu: self.mtu(underlay.mtu, Family::of_net(&network)),
             mac: local.vtep_mac,
             address: IpNet::new(local.subnet.network(), local.subnet.max_prefix_len())
                 .unwrap_or(local.subnet),
@@ -228,10 +234,12 @@ impl Backend for VxlanConfig {
         }))
     }
 
-    fn mtu(&self, underlay_mtu: u32) -> u32 {
-        self.mtu
-            .unwrap_or(underlay_mtu)
-            .saturating_sub(VXLAN_OVERHEAD)
+    fn mtu(&self, underlay_mtu: u32, family: Family) -> u32 {
+        let overhead = match family {
+            Family::V4 => VXLAN_OVERHEAD,
+            Family::V6 => VXLAN6_OVERHEAD,
+        };
+        self.mtu.unwrap_or(underlay_mtu).saturating_sub(overhead)
     }
 
     fn backend_data(&self, device_mac: Option<MacAddr>) -> Option<String> {
