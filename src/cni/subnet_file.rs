@@ -25,16 +25,17 @@ use std::path::Path;
 use super::error::{code, CniError};
 use super::types::Cidr;
 
-/// What the subnet file says.
+/// What the subnet file says. A family's networks are empty and its
+/// subnet `None` exactly when the family is off; at least one is on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubnetFile {
     /// `FLANNEL_NETWORK`: the IPv4 cluster network(s).
     pub networks: Vec<Cidr>,
     /// `FLANNEL_SUBNET` as a network: this node's IPv4 pod subnet.
     pub subnet: Option<Cidr>,
-    /// `FLANNEL_IPV6_NETWORK`.
+    /// `FLANNEL_IPV6_NETWORK`: the IPv6 cluster network(s).
     pub ipv6_networks: Vec<Cidr>,
-    /// `FLANNEL_IPV6_SUBNET` as a network.
+    /// `FLANNEL_IPV6_SUBNET` as a network: this node's IPv6 pod subnet.
     pub ipv6_subnet: Option<Cidr>,
     /// `FLANNEL_MTU`.
     pub mtu: u32,
