@@ -6,11 +6,13 @@
 
 #![allow(clippy::unwrap_used)] // tests may unwrap
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use weft::cni::error::code;
+use weft::cni::types::Cidr;
 use weft_integration::cni_call::{flannel_netconf, CniCall};
 use weft_netns::{require_netns, Netns};
 
@@ -19,6 +21,14 @@ const CNI_PATH: &str = "/usr/lib/cni";
 const SEED_ENV: &str =
     "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n";
 const GATEWAY: &str = "10.244.1.1";
+/// A dual-stack node's subnet.env (flanneld's key order).
+const DUAL_ENV: &str = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\n\
+                        FLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00:0:0:1::1/64\n\
+                        FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n";
+/// An IPv6-only node's: no `FLANNEL_NETWORK`/`FLANNEL_SUBNET` at all.
+const V6_ENV: &str = "FLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00:0:0:1::1/64\n\
+                      FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n";
+const GATEWAY6: &str = "fc00:0:0:1::1";
 
 /// A node: its "host" namespace and a scratch directory with the subnet
 /// file, weft-cni's dataDir and host-local's dataDir.
@@ -29,8 +39,13 @@ struct Node {
 
 impl Node {
     fn new() -> Node {
+        Node::with_env(SEED_ENV)
+    }
+
+    /// A node whose subnet file says `env`.
+    fn with_env(env: &str) -> Node {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("subnet.env"), SEED_ENV).unwrap();
+        std::fs::write(dir.path().join("subnet.env"), env).unwrap();
         Node {
             host: Netns::new("cni-host").unwrap(),
             dir,
@@ -83,15 +98,15 @@ impl Node {
         (value, out.status.success())
     }
 
-    /// host-local's reservations: (ip, container ID).
-    fn reservations(&self) -> Vec<(Ipv4Addr, String)> {
+    /// host-local's reservations, of both families: (ip, container ID).
+    fn reservations(&self) -> Vec<(IpAddr, String)> {
         let Ok(entries) = std::fs::read_dir(self.ipam_dir()) else {
             return Vec::new();
         };
         let mut out: Vec<_> = entries
             .filter_map(|e| {
                 let e = e.unwrap();
-                let ip: Ipv4Addr = e.file_name().to_str()?.parse().ok()?;
+                let ip: IpAddr = e.file_name().to_str()?.parse().ok()?;
                 let content = std::fs::read_to_string(e.path()).unwrap();
                 Some((ip, content.lines().next().unwrap_or("").trim().to_owned()))
             })
@@ -112,13 +127,27 @@ impl Node {
     }
 }
 
-/// The pod's IPv4 address on eth0 and its routes, from the kernel.
-fn pod_state(pod: &Netns) -> (String, Vec<(String, String)>) {
-    let addrs = pod.ip_json(&["-4", "addr", "show", "dev", "eth0"]).unwrap();
-    let info = &addrs[0]["addr_info"][0];
-    let addr = format!("{}/{}", info["local"].as_str().unwrap(), info["prefixlen"]);
-    let routes = pod.ip_json(&["-4", "route", "show"]).unwrap();
-    let routes = routes
+/// The global addresses of `dev` of one family (`ip`'s `-4`/`-6`), as
+/// `ip -j` gives them (`local`, `prefixlen`, `tentative`, …).
+fn global_addrs(ns: &Netns, flag: &str, dev: &str) -> Vec<Value> {
+    let links = ns.ip_json(&[flag, "addr", "show", "dev", dev]).unwrap();
+    links
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
+        .filter(|a| a["scope"] == "global")
+        .collect()
+}
+
+fn cidr_of(info: &Value) -> String {
+    format!("{}/{}", info["local"].as_str().unwrap(), info["prefixlen"])
+}
+
+/// The routes of one family (`-4`/`-6`) in `ns`: (dst, gateway).
+fn routes(ns: &Netns, flag: &str) -> Vec<(String, String)> {
+    let routes = ns.ip_json(&[flag, "route", "show"]).unwrap();
+    routes
         .as_array()
         .unwrap()
         .iter()
@@ -128,13 +157,172 @@ fn pod_state(pod: &Netns) -> (String, Vec<(String, String)>) {
                 r["gateway"].as_str().unwrap_or("").to_owned(),
             )
         })
+        .collect()
+}
+
+/// The pod's IPv4 address on eth0 and its routes, from the kernel.
+fn pod_state(pod: &Netns) -> (String, Vec<(String, String)>) {
+    let addr = cidr_of(&global_addrs(pod, "-4", "eth0")[0]);
+    (addr, routes(pod, "-4"))
+}
+
+/// Waits (polling, 10 s at most) until no IPv6 address of `dev` is
+/// tentative any more. The bridge plugin turns DAD off on the pod's
+/// interface (`accept_dad=0`) and waits for its addresses to settle, but
+/// the gateway it puts on the bridge goes through DAD (about a second),
+/// and until then the bridge does not answer for it.
+fn wait_for_dad(ns: &Netns, dev: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let addrs = global_addrs(ns, "-6", dev);
+        assert!(
+            !addrs.iter().any(|a| a["dadfailed"] == true),
+            "DAD failed on {dev}: {addrs:?}"
+        );
+        if !addrs.iter().any(|a| a["tentative"] == true) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{dev} still has tentative addresses: {addrs:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One address family of a dual-stack node, as the tests check it.
+struct Family {
+    /// `ip`'s and `ping`'s flag.
+    flag: &'static str,
+    /// The node's subnet (`FLANNEL_SUBNET`/`FLANNEL_IPV6_SUBNET` as a network).
+    subnet: &'static str,
+    /// The bridge's address: the pods' gateway.
+    gateway: &'static str,
+    /// The cluster network (`FLANNEL_NETWORK`/`FLANNEL_IPV6_NETWORK`).
+    network: &'static str,
+    /// The default route's destination in results.
+    default_dst: &'static str,
+    /// `"version"` of a 0.3.x/0.4.0 result's IP.
+    version: &'static str,
+}
+
+const V4: Family = Family {
+    flag: "-4",
+    subnet: "10.244.1.0/24",
+    gateway: GATEWAY,
+    network: "10.244.0.0/16",
+    default_dst: "0.0.0.0/0",
+    version: "4",
+};
+
+const V6: Family = Family {
+    flag: "-6",
+    subnet: "fc00:0:0:1::/64",
+    gateway: GATEWAY6,
+    network: "fc00::/48",
+    default_dst: "::/0",
+    version: "6",
+};
+
+/// A result's IPs in any version: (address, gateway, `version` if any).
+fn result_ips(result: &Value) -> Vec<(String, String, Option<String>)> {
+    let text = |v: &Value| v.as_str().unwrap_or("").to_owned();
+    let legacy = ["ip4", "ip6"]
+        .into_iter()
+        .filter_map(|k| result.get(k))
+        .map(|ip| (text(&ip["ip"]), text(&ip["gateway"]), None));
+    let current = result["ips"].as_array().into_iter().flatten().map(|ip| {
+        let version = ip.get("version").map(text);
+        (text(&ip["address"]), text(&ip["gateway"]), version)
+    });
+    legacy.chain(current).collect()
+}
+
+/// A result's routes in any version: (dst, gw).
+fn result_routes(result: &Value) -> Vec<(String, String)> {
+    let text = |v: &Value| v.as_str().unwrap_or("").to_owned();
+    let lists = [
+        &result["routes"],
+        &result["ip4"]["routes"],
+        &result["ip6"]["routes"],
+    ];
+    lists
+        .into_iter()
+        .filter_map(Value::as_array)
+        .flatten()
+        .map(|r| (text(&r["dst"]), text(&r["gw"])))
+        .collect()
+}
+
+/// Whether `address` (`ip/prefix`) is a pod address of `fam`'s node subnet.
+fn in_subnet(address: &str, fam: &Family) -> bool {
+    let a: Cidr = address.parse().unwrap();
+    let s: Cidr = fam.subnet.parse().unwrap();
+    a.prefix == s.prefix
+        && s.contains(&a)
+        && a.addr != s.addr
+        && a.addr != fam.gateway.parse::<IpAddr>().unwrap()
+}
+
+/// Checks one family of an ADD at `version`: the result has one address of
+/// the node's subnet with the bridge as gateway (with `"version"` only in
+/// 0.3.x/0.4.0), a default route and the cluster route; the kernel agrees
+/// (the address on eth0, settled; both routes via the gateway; the gateway
+/// on cni0) and the pod reaches the gateway. Returns the pod's address.
+fn assert_family(node: &Node, pod: &Netns, fam: &Family, version: &str, result: &Value) -> IpAddr {
+    let ips: Vec<_> = result_ips(result)
+        .into_iter()
+        .filter(|(address, _, _)| address.parse::<Cidr>().unwrap().is_ipv4() == (fam.flag == "-4"))
         .collect();
-    (addr, routes)
+    assert_eq!(ips.len(), 1, "{version} {}: {result}", fam.flag);
+    let (address, gateway, tag) = &ips[0];
+    assert!(in_subnet(address, fam), "{version}: {address}");
+    assert_eq!(gateway, fam.gateway, "{version}: {result}");
+    let versioned = ["0.3.0", "0.3.1", "0.4.0"].contains(&version);
+    assert_eq!(
+        tag.as_deref(),
+        versioned.then_some(fam.version),
+        "{version}: {result}"
+    );
+    let given = result_routes(result);
+    for want in [(fam.default_dst, fam.gateway), (fam.network, "")] {
+        assert!(
+            given.contains(&(want.0.to_owned(), want.1.to_owned())),
+            "{version}: {want:?} not in {given:?}"
+        );
+    }
+
+    let on_eth0 = global_addrs(pod, fam.flag, "eth0");
+    assert_eq!(on_eth0.len(), 1, "{on_eth0:?}");
+    assert_eq!(&cidr_of(&on_eth0[0]), address);
+    assert!(
+        on_eth0[0].get("tentative").is_none(),
+        "settled: {on_eth0:?}"
+    );
+    let kernel = routes(pod, fam.flag);
+    for want in [("default", fam.gateway), (fam.network, fam.gateway)] {
+        assert!(
+            kernel.contains(&(want.0.to_owned(), want.1.to_owned())),
+            "{version}: {want:?} not in {kernel:?}"
+        );
+    }
+    let on_bridge: Vec<String> = global_addrs(&node.host, fam.flag, "cni0")
+        .iter()
+        .map(cidr_of)
+        .collect();
+    let prefix = fam.subnet.split_once('/').unwrap().1;
+    assert_eq!(on_bridge, [format!("{}/{prefix}", fam.gateway)]);
+    if fam.flag == "-6" {
+        wait_for_dad(&node.host, "cni0");
+    }
+    pod.exec(&["ping", fam.flag, "-c1", "-W2", fam.gateway])
+        .unwrap();
+    address.parse::<Cidr>().unwrap().addr
 }
 
 fn in_node_subnet(address: &str) -> bool {
     let (ip, prefix) = address.split_once('/').unwrap();
-    let ip: Ipv4Addr = ip.parse().unwrap();
+    let ip: std::net::Ipv4Addr = ip.parse().unwrap();
     let o = ip.octets();
     prefix == "24" && o[..3] == [10, 244, 1] && o[3] > 1 && o[3] < 255
 }
@@ -213,6 +401,166 @@ fn add_check_del_in_each_version() {
     }
 }
 
+/// Dual-stack: each ADD gives the pod an IPv4 and an IPv6 address of the
+/// node's subnets, a default route and the cluster route of each family
+/// (flannel's ranges and routes, the bridge's `isDefaultGateway`), the
+/// bridge both gateways, and two reservations; CHECK passes (and notices a
+/// lost v6 route); DEL releases both reservations.
+#[test]
+fn dual_stack_add_check_del_in_each_version() {
+    require_netns!();
+    let node = Node::with_env(DUAL_ENV);
+    for (i, v) in ["0.2.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
+        .into_iter()
+        .enumerate()
+    {
+        let pod = Netns::new("cni-pod").unwrap();
+        let id = format!("dual{i}");
+        let conf = node.netconf(v);
+        let (result, ok) = node.cni("ADD", &id, Some(&pod), &conf);
+        assert!(ok, "{v}: {result}");
+        assert_eq!(result["cniVersion"], v);
+        let mut addrs: Vec<IpAddr> = [V4, V6]
+            .iter()
+            .map(|fam| assert_family(&node, &pod, fam, v, &result))
+            .collect();
+        addrs.sort();
+        let mut reserved = node.reservations();
+        reserved.sort();
+        assert_eq!(
+            reserved,
+            addrs.iter().map(|a| (*a, id.clone())).collect::<Vec<_>>(),
+            "{v}: one reservation per family"
+        );
+        assert_eq!(node.saved(), std::slice::from_ref(&id));
+
+        let mut check = conf.clone();
+        check["prevResult"] = result.clone();
+        let (out, ok) = node.cni("CHECK", &id, Some(&pod), &check);
+        if v.starts_with("0.2") || v.starts_with("0.3") {
+            assert_eq!(out["code"], code::INCOMPATIBLE_VERSION, "{v}: {out}");
+        } else {
+            assert!(ok, "{v}: CHECK: {out}");
+        }
+        if v == "1.1.0" {
+            pod.ip(&["-6", "route", "del", "fc00::/48"]).unwrap();
+            let (out, ok) = node.cni("CHECK", &id, Some(&pod), &check);
+            assert!(
+                !ok && out["msg"].as_str().unwrap().contains("fc00::"),
+                "a lost IPv6 cluster route is reported: {out}"
+            );
+        }
+
+        for _ in 0..2 {
+            let (out, ok) = node.cni("DEL", &id, Some(&pod), &conf);
+            assert!(ok, "{v}: DEL: {out}");
+        }
+        assert!(pod.ip(&["link", "show", "eth0"]).is_err(), "eth0 is gone");
+        assert!(node.saved().is_empty());
+        assert!(node.reservations().is_empty(), "{:?}", node.reservations());
+    }
+}
+
+/// An IPv6-only node (no FLANNEL_NETWORK/FLANNEL_SUBNET): the pod gets an
+/// IPv6 address, routes and gateway and nothing of IPv4.
+#[test]
+fn ipv6_only_add_check_del() {
+    require_netns!();
+    let node = Node::with_env(V6_ENV);
+    for (i, v) in ["0.2.0", "1.1.0"].into_iter().enumerate() {
+        let pod = Netns::new("cni-pod").unwrap();
+        let id = format!("v6only{i}");
+        let conf = node.netconf(v);
+        let (result, ok) = node.cni("ADD", &id, Some(&pod), &conf);
+        assert!(ok, "{v}: {result}");
+        assert_eq!(result_ips(&result).len(), 1, "{v}: {result}");
+        assert!(result.get("ip4").is_none(), "{v}: {result}");
+        let addr = assert_family(&node, &pod, &V6, v, &result);
+        assert!(global_addrs(&pod, "-4", "eth0").is_empty());
+        assert_eq!(routes(&pod, "-4"), [], "no IPv4 routes");
+        assert!(global_addrs(&node.host, "-4", "cni0").is_empty());
+        assert_eq!(node.reservations(), [(addr, id.clone())]);
+        if v == "1.1.0" {
+            let mut check = conf.clone();
+            check["prevResult"] = result.clone();
+            let (out, ok) = node.cni("CHECK", &id, Some(&pod), &check);
+            assert!(ok, "CHECK: {out}");
+        }
+        let (out, ok) = node.cni("DEL", &id, Some(&pod), &conf);
+        assert!(ok, "{v}: DEL: {out}");
+        assert!(node.saved().is_empty());
+        assert!(node.reservations().is_empty(), "{:?}", node.reservations());
+    }
+}
+
+/// Two dual-stack pods on the node's bridge reach each other over IPv6 and
+/// IPv4.
+#[test]
+fn two_dual_stack_pods_ping_each_other() {
+    require_netns!();
+    let node = Node::with_env(DUAL_ENV);
+    let conf = node.netconf("1.0.0");
+    let pods = [Netns::new("cni-a").unwrap(), Netns::new("cni-b").unwrap()];
+    let results: Vec<Value> = pods
+        .iter()
+        .enumerate()
+        .map(|(i, pod)| {
+            let (result, ok) = node.cni("ADD", &format!("pod{i}"), Some(pod), &conf);
+            assert!(ok, "{result}");
+            result
+        })
+        .collect();
+    for (from, to) in [(0, 1), (1, 0)] {
+        for (address, _, _) in result_ips(&results[to]) {
+            let ip = address.split_once('/').unwrap().0;
+            let flag = if ip.contains(':') { "-6" } else { "-4" };
+            pods[from]
+                .exec(&["ping", flag, "-c1", "-W2", ip])
+                .unwrap_or_else(|e| panic!("pod{from} -> pod{to} {ip}: {e}"));
+        }
+    }
+    for (i, pod) in pods.iter().enumerate() {
+        assert!(node.cni("DEL", &format!("pod{i}"), Some(pod), &conf).1);
+    }
+    assert!(node.reservations().is_empty(), "{:?}", node.reservations());
+}
+
+/// GC on a dual-stack node releases both reservations of a leaked
+/// attachment (and a v6 reservation whose saved file is gone), and keeps
+/// both of the valid one.
+#[test]
+fn gc_releases_both_families_of_a_leaked_dual_stack_attachment() {
+    require_netns!();
+    let node = Node::with_env(DUAL_ENV);
+    let conf = node.netconf("1.1.0");
+    let keep = Netns::new("cni-keep").unwrap();
+    let (kept, ok) = node.cni("ADD", "keep", Some(&keep), &conf);
+    assert!(ok, "{kept}");
+    let leak = Netns::new("cni-leak").unwrap();
+    assert!(node.cni("ADD", "leak", Some(&leak), &conf).1);
+    drop(leak);
+    std::fs::write(node.ipam_dir().join("fc00:0:0:1::200"), "ghost\r\neth0").unwrap();
+    assert_eq!(node.reservations().len(), 5);
+
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "keep", "ifname": "eth0"}]);
+    let (out, ok) = node.cni("GC", "", None, &gc);
+    assert!(ok, "GC: {out}");
+    assert_eq!(node.saved(), ["keep"]);
+    let mut want: Vec<(IpAddr, String)> = result_ips(&kept)
+        .iter()
+        .map(|(a, _, _)| (a.parse::<Cidr>().unwrap().addr, "keep".to_owned()))
+        .collect();
+    want.sort();
+    let mut left = node.reservations();
+    left.sort();
+    assert_eq!(left, want);
+    wait_for_dad(&node.host, "cni0");
+    keep.exec(&["ping", "-6", "-c1", "-W2", GATEWAY6]).unwrap();
+    assert!(node.cni("DEL", "keep", Some(&keep), &conf).1);
+    assert!(node.reservations().is_empty());
+}
+
 #[test]
 fn gc_removes_a_leaked_attachment_and_its_reservation() {
     require_netns!();
@@ -236,7 +584,7 @@ fn gc_removes_a_leaked_attachment_and_its_reservation() {
     let (out, ok) = node.cni("GC", "", None, &gc);
     assert!(ok, "GC: {out}");
     assert_eq!(node.saved(), ["keep"]);
-    let kept_ip: Ipv4Addr = kept["ips"][0]["address"]
+    let kept_ip: IpAddr = kept["ips"][0]["address"]
         .as_str()
         .unwrap()
         .split('/')

@@ -540,10 +540,293 @@ fn subnet_outside_network_is_refused_naming_both() {
 }
 
 // ---------------------------------------------------------------------------
+// Address families: IPv4-only, IPv6-only and dual-stack nodes.
+
+/// flanneld's subnet.env for an IPv6-only cluster: no `FLANNEL_NETWORK` or
+/// `FLANNEL_SUBNET` at all.
+const V6_ENV: &str = "FLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00:0:0:1::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n";
+/// flanneld's subnet.env for a dual-stack cluster, in flanneld's key order.
+const DUAL_ENV: &str = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\n\
+                        FLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00:0:0:1::1/64\n\
+                        FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n";
+
+/// kube-flannel.yml's conflist entry at `version`.
+fn manifest_conf(version: &str) -> Value {
+    flannel_netconf(
+        version,
+        Path::new("/run/flannel/subnet.env"),
+        Path::new("/var/lib/cni/flannel"),
+        Path::new("/var/lib/cni/networks"),
+    )
+}
+
+#[test]
+fn delegate_gets_one_range_and_one_route_per_family_in_flannels_order() {
+    let ipam = |ranges: Value, routes: Value| {
+        json!({"dataDir": "/var/lib/cni/networks", "type": "host-local",
+               "ranges": ranges, "routes": routes})
+    };
+    let v4_range = json!([{"subnet": "10.244.1.0/24"}]);
+    let v6_range = json!([{"subnet": "fc00:0:0:1::/64"}]);
+    let v4_route = json!({"dst": "10.244.0.0/16"});
+    let v6_route = json!({"dst": "fc00::/48"});
+    for (env, want) in [
+        (SEED_ENV, ipam(json!([v4_range]), json!([v4_route]))),
+        (V6_ENV, ipam(json!([v6_range]), json!([v6_route]))),
+        (
+            DUAL_ENV,
+            ipam(json!([v4_range, v6_range]), json!([v4_route, v6_route])),
+        ),
+        // flanneld writes the v4 keys first; the order of the lines does not matter.
+        (
+            &DUAL_ENV
+                .lines()
+                .rev()
+                .map(|l| format!("{l}\n"))
+                .collect::<String>(),
+            ipam(json!([v4_range, v6_range]), json!([v4_route, v6_route])),
+        ),
+    ] {
+        let d = delegate(manifest_conf("1.0.0"), env);
+        assert_eq!(
+            d,
+            json!({"cniVersion": "1.0.0", "name": "cbr0", "type": "bridge",
+                   "hairpinMode": true, "isDefaultGateway": true, "isGateway": true,
+                   "ipMasq": false, "mtu": 1450, "ipam": want}),
+            "{env}"
+        );
+    }
+    // Routes given in the netconf come first, then one per cluster network
+    // of each family (several v4 networks: each, once).
+    let mut conf = manifest_conf("0.3.1");
+    conf["ipam"]["routes"] = json!([{"dst": "2001:db8::/32", "gw": "fc00:0:0:1::fe"}]);
+    let env = DUAL_ENV.replace(
+        "FLANNEL_NETWORK=10.244.0.0/16",
+        "FLANNEL_NETWORK=10.244.0.0/16,10.245.0.0/16",
+    );
+    assert_eq!(
+        delegate(conf, &env)["ipam"]["routes"],
+        json!([{"dst": "2001:db8::/32", "gw": "fc00:0:0:1::fe"},
+               {"dst": "10.244.0.0/16"}, {"dst": "10.245.0.0/16"}, {"dst": "fc00::/48"}])
+    );
+}
+
+#[test]
+fn subnet_file_families() {
+    let v6 = subnet(V6_ENV);
+    assert_eq!((v6.subnet, v6.networks.len()), (None, 0));
+    assert_eq!(v6.ipv6_subnet.unwrap().to_string(), "fc00:0:0:1::/64");
+    assert_eq!(
+        v6.subnets()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        ["fc00:0:0:1::/64"]
+    );
+    let dual = subnet(DUAL_ENV);
+    let show =
+        |c: Vec<weft::cni::types::Cidr>| c.iter().map(ToString::to_string).collect::<Vec<_>>();
+    assert_eq!(show(dual.subnets()), ["10.244.1.0/24", "fc00:0:0:1::/64"]);
+    assert_eq!(show(dual.all_networks()), ["10.244.0.0/16", "fc00::/48"]);
+    let listed = subnet(&V6_ENV.replace("fc00::/48", "fc00::/48,fd00::/48,fc00::/48"));
+    assert_eq!(show(listed.all_networks()), ["fc00::/48", "fd00::/48"]);
+}
+
+/// Each mismatch is refused with code 7 naming the key(s), and sends the
+/// user to the weftd pod.
+#[test]
+fn subnet_file_family_mismatches_name_the_keys() {
+    let tail = "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n";
+    let v4 = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\n";
+    let v6 = "FLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00:0:0:1::1/64\n";
+    let cases: Vec<(String, &str)> = vec![
+        // A key without its partner.
+        (
+            format!("{v4}FLANNEL_IPV6_SUBNET=fc00:0:0:1::1/64\n{tail}"),
+            "missing FLANNEL_IPV6_NETWORK (FLANNEL_IPV6_SUBNET is set)",
+        ),
+        (
+            format!("FLANNEL_IPV6_SUBNET=fc00:0:0:1::1/64\n{tail}"),
+            "missing FLANNEL_IPV6_NETWORK (FLANNEL_IPV6_SUBNET is set)",
+        ),
+        (
+            format!("{v4}FLANNEL_IPV6_NETWORK=fc00::/48\n{tail}"),
+            "missing FLANNEL_IPV6_SUBNET (FLANNEL_IPV6_NETWORK is set)",
+        ),
+        (
+            format!("FLANNEL_SUBNET=10.244.1.1/24\n{v6}{tail}"),
+            "missing FLANNEL_NETWORK (FLANNEL_SUBNET is set)",
+        ),
+        (
+            format!("FLANNEL_NETWORK=10.244.0.0/16\n{v6}{tail}"),
+            "missing FLANNEL_SUBNET (FLANNEL_NETWORK is set)",
+        ),
+        // A value of the other family.
+        (
+            format!("{v4}FLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=10.244.1.1/24\n{tail}"),
+            "line 4: FLANNEL_IPV6_SUBNET=\"10.244.1.1/24\" is not IPv6",
+        ),
+        (
+            format!("{v4}FLANNEL_IPV6_NETWORK=fc00::/48,10.0.0.0/8\n{tail}"),
+            "line 3: FLANNEL_IPV6_NETWORK=\"fc00::/48,10.0.0.0/8\" is not IPv6",
+        ),
+        (
+            format!("FLANNEL_NETWORK=fc00::/48\nFLANNEL_SUBNET=10.244.1.1/24\n{tail}"),
+            "line 1: FLANNEL_NETWORK=\"fc00::/48\" is not IPv4",
+        ),
+        (
+            format!("FLANNEL_IPV6_NETWORK=fc00::/129\n{tail}"),
+            "line 1: FLANNEL_IPV6_NETWORK=\"fc00::/129\" is not a valid CIDR",
+        ),
+        // A subnet outside its network.
+        (
+            format!("{v4}FLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fd00:0:0:1::1/64\n{tail}"),
+            "FLANNEL_IPV6_SUBNET=fd00:0:0:1::/64 is not inside FLANNEL_IPV6_NETWORK=fc00::/48",
+        ),
+        (
+            format!("FLANNEL_IPV6_NETWORK=fc00::/64\nFLANNEL_IPV6_SUBNET=fc00::1/48\n{tail}"),
+            "FLANNEL_IPV6_SUBNET=fc00::/48 is not inside FLANNEL_IPV6_NETWORK=fc00::/64",
+        ),
+        // IPv6 needs an MTU of at least 1280.
+        (
+            format!("{v6}FLANNEL_MTU=1200\nFLANNEL_IPMASQ=true\n"),
+            "FLANNEL_MTU=1200 is below IPv6's minimum MTU (1280), but FLANNEL_IPV6_SUBNET=fc00:0:0:1::/64 is set",
+        ),
+    ];
+    for (text, want) in &cases {
+        let e = SubnetFile::parse(text, Path::new("/run/flannel/subnet.env")).unwrap_err();
+        assert_eq!(e.code, code::INVALID_NETWORK_CONFIG, "{text}");
+        assert!(
+            e.msg.contains(want) && e.msg.contains("/run/flannel/subnet.env"),
+            "{text}\nwant: {want}\ngot:  {}",
+            e.msg
+        );
+        assert!(e.details.contains("weftd pod"), "{}", e.details);
+    }
+    // A v4-only file with a small MTU is fine.
+    assert_eq!(subnet(&SEED_ENV.replace("MTU=1450", "MTU=576")).mtu, 576);
+}
+
+/// What the bridge plugin (1.x, `isDefaultGateway`) returns for a
+/// dual-stack pod: host-local's addresses and cluster routes, then one
+/// default route per family.
+const DUAL_RESULT: &str = r#"{"cniVersion":"1.0.0",
+ "interfaces":[{"name":"cni0","mac":"aa:00:00:00:00:01"},{"name":"veth1","mac":"aa:00:00:00:00:02"},
+               {"name":"eth0","mac":"aa:00:00:00:00:03","sandbox":"/var/run/netns/pod"}],
+ "ips":[{"interface":2,"address":"10.244.1.7/24","gateway":"10.244.1.1"},
+        {"interface":2,"address":"fc00:0:0:1::7/64","gateway":"fc00:0:0:1::1"}],
+ "routes":[{"dst":"10.244.0.0/16"},{"dst":"fc00::/48"},
+           {"dst":"0.0.0.0/0","gw":"10.244.1.1"},{"dst":"::/0","gw":"fc00:0:0:1::1"}],
+ "dns":{}}"#;
+
+#[test]
+fn dual_stack_result_in_every_version() {
+    let r: Value = serde_json::from_str(DUAL_RESULT).unwrap();
+    let routes = r["routes"].clone();
+    for v in Version::ALL {
+        let out = result::convert(&r, Version::V1_0_0, v).unwrap();
+        assert_eq!(out["cniVersion"], v.as_str());
+        match v {
+            Version::V0_1_0 | Version::V0_2_0 => assert_eq!(
+                out,
+                json!({"cniVersion": v.as_str(),
+                       "ip4": {"ip": "10.244.1.7/24", "gateway": "10.244.1.1",
+                               "routes": [{"dst": "10.244.0.0/16"}, {"dst": "0.0.0.0/0", "gw": "10.244.1.1"}]},
+                       "ip6": {"ip": "fc00:0:0:1::7/64", "gateway": "fc00:0:0:1::1",
+                               "routes": [{"dst": "fc00::/48"}, {"dst": "::/0", "gw": "fc00:0:0:1::1"}]},
+                       "dns": {}}),
+                "{v}"
+            ),
+            _ => {
+                let versioned = v < Version::V1_0_0;
+                let ip = |version: &str, address: &str, gateway: &str| {
+                    let mut ip = json!({"interface": 2, "address": address, "gateway": gateway});
+                    if versioned {
+                        ip["version"] = json!(version);
+                    }
+                    ip
+                };
+                assert_eq!(
+                    out["ips"],
+                    json!([
+                        ip("4", "10.244.1.7/24", "10.244.1.1"),
+                        ip("6", "fc00:0:0:1::7/64", "fc00:0:0:1::1")
+                    ]),
+                    "{v}"
+                );
+                assert_eq!(out["routes"], routes, "{v}");
+                assert_eq!(out["interfaces"], r["interfaces"], "{v}");
+            }
+        }
+        // Read back in its own version and rendered as 1.0.0: nothing of
+        // either family is lost (0.x.0's ip4/ip6 have no interfaces).
+        let back = result::convert(&out, v, Version::V1_0_0).unwrap();
+        let ips: Vec<(&Value, &Value)> = back["ips"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|ip| (&ip["address"], &ip["gateway"]))
+            .collect();
+        assert_eq!(
+            ips,
+            [
+                (&json!("10.244.1.7/24"), &json!("10.244.1.1")),
+                (&json!("fc00:0:0:1::7/64"), &json!("fc00:0:0:1::1"))
+            ],
+            "{v}"
+        );
+        let mut got: Vec<String> = back["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(Value::to_string)
+            .collect();
+        let mut want: Vec<String> = routes
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(Value::to_string)
+            .collect();
+        got.sort();
+        want.sort();
+        assert_eq!(got, want, "{v}");
+    }
+    // An IPv6-only result: 0.2.0 has ip6 and no ip4.
+    let v6_only = json!({"cniVersion": "1.0.0",
+        "ips": [{"address": "fc00:0:0:1::7/64", "gateway": "fc00:0:0:1::1"}],
+        "routes": [{"dst": "fc00::/48"}, {"dst": "::/0", "gw": "fc00:0:0:1::1"}]});
+    let out = result::convert(&v6_only, Version::V1_0_0, Version::V0_2_0).unwrap();
+    assert!(out.get("ip4").is_none(), "{out}");
+    assert_eq!(out["ip6"]["routes"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn check_gives_each_route_its_own_familys_gateway() {
+    let mut r =
+        weft::cni::CniResult::parse_bytes(DUAL_RESULT.as_bytes(), Version::V1_0_0, "r").unwrap();
+    weft::cni::commands::fill_route_gateways(&mut r);
+    let gws: Vec<(String, String)> = r
+        .routes
+        .iter()
+        .map(|rt| (rt.dst.to_string(), rt.gw.unwrap().to_string()))
+        .collect();
+    assert_eq!(
+        gws,
+        [
+            ("10.244.0.0/16".to_owned(), "10.244.1.1".to_owned()),
+            ("fc00::/48".to_owned(), "fc00:0:0:1::1".to_owned()),
+            ("0.0.0.0/0".to_owned(), "10.244.1.1".to_owned()),
+            ("::/0".to_owned(), "fc00:0:0:1::1".to_owned()),
+        ]
+    );
+}
+
+// ---------------------------------------------------------------------------
 // The binary, with a fake delegate.
 
 /// A scratch directory with a subnet file, a fake `bridge` plugin in
-/// `bin/` that logs its calls and answers per the `mode` file, and the
+/// `bin/` that logs its calls and answers per the `mode` file (`dual`:
+/// with [`DUAL_RESULT`]), and the
 /// netconf pointing at them.
 struct Lab {
     dir: tempfile::TempDir,
@@ -572,7 +855,9 @@ case $mode in
   fail-garbage) echo 'panic: oops'; exit 2;;
   sleep) sleep 30;;
 esac
-if [ "$CNI_COMMAND" = ADD ]; then echo '{FAKE_RESULT}'; fi
+if [ "$CNI_COMMAND" = ADD ]; then
+  if [ "$mode" = dual ]; then echo '{DUAL_RESULT}'; else echo '{FAKE_RESULT}'; fi
+fi
 "#,
             root = root.display()
         );
@@ -986,4 +1271,110 @@ fn check_status_and_gc_with_a_fake_delegate() {
         lab.run("GC", "", &lab.netconf("1.0.0"), &[]).0["code"],
         code::INCOMPATIBLE_VERSION
     );
+}
+
+/// Dual-stack through the binary: the delegate gets both ranges and both
+/// cluster routes, every version's result carries both addresses, CHECK
+/// hands the delegate each route with its own family's gateway, and GC
+/// releases both of a stale attachment's reservations.
+#[test]
+fn dual_stack_add_check_gc_with_a_fake_delegate() {
+    let lab = Lab::new();
+    std::fs::write(lab.root().join("subnet.env"), DUAL_ENV).unwrap();
+    lab.set_mode("dual");
+    for v in weft::cni::version::SUPPORTED {
+        let id = format!("dual-{}", v.replace('.', ""));
+        let (out, ok) = lab.run("ADD", &id, &lab.netconf(v), &[]);
+        assert!(ok, "{v}: {out}");
+        let want = result::convert(
+            &serde_json::from_str(DUAL_RESULT).unwrap(),
+            Version::V1_0_0,
+            Version::parse(v).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(out, want, "{v}");
+        if v.starts_with("0.1") || v.starts_with("0.2") {
+            assert!(
+                out["ip4"].is_object() && out["ip6"].is_object(),
+                "{v}: {out}"
+            );
+        } else {
+            assert_eq!(out["ips"].as_array().unwrap().len(), 2, "{v}: {out}");
+        }
+        let sent: Value =
+            serde_json::from_slice(&std::fs::read(lab.root().join("stdin.ADD")).unwrap()).unwrap();
+        assert_eq!(
+            sent["ipam"]["ranges"],
+            json!([[{"subnet": "10.244.1.0/24"}], [{"subnet": "fc00:0:0:1::/64"}]])
+        );
+        assert_eq!(
+            sent["ipam"]["routes"],
+            json!([{"dst": "10.244.0.0/16"}, {"dst": "fc00::/48"}])
+        );
+    }
+
+    let conf = lab.netconf("1.1.0");
+    let mut with_prev = conf.clone();
+    with_prev["prevResult"] = lab.run("ADD", "c1", &conf, &[]).0;
+    let (out, ok) = lab.run("CHECK", "c1", &with_prev, &[]);
+    assert!(ok, "{out}");
+    let sent: Value =
+        serde_json::from_slice(&std::fs::read(lab.root().join("stdin.CHECK")).unwrap()).unwrap();
+    assert_eq!(
+        sent["prevResult"]["routes"],
+        json!([{"dst": "10.244.0.0/16", "gw": "10.244.1.1"}, {"dst": "fc00::/48", "gw": "fc00:0:0:1::1"},
+               {"dst": "0.0.0.0/0", "gw": "10.244.1.1"}, {"dst": "::/0", "gw": "fc00:0:0:1::1"}])
+    );
+    // The node lost its IPv6 subnet: the container's addresses are stale.
+    std::fs::write(lab.root().join("subnet.env"), SEED_ENV).unwrap();
+    let (out, _) = lab.run("CHECK", "c1", &with_prev, &[]);
+    assert_eq!(out["code"], code::SUBNET_CHANGED, "{out}");
+    assert!(
+        out["msg"].as_str().unwrap().contains("fc00:0:0:1::/64"),
+        "{out}"
+    );
+    std::fs::write(lab.root().join("subnet.env"), DUAL_ENV).unwrap();
+
+    // GC: c1 is valid; the dual-* attachments are stale, each with a v4
+    // and a v6 reservation (host-local's file names).
+    let ipam = lab.root().join("ipam/cbr0");
+    std::fs::create_dir_all(&ipam).unwrap();
+    let mut kept = Vec::new();
+    for (i, v) in weft::cni::version::SUPPORTED.iter().enumerate() {
+        let id = format!("dual-{}", v.replace('.', ""));
+        std::fs::write(
+            ipam.join(format!("10.244.1.{}", i + 10)),
+            format!("{id}\r\neth0"),
+        )
+        .unwrap();
+        std::fs::write(
+            ipam.join(format!("fc00:0:0:1::{}", i + 10)),
+            format!("{id}\r\neth0"),
+        )
+        .unwrap();
+    }
+    for ip in ["10.244.1.2", "fc00:0:0:1::2"] {
+        std::fs::write(ipam.join(ip), "c1\r\neth0").unwrap();
+        kept.push(ip.to_owned());
+    }
+    for f in ["last_reserved_ip.0", "last_reserved_ip.1"] {
+        std::fs::write(ipam.join(f), "x").unwrap();
+        kept.push(f.to_owned());
+    }
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "c1", "ifname": "eth0"}]);
+    let (out, ok) = lab.run("GC", "", &gc, &[]);
+    assert!(ok, "{out}");
+    let mut left: Vec<String> = std::fs::read_dir(&ipam)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    kept.sort();
+    assert_eq!(left, kept, "both families' stale reservations are released");
+    let saved: Vec<String> = std::fs::read_dir(lab.root().join("data"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(saved, ["c1"]);
 }

@@ -217,9 +217,12 @@ impl NetConf {
     /// `mtu` (default `FLANNEL_MTU`), `isGateway: true` for a bridge (if
     /// absent), `cniVersion` (the delegate's: see
     /// [`Version::for_delegate`]), `runtimeConfig`, and `ipam`: the `ipam`
-    /// object with `type` (default `host-local`), `ranges` from the node's
-    /// subnets and `routes` = the given routes + one per cluster network (not
-    /// repeated if given).
+    /// object with `type` (default `host-local`), `ranges` = one range per
+    /// address family of the subnet file (`[[{"subnet": v4}], [{"subnet":
+    /// v6}]]`, IPv4 first, either alone on a single-family node) and
+    /// `routes` = the given routes + one per cluster network, IPv4 first
+    /// (not repeated if given). The bridge's `isDefaultGateway` then adds a
+    /// default route per family.
     pub fn delegate_config(&self, subnet: &SubnetFile) -> Result<Map<String, Value>, CniError> {
         let mut d = self.delegate.clone().unwrap_or_default();
         let kind = self.delegate_type()?;

@@ -45,10 +45,14 @@
 //!   (CHECK), 999 internal. A delegate's own CNI error is passed through.
 //! - A delegate is killed, with its process group, after 60 s
 //!   (`WEFT_CNI_DELEGATE_TIMEOUT`, in seconds, changes it).
+//! - Address families: the subnet file may configure IPv4, IPv6 or both
+//!   ([`subnet_file`]); the delegate gets a host-local range and the
+//!   cluster routes of each, and results, DEL, CHECK and GC carry both.
 //! - Stricter than flannel: `name` is required and must be a valid network
 //!   name (it is host-local's directory name), plugin types must be plain
 //!   file names, a cluster-network route already in `ipam.routes` is not
-//!   added twice.
+//!   added twice, and a family's subnet-file key without its partner is
+//!   refused.
 
 pub mod commands;
 pub mod conf;
