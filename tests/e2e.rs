@@ -8,10 +8,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use weft_integration::flannel_node::device;
 use weft_integration::lab::{ApiChoice, Backend, Binaries, IpFamily, Lab, LabSpec};
 use weft_integration::pinger::Pinger;
 use weft_integration::seed_nodes;
-use weft_integration::topology::NodeSpec;
+use weft_integration::topology::{cluster_network, NodeSpec};
 use weft_nat::NatMode;
 use weft_netns::{require_netns, Netns};
 use weft_overlay::Family;
@@ -235,7 +236,26 @@ fn every_backend_with_nftables() {
 /// one pod per node named `<prefix><node number>`, once every node routes
 /// to every other.
 fn seed_lab(flannel: &[&str], backend: Backend, nat: NatMode, prefix: &str) -> Lab {
-    let mut lab = Lab::start_mixed(&seed_nodes(), flannel, backend, nat, &binaries()).unwrap();
+    seed_lab_of(flannel, backend, nat, IpFamily::Ipv4, prefix)
+}
+
+/// [`seed_lab`] with pods of `ip_family`.
+fn seed_lab_of(
+    flannel: &[&str],
+    backend: Backend,
+    nat: NatMode,
+    ip_family: IpFamily,
+    prefix: &str,
+) -> Lab {
+    let spec = LabSpec {
+        nodes: &seed_nodes(),
+        flannel,
+        backend,
+        nat,
+        api: ApiChoice::Auto,
+        ip_family,
+    };
+    let mut lab = Lab::start_with(&spec, &binaries()).unwrap();
     for i in 0..lab.nodes.len() {
         lab.add_pod(i, &format!("{prefix}{}", i + 1)).unwrap();
     }
@@ -272,9 +292,9 @@ const FLANNEL_NODE: usize = 2;
 
 /// A lab whose worker2 flanneld and flannel's CNI plugin set up (no weftd
 /// there), with one pod per node, once every node routes to every other.
-fn mixed_lab(backend: Backend, nat: NatMode) -> Lab {
+fn mixed_lab(backend: Backend, nat: NatMode, ip_family: IpFamily) -> Lab {
     let flannel = seed_nodes()[FLANNEL_NODE].name.clone();
-    let lab = seed_lab(&[&flannel], backend, nat, "m");
+    let lab = seed_lab_of(&[&flannel], backend, nat, ip_family, "m");
     assert!(lab.nodes[FLANNEL_NODE].agent.is_none());
     lab
 }
@@ -301,7 +321,7 @@ fn flannel_and_weft_nodes_share_a_cluster() {
         (Backend::HostGw, NatMode::IptablesLegacy),
         (Backend::VxlanDirect, NatMode::Nftables),
     ] {
-        let lab = mixed_lab(backend, nat);
+        let lab = mixed_lab(backend, nat, IpFamily::Ipv4);
         // The weft nodes programmed the flannel node from flannel's
         // annotations, the flannel node the weft nodes from weft's.
         assert_tables(&lab, backend);
@@ -337,21 +357,39 @@ fn repeated<'a>(items: impl IntoIterator<Item = &'a str>) -> Vec<(&'a str, usize
 }
 
 /// No route, neighbour, FDB entry or NAT rule twice on `ns`, and exactly
-/// flannel's rule set in the mode `nat` (none in the other modes).
-fn assert_no_duplicates(ns: &Netns, nat: NatMode) {
+/// flannel's rule set in the mode `nat` (none in the other modes), for
+/// every family of `families`.
+fn assert_no_duplicates(ns: &Netns, nat: NatMode, families: &[Family]) {
+    for &family in families {
+        assert_no_duplicates_of(ns, nat, family);
+    }
+    if nat != NatMode::Nftables {
+        let tables = ns.exec(&["nft", "list", "tables"]).unwrap();
+        assert!(!tables.contains("flannel-ipv"), "{tables}");
+    }
+}
+
+fn assert_no_duplicates_of(ns: &Netns, nat: NatMode, family: Family) {
+    let (flag, device) = match family {
+        Family::V4 => ("-4", "flannel.1"),
+        Family::V6 => ("-6", "flannel-v6.1"),
+    };
+    let cluster = cluster_network(family).to_string();
     let routes = ns
-        .ip_json(&["route", "show", "root", "10.244.0.0/16"])
+        .ip_json(&[flag, "route", "show", "root", &cluster])
         .unwrap();
     // This node's own subnet and the two peers' at least.
     assert!(
         routes.as_array().is_some_and(|r| r.len() >= 3),
-        "{routes:#}"
+        "{family}: {routes:#}"
     );
     assert_unique(&routes, "dst", "routes");
-    let neigh = ns.ip_json(&["neigh", "show", "nud", "permanent"]).unwrap();
+    let neigh = ns
+        .ip_json(&[flag, "neigh", "show", "nud", "permanent"])
+        .unwrap();
     assert_unique(&neigh, "dst", "neighbours");
     let fdb = ns
-        .exec(&["bridge", "-j", "fdb", "show", "dev", "flannel.1"])
+        .exec(&["bridge", "-j", "fdb", "show", "dev", device])
         .unwrap_or_else(|_| "[]".into());
     assert_unique(
         &serde_json::from_str(&fdb).unwrap_or_default(),
@@ -359,7 +397,7 @@ fn assert_no_duplicates(ns: &Netns, nat: NatMode) {
         "FDB entries",
     );
 
-    let listing = nat_listing(ns, nat, Family::V4);
+    let listing = nat_listing(ns, nat, family);
     let rules: Vec<&str> = listing
         .lines()
         .map(str::trim)
@@ -374,106 +412,147 @@ fn assert_no_duplicates(ns: &Netns, nat: NatMode) {
         .collect();
     assert!(
         repeated(rules.iter().copied()).is_empty(),
-        "rules twice:\n{listing}"
+        "{family}: rules twice:\n{listing}"
     );
     // flannel's set: six SNAT and two forward rules, plus the two jumps in iptables.
     let want = if nat == NatMode::Nftables { 8 } else { 10 };
-    assert_eq!(rules.len(), want, "{nat}:\n{listing}");
+    assert_eq!(rules.len(), want, "{nat} {family}:\n{listing}");
     for other in [NatMode::IptablesLegacy, NatMode::IptablesNft] {
         if other != nat {
-            let save = nat_listing(ns, other, Family::V4);
+            let save = nat_listing(ns, other, family);
             assert!(
                 !save.contains("FLANNEL"),
-                "{other} still has rules:\n{save}"
+                "{other} ({family}) still has rules:\n{save}"
             );
         }
     }
-    if nat != NatMode::Nftables {
-        let tables = ns.exec(&["nft", "list", "tables"]).unwrap();
-        assert!(!tables.contains("flannel-ipv4"), "{tables}");
-    }
 }
 
-/// `ip -j link show flannel.1`'s index and MAC, if the device exists.
-fn vtep(ns: &Netns) -> Option<(u64, String)> {
-    let l = ns.ip_json(&["link", "show", "flannel.1"]).ok()?;
+/// `ip -j link show <device>`'s index and MAC, if the device exists.
+fn vtep(ns: &Netns, device: &str) -> Option<(u64, String)> {
+    let l = ns.ip_json(&["link", "show", device]).ok()?;
     let l = l.get(0)?;
     Some((l["ifindex"].as_u64()?, l["address"].as_str()?.to_string()))
 }
 
 fn take_over(backend: Backend, nat: NatMode) {
-    let mut lab = mixed_lab(backend, nat);
-    assert_full_matrix(&lab, &format!("before the takeover, {backend:?} × {nat}"));
+    take_over_of(backend, nat, IpFamily::Ipv4);
+}
+
+/// weftd takes over a flannel-made node of a lab of `ip_family` while a
+/// pod pings a pod on it every 10 ms in each family.
+fn take_over_of(backend: Backend, nat: NatMode, ip_family: IpFamily) {
+    let what = format!("{backend:?} × {nat} × {ip_family}");
+    let mut lab = mixed_lab(backend, nat, ip_family);
+    let families = lab.families();
+    assert_full_matrix(&lab, &format!("before the takeover, {what}"));
     let node = FLANNEL_NODE;
     let ns = lab.nodes[node].ns.name().to_string();
-    let device = vtep(&lab.nodes[node].ns);
-    let subnet_env = std::fs::read(
-        lab.path()
-            .join(&lab.nodes[node].spec.name)
-            .join("subnet.env"),
-    )
-    .unwrap();
+    let devices: Vec<_> = families
+        .iter()
+        .map(|f| vtep(&lab.nodes[node].ns, device(*f)))
+        .collect();
+    let subnet_env_path = lab
+        .path()
+        .join(&lab.nodes[node].spec.name)
+        .join("subnet.env");
+    let subnet_env = std::fs::read_to_string(&subnet_env_path).unwrap();
     // Flannel's own state is clean to begin with, its routes untagged.
-    assert_no_duplicates(&lab.nodes[node].ns, nat);
-    let flannel_routes = |ns: &Netns| {
-        ns.ip(&["route", "show", "root", "10.244.0.0/16", "proto", "boot"])
+    assert_no_duplicates(&lab.nodes[node].ns, nat, families);
+    let flannel_routes = |ns: &Netns, family: Family| {
+        let flag = if family == Family::V4 { "-4" } else { "-6" };
+        let cluster = cluster_network(family).to_string();
+        ns.ip(&[flag, "route", "show", "root", &cluster, "proto", "boot"])
             .unwrap()
     };
-    assert_eq!(
-        flannel_routes(&lab.nodes[node].ns).lines().count(),
-        2,
-        "flannel's two peer routes"
-    );
+    for &family in families {
+        assert_eq!(
+            flannel_routes(&lab.nodes[node].ns, family).lines().count(),
+            2,
+            "flannel's two {family} peer routes"
+        );
+    }
 
     // A pod on control-plane pings worker2's pod through the switch every
-    // 10 ms while weftd takes worker2 over.
-    let mut ping =
-        Pinger::start(&lab.nodes[0].pods[0].ns, lab.nodes[node].pods[0].ip, 600).unwrap();
+    // 10 ms in each family while weftd takes worker2 over.
+    let mut pings: Vec<(Family, Pinger)> = families
+        .iter()
+        .map(|&f| {
+            let to = lab.nodes[node].pods[0].ip_of(f).unwrap();
+            (f, Pinger::start(&lab.nodes[0].pods[0].ns, to, 600).unwrap())
+        })
+        .collect();
     std::thread::sleep(Duration::from_millis(500));
     let t0 = std::time::Instant::now();
     lab.take_over(node).unwrap();
     let took = t0.elapsed();
-    assert!(
-        ping.running(),
-        "the ping ended before weftd was ready ({took:?}): the test proves nothing"
-    );
-    let summary = ping.finish().unwrap();
-    eprintln!(
-        "takeover {backend:?} × {nat} in {ns}: weftd ready after {:.0} ms; {} pings sent, {} received",
-        took.as_secs_f64() * 1e3,
-        summary.sent,
-        summary.received
-    );
-    assert!(
-        summary.lost() <= 1,
-        "{backend:?} × {nat}: {} packets lost:\n{}",
-        summary.lost(),
-        summary.text
-    );
+    for (family, ping) in &mut pings {
+        assert!(
+            ping.running(),
+            "{family}: the ping ended before weftd was ready ({took:?}): the test proves nothing"
+        );
+    }
+    for (family, ping) in pings {
+        let summary = ping.finish().unwrap();
+        eprintln!(
+            "takeover {what} in {ns}: weftd ready after {:.0} ms; {family}: {} pings sent, {} received",
+            took.as_secs_f64() * 1e3,
+            summary.sent,
+            summary.received
+        );
+        assert!(
+            summary.lost() <= 1,
+            "{what}: {family}: {} packets lost:\n{}",
+            summary.lost(),
+            summary.text
+        );
+    }
 
     let n = &lab.nodes[node];
-    // weftd adopted flannel.1 (same device, same MAC), owns the routes now,
-    // left subnet.env as flannel wrote it, and nothing is there twice.
-    assert_eq!(vtep(&n.ns), device, "flannel.1 was recreated or changed");
-    assert_no_duplicates(&n.ns, nat);
-    assert_eq!(
-        std::fs::read(lab.path().join(&n.spec.name).join("subnet.env")).unwrap(),
-        subnet_env
-    );
-    let t0 = std::time::Instant::now();
-    loop {
-        let boot = flannel_routes(&n.ns);
-        if boot.trim().is_empty() {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(5),
-            "flannel's routes not adopted: {boot}"
+    // weftd adopted flannel.1 (and flannel-v6.1: same device, same MAC),
+    // owns the routes now, left subnet.env as flannel wrote it, and
+    // nothing is there twice.
+    for (f, before) in families.iter().zip(&devices) {
+        assert_eq!(
+            &vtep(&n.ns, device(*f)),
+            before,
+            "{} was recreated or changed",
+            device(*f)
         );
-        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_no_duplicates(&n.ns, nat, families);
+    let now = std::fs::read_to_string(&subnet_env_path).unwrap();
+    if families.contains(&Family::V6) && backend != Backend::HostGw {
+        // flannel writes the underlay's MTU − 50 though the kernel caps
+        // flannel-v6.1 at − 70; weft writes what the device has. Every
+        // other line stays as flannel wrote it.
+        let other = |t: &str| -> Vec<String> {
+            t.lines()
+                .filter(|l| !l.starts_with("FLANNEL_MTU="))
+                .map(str::to_string)
+                .collect()
+        };
+        assert_eq!(other(&now), other(&subnet_env));
+        assert!(now.contains("FLANNEL_MTU=1430\n"), "{now}");
+    } else {
+        assert_eq!(now, subnet_env);
+    }
+    for &family in families {
+        let t0 = std::time::Instant::now();
+        loop {
+            let boot = flannel_routes(&n.ns, family);
+            if boot.trim().is_empty() {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "flannel's {family} routes not adopted: {boot}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
     assert_tables(&lab, backend);
-    assert_full_matrix(&lab, &format!("after the takeover, {backend:?} × {nat}"));
+    assert_full_matrix(&lab, &format!("after the takeover, {what}"));
     // The pod flannel's CNI plugin made is deleted by weft-cni from
     // flannel's saved delegate config.
     let pod = lab.nodes[node].pods[0].name.clone();
@@ -482,15 +561,36 @@ fn take_over(backend: Backend, nat: NatMode) {
         .path()
         .join(&lab.nodes[node].spec.name)
         .join("cni-ipam/cbr0");
-    let reserved = std::fs::read_dir(&ipam)
+    let reserved: Vec<String> = std::fs::read_dir(&ipam)
         .unwrap()
         .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().starts_with("10.244."))
-        .count();
-    assert_eq!(
-        reserved, 0,
-        "host-local still holds the deleted pod's address"
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
+        .collect();
+    assert!(
+        reserved.is_empty(),
+        "host-local still holds the deleted pod's addresses: {reserved:?}"
     );
+}
+
+/// flannel's dual-stack, from a node flannel made to weft: the mixed
+/// cluster in both families, then the takeover under pings in both.
+#[test]
+fn weftd_takes_over_a_dual_stack_flannel_node() {
+    require_netns!();
+    let lab = mixed_lab(Backend::Vxlan, NatMode::IptablesNft, IpFamily::Dual);
+    assert_tables(&lab, Backend::Vxlan);
+    assert_nat(&lab, NatMode::IptablesNft);
+    assert_full_matrix(&lab, "mixed dual-stack");
+    for c in lab.outside_checks().unwrap() {
+        assert!(
+            c.masqueraded() && c.kept_source(),
+            "mixed dual-stack: {c:?}"
+        );
+    }
+    drop(lab);
+    take_over_of(Backend::Vxlan, NatMode::IptablesNft, IpFamily::Dual);
+    take_over_of(Backend::HostGw, NatMode::Nftables, IpFamily::Dual);
 }
 
 #[test]
