@@ -13,6 +13,7 @@ use weft_integration::lab::{ApiChoice, Backend, Binaries, IpFamily, Lab, LabSpec
 use weft_integration::pinger::Pinger;
 use weft_integration::seed_nodes;
 use weft_integration::topology::{cluster_network, NodeSpec};
+use weft_integration::witness::KernelWitness;
 use weft_nat::NatMode;
 use weft_netns::{require_netns, Netns};
 use weft_overlay::Family;
@@ -285,6 +286,60 @@ fn restarting_weftd_under_traffic_loses_no_packet() {
         "packets lost during the restarts:\n{}",
         summary.text
     );
+}
+
+/// Dual-stack: weftd restarted on a node writes nothing in either family
+/// (both devices kept with their MACs), and restarts under pings in both
+/// families lose nothing.
+#[test]
+fn a_dual_stack_restart_writes_nothing_and_loses_nothing() {
+    require_netns!();
+    let mut lab = seed_lab_of(&[], Backend::Vxlan, NatMode::Nftables, IpFamily::Dual, "d");
+    let node = 2;
+    let devices: Vec<_> = [Family::V4, Family::V6]
+        .iter()
+        .map(|f| vtep(&lab.nodes[node].ns, device(*f)).unwrap())
+        .collect();
+    let witnesses = [
+        KernelWitness::start(&lab.nodes[node].ns).unwrap(),
+        KernelWitness::start_v6(&lab.nodes[node].ns).unwrap(),
+        KernelWitness::start_fdb(&lab.nodes[node].ns).unwrap(),
+    ];
+    lab.restart_agent(node).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    for w in witnesses {
+        let seen = w.changes().unwrap();
+        assert!(
+            seen.is_empty(),
+            "the kernel changed during the restart:\n{seen}"
+        );
+    }
+    for (f, before) in [Family::V4, Family::V6].iter().zip(&devices) {
+        assert_eq!(vtep(&lab.nodes[node].ns, device(*f)).as_ref(), Some(before));
+    }
+    let mut pings: Vec<Pinger> = [Family::V4, Family::V6]
+        .iter()
+        .map(|f| {
+            let to = lab.nodes[2].pods[0].ip_of(*f).unwrap();
+            Pinger::start(&lab.nodes[0].pods[0].ns, to, 400).unwrap()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    lab.restart_agent(2).unwrap();
+    lab.restart_agent(0).unwrap();
+    for p in &mut pings {
+        assert!(p.running(), "the ping ended before the restarts were done");
+    }
+    for p in pings {
+        let summary = p.finish().unwrap();
+        eprintln!("{}", summary.text);
+        assert_eq!(
+            summary.lost(),
+            0,
+            "lost during the restarts:\n{}",
+            summary.text
+        );
+    }
 }
 
 /// The node the mixed and migration tests set up the way flannel does.

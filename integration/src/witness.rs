@@ -10,6 +10,9 @@ use weft_netns::Netns;
 /// `ip -4 monitor link address route neigh` running in a namespace.
 pub struct KernelWitness {
     child: Child,
+    /// Drop neighbour lines the kernel writes itself (reachability states
+    /// of IPv6 neighbour discovery); weft's neighbours are PERMANENT.
+    only_permanent_neighbours: bool,
 }
 
 impl KernelWitness {
@@ -17,14 +20,47 @@ impl KernelWitness {
     pub fn start(ns: &Netns) -> anyhow::Result<KernelWitness> {
         // IPv4 only: the kernel finishing IPv6 duplicate address detection on
         // a new device is not a write of weft's.
+        Self::start_with(ns, &["-4", "monitor", "link", "address", "route", "neigh"])
+    }
+
+    /// Watches IPv6 routes and neighbours (`ip -6 monitor route neigh`):
+    /// the IPv6 overlay's writes. Neighbour discovery's own state changes
+    /// (REACHABLE, STALE, …) are not reported.
+    pub fn start_v6(ns: &Netns) -> anyhow::Result<KernelWitness> {
+        let mut w = Self::start_with(ns, &["-6", "monitor", "route", "neigh"])?;
+        w.only_permanent_neighbours = true;
+        Ok(w)
+    }
+
+    /// Watches VXLAN FDB entries (`bridge monitor fdb`).
+    pub fn start_fdb(ns: &Netns) -> anyhow::Result<KernelWitness> {
         let child = ns
-            .command(&["ip", "-4", "monitor", "link", "address", "route", "neigh"])
+            .command(&["bridge", "monitor", "fdb"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start bridge monitor")?;
+        std::thread::sleep(Duration::from_millis(200));
+        Ok(KernelWitness {
+            child,
+            only_permanent_neighbours: false,
+        })
+    }
+
+    fn start_with(ns: &Netns, args: &[&str]) -> anyhow::Result<KernelWitness> {
+        let mut all = vec!["ip"];
+        all.extend_from_slice(args);
+        let child = ns
+            .command(&all)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .context("cannot start ip monitor")?;
         std::thread::sleep(Duration::from_millis(200));
-        Ok(KernelWitness { child })
+        Ok(KernelWitness {
+            child,
+            only_permanent_neighbours: false,
+        })
     }
 
     /// Stops watching (after a short grace for late events) and returns every
@@ -33,6 +69,29 @@ impl KernelWitness {
         std::thread::sleep(Duration::from_millis(200));
         let _ = self.child.kill();
         let out = self.child.wait_with_output().context("ip monitor")?;
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        let text = String::from_utf8_lossy(&out.stdout);
+        let kept: Vec<&str> = text
+            .lines()
+            .filter(|l| !self.only_permanent_neighbours || !is_discovery_state(l))
+            .collect();
+        Ok(kept.join("\n").trim().to_string())
     }
+}
+
+/// A neighbour line whose state neighbour discovery itself sets.
+fn is_discovery_state(line: &str) -> bool {
+    let states = [
+        "REACHABLE",
+        "STALE",
+        "DELAY",
+        "PROBE",
+        "FAILED",
+        "INCOMPLETE",
+        "NOARP",
+    ];
+    (line.contains(" lladdr ") || line.contains(" router") || line.starts_with("Deleted "))
+        && !line.contains("PERMANENT")
+        && states
+            .iter()
+            .any(|s| line.split_whitespace().any(|w| w == *s))
 }

@@ -116,6 +116,10 @@ fn observed_device(link: &LinkMessage) -> ObservedDevice {
     dev
 }
 
+/// The metric the kernel gives an IPv6 route added without one
+/// (`IP6_RT_PRIO_USER`).
+pub const IPV6_DEFAULT_METRIC: u32 = 1024;
+
 /// A route message as a managed [`Route`], or `None` when it is not weft's to manage:
 /// outside the main table or the cluster network, or neither tagged with weft's
 /// protocol nor a flannel leftover on the overlay device.
@@ -136,7 +140,13 @@ pub fn route_of(msg: &RouteMessage, scope: &Scope) -> Option<Route> {
             _ => {}
         }
     }
-    if table != u32::from(RouteHeader::RT_TABLE_MAIN) || priority != 0 {
+    // Routes written without a metric (weft's, flannel's) get the
+    // family's default one: 0 for IPv4, 1024 for IPv6.
+    let default_metric = match h.address_family {
+        AddressFamily::Inet6 => IPV6_DEFAULT_METRIC,
+        _ => 0,
+    };
+    if table != u32::from(RouteHeader::RT_TABLE_MAIN) || priority != default_metric {
         return None;
     }
     let dst = IpNet::new(dst?, h.destination_prefix_length).ok()?;
