@@ -33,9 +33,11 @@ fuzz_target!(|data: &[u8]| {
     let Ok(annotations) = weft::subnet::Annotations::new(p) else {
         return;
     };
-    if let Ok(Some(lease)) = annotations.lease(&node) {
-        // What the overlay makes of it must not panic either.
-        let _ = weft_overlay::VxlanBackendData::parse(&lease.backend_data);
+    for family in weft_overlay::Family::ALL {
+        if let Ok(Some(lease)) = annotations.lease(&node, family) {
+            // What the overlay makes of it must not panic either.
+            let _ = weft_overlay::VxlanBackendData::parse(&lease.backend_data);
+        }
+        let _ = weft::subnet::annotations::pod_cidr(&node, family);
     }
-    let _ = weft::subnet::annotations::pod_cidr(&node);
 });

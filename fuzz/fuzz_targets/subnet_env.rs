@@ -20,10 +20,28 @@ fuzz_target!(|data: &[u8]| {
         let Ok(subnet) = ipnet::Ipv4Net::new(network.network(), sub_len) else {
             return;
         };
+        let mut families = vec![weft::subnet_env::FamilyLines {
+            network: network.into(),
+            subnet: subnet.into(),
+        }];
+        // Dual stack: a /48 network from the same bytes and a /64 in it.
+        let v6 = data[0] & 2 == 2;
+        if v6 {
+            let base6 = u128::from(base) << 96 | 0xfc00 << 112;
+            let net6 = ipnet::Ipv6Net::new(base6.into(), 48).map(|n| n.trunc());
+            let Ok(net6) = net6 else { return };
+            let Ok(sub6) = ipnet::Ipv6Net::new(net6.network(), 64) else {
+                return;
+            };
+            families.push(weft::subnet_env::FamilyLines {
+                network: net6.into(),
+                subnet: sub6.into(),
+            });
+        }
+        let floor = if v6 { 1280 } else { 68 };
         let env = weft::subnet_env::SubnetEnv {
-            network,
-            subnet,
-            mtu: 68 + u32::from(u16::from_be_bytes([data[6], data[7]])) % 65_000,
+            families: families.clone(),
+            mtu: floor + u32::from(u16::from_be_bytes([data[6], data[7]])) % 64_000,
             ipmasq: data[0] & 1 == 1,
         };
         let read = weft::cni::subnet_file::SubnetFile::parse(&env.render(), path)
@@ -32,5 +50,9 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(read.ipmasq, env.ipmasq);
         assert_eq!(read.networks[0].to_string(), network.to_string());
         assert_eq!(read.subnet.map(|s| s.to_string()), Some(subnet.to_string()));
+        if let Some(f) = families.get(1) {
+            assert_eq!(read.ipv6_networks[0].to_string(), f.network.to_string());
+            assert_eq!(read.ipv6_subnet.map(|s| s.to_string()), Some(f.subnet.to_string()));
+        }
     }
 });
