@@ -211,7 +211,6 @@ fn run(
             None
         }
     };
-    own_events(&mut signal);
     let mut next_resync = Instant::now() + options.resync;
     let mut broken = 0;
     loop {
@@ -256,7 +255,7 @@ fn run(
                     }
                     Ok(Command::ReconcileNow(reply)) => {
                         let r = reconcile(backend.as_mut(), &rules, &stats);
-                        own_events(&mut signal);
+                        refresh(&mut signal);
                         next_resync = Instant::now() + options.resync;
                         let _ = reply.send(r);
                     }
@@ -274,17 +273,18 @@ fn run(
         }
         if dirty {
             let _ = reconcile(backend.as_mut(), &rules, &stats);
-            own_events(&mut signal);
+            refresh(&mut signal);
             next_resync = Instant::now() + options.resync;
         }
     }
 }
 
-/// Drops what our own commands caused (a restore opens the lock file, a
-/// write notifies): not a change by someone else.
-fn own_events(signal: &mut Option<Box<dyn ChangeSignal>>) {
+/// After a reconcile: a signal that lost its source sets itself up again.
+/// What the reconcile's own write caused is deliberately not drained: that
+/// would also swallow a change someone else made meanwhile; it costs one
+/// more look, which finds nothing to write.
+fn refresh(signal: &mut Option<Box<dyn ChangeSignal>>) {
     if let Some(s) = signal.as_mut() {
-        s.drain();
         s.refresh();
     }
 }

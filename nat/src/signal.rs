@@ -7,9 +7,10 @@
 //! - nf_tables (native nftables and iptables-nft) sends a netlink
 //!   notification for every change: [`NfTablesEvents`].
 //! - iptables-legacy sends none, but every iptables command that changes
-//!   (or lists) rules opens the xtables lock file first:
-//!   [`XtablesLockWatch`] is an inotify watch on it, so a hand-made
-//!   `iptables -F` wakes the loop without weft ever polling with a fork.
+//!   (or lists) rules holds the xtables lock file while it works and closes
+//!   it once its change is committed: [`XtablesLockWatch`] is an inotify
+//!   watch for that close, so a hand-made `iptables -F` wakes the loop
+//!   (after the flush, not before it) without weft ever polling with a fork.
 //!   (`iptables-save` does not take the lock; a program writing the tables
 //!   without the lock is caught by the resync.)
 
@@ -117,7 +118,7 @@ impl XtablesLockWatch {
         let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
             .map_err(|e| io("inotify")(e.into()))?;
         inotify
-            .add_watch(&path, AddWatchFlags::IN_OPEN)
+            .add_watch(&path, AddWatchFlags::IN_CLOSE)
             .map_err(|e| io(&format!("watch {}", path.display()))(e.into()))?;
         Ok(XtablesLockWatch {
             inotify,
@@ -155,7 +156,7 @@ impl ChangeSignal for XtablesLockWatch {
         if !self.watching {
             self.watching = self
                 .inotify
-                .add_watch(&self.path, AddWatchFlags::IN_OPEN)
+                .add_watch(&self.path, AddWatchFlags::IN_CLOSE)
                 .is_ok();
         }
     }
@@ -204,17 +205,20 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    /// Opening the lock file signals; a deleted and recreated file is
-    /// watched again after `refresh`.
+    /// Closing the lock file (a command done with its change) signals,
+    /// opening it (the change still to come) does not; a deleted and
+    /// recreated file is watched again after `refresh`.
     #[test]
-    fn the_lock_watch_signals_opens_and_survives_a_recreated_file() {
+    fn the_lock_watch_signals_closes_and_survives_a_recreated_file() {
         let dir = tempfile::tempdir().unwrap();
         let lock = dir.path().join("xtables.lock");
         std::fs::write(&lock, "").unwrap();
         let mut watch = XtablesLockWatch::open_at(lock.clone()).unwrap();
         assert!(!watch.drain(), "nothing yet");
-        drop(std::fs::File::open(&lock).unwrap());
-        assert!(watch.drain(), "an open is a signal");
+        let held = std::fs::File::open(&lock).unwrap();
+        assert!(!watch.drain(), "opening is not yet a change");
+        drop(held);
+        assert!(watch.drain(), "closing is a signal");
         std::fs::remove_file(&lock).unwrap();
         watch.drain();
         watch.refresh();
