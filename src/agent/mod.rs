@@ -29,7 +29,7 @@ use kube::Client;
 use regex::Regex;
 use tokio::sync::mpsc;
 use weft_nat::reconciler::LoopOptions;
-use weft_nat::{Options as NatOptions, SnatRules};
+use weft_nat::{Family, Options as NatOptions, SnatRules};
 use weft_overlay::reconciler::{Input, Options as OverlayOptions};
 use weft_overlay::{LocalNode, Reconciler};
 
@@ -529,13 +529,15 @@ fn start_nat(
     subnet: ipnet::Ipv4Net,
 ) -> Result<weft_nat::ReconcilerHandle, AgentError> {
     let mode = match flags.nat_mode {
-        NatModeChoice::Forced(m) => weft_nat::detect(conf.enable_nftables, Some(m)),
-        NatModeChoice::Auto => weft_nat::detect(conf.enable_nftables, None),
+        NatModeChoice::Forced(m) => weft_nat::detect(Family::V4, conf.enable_nftables, Some(m)),
+        NatModeChoice::Auto => weft_nat::detect(Family::V4, conf.enable_nftables, None),
     };
+    // IPv4 only for now: flannel's IPv6 rules left from before go.
+    weft_nat::reconciler::remove_family(Family::V6);
     tracing::info!(mode = %mode.mode, reason = %mode.reason, "NAT mode");
     let rules = SnatRules::build(
-        conf.network,
-        subnet,
+        conf.network.into(),
+        subnet.into(),
         NatOptions {
             masquerade: flags.ip_masq,
             fully_random: !flags.ip_masq_fully_random_disable,
