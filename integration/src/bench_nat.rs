@@ -95,7 +95,7 @@ fn measure(mode: NatMode, weft: bool, rules: &RuleSet) -> anyhow::Result<(Durati
     let rules = rules.clone();
     ns.run(move || async move {
         if weft {
-            let mut backend = mode.backend();
+            let mut backend = mode.backend(rules.family);
             let t0 = Instant::now();
             let wrote = backend.reconcile(&rules)?;
             let cold = t0.elapsed();
@@ -112,7 +112,7 @@ fn measure(mode: NatMode, weft: bool, rules: &RuleSet) -> anyhow::Result<(Durati
             let (_, _, noop_text) = reference(mode, &rules, false);
             let noop = timed_tool(&binary, &args, &noop_text)?;
             // Both sides must end in weft's exact rules.
-            let mut backend = mode.backend();
+            let mut backend = mode.backend(rules.family);
             let seen = backend.observe()?;
             if mode != NatMode::Nftables && seen != backend.expected(&rules) {
                 bail!("{mode}: the reference run did not produce the same rules");

@@ -1,6 +1,7 @@
 //! Errors of the NAT subsystem.
 
-use crate::rules::RuleError;
+use crate::family::Family;
+use crate::rules::{RuleError, RuleSet};
 
 /// Why NAT rules could not be read or written. The rules in place stay as
 /// they were: every apply is one transaction.
@@ -9,6 +10,14 @@ pub enum NatError {
     /// The desired rule set is invalid (bad network or subnet).
     #[error("invalid NAT input: {0}")]
     Rules(#[from] RuleError),
+    /// A rule set was given to a backend (or loop) of the other family.
+    #[error("{rules} rules given to the {backend} NAT backend")]
+    WrongFamily {
+        /// The backend's family.
+        backend: Family,
+        /// The rule set's family.
+        rules: Family,
+    },
     /// A binary the mode needs is missing.
     #[error("{binary} not found: install the iptables package (mode {mode})")]
     MissingBinary {
@@ -50,4 +59,16 @@ pub enum NatError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// [`NatError::WrongFamily`] unless `rules` are of the backend's `family`.
+pub(crate) fn ensure_family(family: Family, rules: &RuleSet) -> Result<(), NatError> {
+    if rules.family == family {
+        Ok(())
+    } else {
+        Err(NatError::WrongFamily {
+            backend: family,
+            rules: rules.family,
+        })
+    }
 }

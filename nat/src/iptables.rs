@@ -1,5 +1,7 @@
 //! iptables-legacy and iptables-nft: flannel's chains `FLANNEL-POSTRTG` (nat)
 //! and `FLANNEL-FWD` (filter), jumped to from `POSTROUTING` and `FORWARD`.
+//! One backend works in one family: `iptables-*` for IPv4, `ip6tables-*`
+//! (the same chains, comments and layout) for IPv6.
 //!
 //! Reading is one `iptables-*-save` (skipped when weft's chains certainly
 //! do not exist: see `certainly_absent`); writing is one
@@ -12,6 +14,7 @@ use std::time::Duration;
 
 use crate::command::{run, run_writer};
 use crate::error::NatError;
+use crate::family::Family;
 use crate::nft_dump;
 use crate::render::{self, iptables_jump, iptables_place};
 use crate::rules::{Chain, RuleSet};
@@ -26,10 +29,11 @@ pub enum Flavor {
     Nft,
 }
 
-/// The iptables backend of one flavor.
+/// The iptables backend of one flavor and family.
 #[derive(Debug, Clone)]
 pub struct IptablesBackend {
     flavor: Flavor,
+    family: Family,
     timeout: Duration,
     /// A line appended to every restore payload (tests of atomicity only).
     poison: Option<String>,
@@ -38,50 +42,53 @@ pub struct IptablesBackend {
 }
 
 impl IptablesBackend {
-    /// `iptables-legacy`.
-    pub fn legacy() -> Self {
+    /// `flavor` in `family`.
+    pub fn new(flavor: Flavor, family: Family) -> Self {
         IptablesBackend {
-            flavor: Flavor::Legacy,
+            flavor,
+            family,
             timeout: Duration::from_secs(10),
             poison: None,
             chains_seen: false,
         }
     }
 
-    /// `iptables-nft`.
-    pub fn nft() -> Self {
-        IptablesBackend {
-            flavor: Flavor::Nft,
-            timeout: Duration::from_secs(10),
-            poison: None,
-            chains_seen: false,
-        }
+    /// `iptables-legacy` (IPv4) or `ip6tables-legacy` (IPv6).
+    pub fn legacy(family: Family) -> Self {
+        Self::new(Flavor::Legacy, family)
+    }
+
+    /// `iptables-nft` (IPv4) or `ip6tables-nft` (IPv6).
+    pub fn nft(family: Family) -> Self {
+        Self::new(Flavor::Nft, family)
     }
 
     /// A backend whose restores carry one rule the kernel refuses, to show
     /// that a failed apply leaves the previous rules in place. Tests only.
     #[doc(hidden)]
-    pub fn with_bad_line_for_tests(mode: NatMode) -> Self {
-        let mut b = if mode == NatMode::IptablesLegacy {
-            Self::legacy()
+    pub fn with_bad_line_for_tests(mode: NatMode, family: Family) -> Self {
+        let flavor = if mode == NatMode::IptablesLegacy {
+            Flavor::Legacy
         } else {
-            Self::nft()
+            Flavor::Nft
         };
+        let mut b = Self::new(flavor, family);
         b.poison = Some("-A FLANNEL-POSTRTG -j NO-SUCH-TARGET".into());
         b
     }
 
-    fn binary(&self, tool: &str) -> String {
-        match self.flavor {
-            Flavor::Legacy => format!("iptables-legacy{tool}"),
-            Flavor::Nft => format!("iptables-nft{tool}"),
-        }
+    /// The flavor's binary of this family: `binary("-save")` is
+    /// `iptables-legacy-save`, `ip6tables-nft-save`, ….
+    pub fn binary(&self, tool: &str) -> String {
+        binary(self.flavor, self.family, tool)
     }
 
     /// Whether none of weft's (or flannel's) chains can exist, known without
-    /// running a process: for iptables-legacy, no table at all has been
-    /// instantiated in this network namespace; for iptables-nft, one netlink
-    /// dump finds no chain of that name in any table of family `ip`. (A jump
+    /// running a process: for iptables-legacy, no table at all of this
+    /// family has been instantiated in this network namespace
+    /// (`ip_tables_names` or `ip6_tables_names`); for iptables-nft, one
+    /// netlink dump finds no chain of that name in any table of family `ip`
+    /// (or `ip6`). (A jump
     /// needs its target chain, so no jump can exist either.) `false` when unsure: then
     /// `iptables-save` is read. True on a fresh node before anything made
     /// rules, and for the flavor a host does not use. Must be called from a
@@ -91,7 +98,11 @@ impl IptablesBackend {
             Flavor::Legacy => {
                 // The calling thread's namespace (weft's loop thread may have
                 // setns'd). No such file: ip_tables is not even loaded.
-                match std::fs::read_to_string("/proc/thread-self/net/ip_tables_names") {
+                let names = match self.family {
+                    Family::V4 => "/proc/thread-self/net/ip_tables_names",
+                    Family::V6 => "/proc/thread-self/net/ip6_tables_names",
+                };
+                match std::fs::read_to_string(names) {
                     Ok(names) => names.trim().is_empty(),
                     Err(e) => {
                         e.kind() == std::io::ErrorKind::NotFound
@@ -100,7 +111,10 @@ impl IptablesBackend {
                 }
             }
             Flavor::Nft => matches!(
-                nft_dump::ip_chain_names("reading the chains of family ip"),
+                nft_dump::chain_names(
+                    self.family,
+                    &format!("reading the chains of family {}", self.family.nft_family())
+                ),
                 Ok(Some(names)) if !names.iter().any(|n| OUR_CHAINS.contains(&n.as_str()))
             ),
         }
@@ -120,7 +134,7 @@ impl IptablesBackend {
             }
             None => payload,
         };
-        tracing::debug!(mode = %self.mode(), %payload, "iptables-restore");
+        tracing::debug!(mode = %self.mode(), family = %self.family, %payload, "iptables-restore");
         run_writer(
             &self.binary("-restore"),
             &["--noflush", "-w", "5"],
@@ -129,6 +143,16 @@ impl IptablesBackend {
             self.mode(),
         )
     }
+}
+
+/// The binary of `flavor` in `family` with `tool` appended (`""`, `-save`,
+/// `-restore`).
+pub(crate) fn binary(flavor: Flavor, family: Family, tool: &str) -> String {
+    let flavor = match flavor {
+        Flavor::Legacy => "legacy",
+        Flavor::Nft => "nft",
+    };
+    format!("{}-{flavor}{tool}", family.iptables())
 }
 
 /// weft's (and flannel's) chain names.
@@ -291,11 +315,15 @@ impl NatBackend for IptablesBackend {
         }
     }
 
+    fn family(&self) -> Family {
+        self.family
+    }
+
     fn change_signal(&self) -> Result<Box<dyn crate::signal::ChangeSignal>, NatError> {
         Ok(match self.flavor {
-            // x_tables sends nothing; its commands open the lock file.
+            // x_tables sends nothing; its commands (of both families) open the lock file.
             Flavor::Legacy => Box::new(crate::signal::XtablesLockWatch::open()?),
-            Flavor::Nft => Box::new(crate::signal::NfTablesEvents::open()?),
+            Flavor::Nft => Box::new(crate::signal::NfTablesEvents::open(self.family)?),
         })
     }
 
@@ -327,6 +355,7 @@ impl NatBackend for IptablesBackend {
     }
 
     fn apply(&mut self, rules: &RuleSet, current: &Snapshot) -> Result<(), NatError> {
+        crate::error::ensure_family(self.family, rules)?;
         // The observation says which chains and jump rules exist; no second read.
         let seen = Seen::from_snapshot(current);
         let payload = payload(rules, &seen);
@@ -340,12 +369,8 @@ impl NatBackend for IptablesBackend {
         if self.certainly_absent() {
             return Ok(());
         }
-        let empty = RuleSet {
-            postrouting: Vec::new(),
-            forward: Vec::new(),
-        };
         let seen = parse_save(&self.save()?);
-        let payload = payload(&empty, &seen);
+        let payload = payload(&RuleSet::empty(self.family), &seen);
         if payload.is_empty() {
             return Ok(());
         }
@@ -402,7 +427,7 @@ mod tests {
             save.push_str(&format!("{}\n", render::iptables_rule(r)));
         }
         save.push_str("COMMIT\n");
-        let backend = IptablesBackend::legacy();
+        let backend = IptablesBackend::legacy(Family::V4);
         let snapshot = parse_save(&save).snapshot();
         assert_eq!(snapshot, backend.expected(&rules));
         let back = Seen::from_snapshot(&snapshot);
@@ -416,6 +441,56 @@ mod tests {
         // Present jumps are kept, not duplicated.
         let p = payload(&rules, &parse_save(&save));
         assert_eq!(p.matches("-j FLANNEL-POSTRTG").count(), 0, "{p}");
+    }
+
+    #[test]
+    fn binaries_by_flavor_and_family() {
+        assert_eq!(
+            IptablesBackend::legacy(Family::V4).binary("-save"),
+            "iptables-legacy-save"
+        );
+        assert_eq!(
+            IptablesBackend::nft(Family::V6).binary("-restore"),
+            "ip6tables-nft-restore"
+        );
+        assert_eq!(
+            IptablesBackend::legacy(Family::V6).binary(""),
+            "ip6tables-legacy"
+        );
+    }
+
+    #[test]
+    fn v6_payload_is_the_v4_layout_with_v6_networks() {
+        let rules = SnatRules::build(
+            "fc00::/48".parse().unwrap(),
+            "fc00:0:0:1::/64".parse().unwrap(),
+            Options::default(),
+        )
+        .unwrap();
+        let p = payload(&rules, &parse_save(""));
+        assert!(p.contains("\n-A FLANNEL-POSTRTG -s fc00::/48 ! -d ff00::/8 -m comment --comment \"flanneld masq\" -j MASQUERADE --random-fully\n"), "{p}");
+        assert!(p.contains("-A POSTROUTING -m comment --comment \"flanneld masq\" -j FLANNEL-POSTRTG\nCOMMIT\n*filter\n"), "{p}");
+        let v4 = payload(&seed(), &parse_save(""));
+        let shape = |text: &str| -> Vec<String> {
+            text.lines()
+                .map(|l| {
+                    l.split(' ')
+                        .map(|w| {
+                            if w.contains('/') && !w.starts_with("0x") {
+                                "NET"
+                            } else {
+                                w
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .collect()
+        };
+        assert_eq!(shape(&p), shape(&v4), "same chains, order and matches");
+        let mut b = IptablesBackend::legacy(Family::V4);
+        let e = b.apply(&rules, &Snapshot::default()).unwrap_err();
+        assert!(matches!(e, NatError::WrongFamily { .. }), "{e}");
     }
 
     #[test]
@@ -455,11 +530,48 @@ mod properties {
     use super::*;
     use crate::rules::Options;
     use crate::SnatRules;
-    use ipnet::Ipv4Net;
+    use ipnet::{IpNet, Ipv4Net, Ipv6Net};
     use proptest::prelude::*;
 
+    /// flanneld's three switches.
+    fn options() -> impl Strategy<Value = Options> {
+        any::<(bool, bool, bool)>().prop_map(|(masquerade, fully_random, forward)| Options {
+            masquerade,
+            fully_random,
+            forward,
+        })
+    }
+
+    /// An IPv6 cluster network (/16 to /64 in fc00::/7, never multicast) and
+    /// a node subnet in it (up to 24 bits longer).
+    fn inputs_v6() -> impl Strategy<Value = (IpNet, IpNet, Options)> {
+        (
+            0xfc00u16..=0xfdff,
+            any::<u128>(),
+            16u8..=64,
+            1u8..=24,
+            any::<u128>(),
+            options(),
+        )
+            .prop_map(|(first, bits, len, extra, pick, options)| {
+                let base = (u128::from(first) << 112) | (bits >> 16);
+                let network = Ipv6Net::new(base.into(), len).unwrap().trunc();
+                let sub_len = len + extra;
+                let subnets = 1u128 << extra;
+                let offset = (pick % subnets) << (128 - u32::from(sub_len));
+                let subnet =
+                    Ipv6Net::new((u128::from(network.network()) + offset).into(), sub_len).unwrap();
+                (network.into(), subnet.into(), options)
+            })
+    }
+
+    /// A cluster network of either family with a node subnet in it.
+    fn inputs() -> impl Strategy<Value = (IpNet, IpNet, Options)> {
+        prop_oneof![inputs_v4(), inputs_v6()]
+    }
+
     /// A cluster network (/8 to /20, never multicast) and a node subnet in it.
-    fn inputs() -> impl Strategy<Value = (Ipv4Net, Ipv4Net, Options)> {
+    fn inputs_v4() -> impl Strategy<Value = (IpNet, IpNet, Options)> {
         (
             1u8..200,
             8u8..=20,
@@ -480,8 +592,8 @@ mod properties {
                     )
                     .unwrap();
                     (
-                        network,
-                        subnet,
+                        network.into(),
+                        subnet.into(),
                         Options {
                             masquerade,
                             fully_random,
@@ -520,7 +632,7 @@ mod properties {
         #[test]
         fn what_weft_writes_reads_back_as_expected((network, subnet, options) in inputs()) {
             let rules = SnatRules::build(network, subnet, options).unwrap();
-            let backend = IptablesBackend::nft();
+            let backend = IptablesBackend::nft(rules.family);
             let seen = parse_save(&save_text(&rules)).snapshot();
             prop_assert_eq!(&seen, &backend.expected(&rules));
             // The canonical lines round-trip on their own too.

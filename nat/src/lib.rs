@@ -13,10 +13,16 @@
 //!
 //! [`detect()`] picks the mode the host already uses; [`Reconciler`] keeps the
 //! rules in place (nf_tables events or a cheap poll).
+//!
+//! Every rule set, backend and loop works in one address [`Family`], as
+//! flannel keeps `iptables` and `ip6tables`, `ip flannel-ipv4` and `ip6
+//! flannel-ipv6` apart: a dual-stack node runs one loop per family, each
+//! touching only its own family's chains or table.
 
 mod command;
 pub mod detect;
 pub mod error;
+pub mod family;
 pub mod iptables;
 pub mod masq_flags;
 pub mod nfnl;
@@ -35,8 +41,11 @@ pub mod fuzzing {
     /// Parses `buf` as replies to weft's chain and rule dumps (and as a
     /// netlink stream); must never panic, whatever the bytes.
     pub fn dump_replies(buf: &[u8]) {
-        let _ = crate::nft_dump::parse_chains(buf, "flannel-ipv4");
-        let _ = crate::nft_dump::parse_rules(buf, "flannel-ipv4");
+        for family in crate::Family::ALL {
+            let _ = crate::nft_dump::parse_chains(buf, family, family.nft_table());
+            let _ = crate::nft_dump::parse_rules(buf, family, family.nft_table());
+            let _ = crate::signal::has_family(buf, family);
+        }
         let _ = crate::nlmsg::messages(buf);
     }
 }
@@ -45,6 +54,7 @@ use std::fmt;
 
 pub use detect::{detect, Detection};
 pub use error::NatError;
+pub use family::Family;
 pub use iptables::IptablesBackend;
 pub use nftables::NftablesBackend;
 pub use reconciler::{Reconciler, ReconcilerHandle};
@@ -78,12 +88,12 @@ impl NatMode {
         }
     }
 
-    /// The backend for this mode.
-    pub fn backend(self) -> Box<dyn NatBackend> {
+    /// The backend for this mode in one address family.
+    pub fn backend(self, family: Family) -> Box<dyn NatBackend> {
         match self {
-            NatMode::IptablesLegacy => Box::new(IptablesBackend::legacy()),
-            NatMode::IptablesNft => Box::new(IptablesBackend::nft()),
-            NatMode::Nftables => Box::new(NftablesBackend::new()),
+            NatMode::IptablesLegacy => Box::new(IptablesBackend::legacy(family)),
+            NatMode::IptablesNft => Box::new(IptablesBackend::nft(family)),
+            NatMode::Nftables => Box::new(NftablesBackend::new(family)),
         }
     }
 }
@@ -120,11 +130,15 @@ impl Snapshot {
     }
 }
 
-/// One way of programming the rules. Every method is blocking (commands or
-/// a netlink socket); call it from a thread that may block.
+/// One way of programming the rules, in one address family. Every method is
+/// blocking (commands or a netlink socket); call it from a thread that may
+/// block.
 pub trait NatBackend: Send {
     /// The mode this backend implements.
     fn mode(&self) -> NatMode;
+
+    /// The address family it programs; rule sets given to it must be of it.
+    fn family(&self) -> Family;
 
     /// What the kernel holds of weft's chains or table.
     fn observe(&mut self) -> Result<Snapshot, NatError>;
@@ -137,16 +151,19 @@ pub trait NatBackend: Send {
     /// jump rules can be added in the same transaction.
     fn apply(&mut self, rules: &RuleSet, current: &Snapshot) -> Result<(), NatError>;
 
-    /// Removes everything of weft's (and flannel's) in this mode: used when the
-    /// node switches to another mode.
+    /// Removes everything of weft's (and flannel's) in this mode and family:
+    /// used when the node switches to another mode.
     fn remove(&mut self) -> Result<(), NatError>;
 
     /// What announces changes of this mode's rules (see [`signal`]). The
     /// loop waits on it; without one it falls back to polling.
     fn change_signal(&self) -> Result<Box<dyn signal::ChangeSignal>, NatError>;
 
-    /// Observes and applies only if the kernel differs. Returns whether it wrote.
+    /// Observes and applies only if the kernel differs. Returns whether it
+    /// wrote. A rule set of another family is refused
+    /// ([`NatError::WrongFamily`]) before anything is read.
     fn reconcile(&mut self, rules: &RuleSet) -> Result<bool, NatError> {
+        error::ensure_family(self.family(), rules)?;
         let current = self.observe()?;
         if current == self.expected(rules) {
             return Ok(false);

@@ -1,7 +1,7 @@
 //! The `NETLINK_NETFILTER` socket: sending a finalized nftables batch and
 //! checking every acknowledgement (never waiting more than [`ACK_TIMEOUT`]),
-//! and the small family-`ip` dumps the nftables backend reads chains and
-//! rules with (rustables' listings ask with `AF_UNSPEC`).
+//! and the small per-family (`ip`, `ip6`) dumps the nftables backend reads
+//! chains and rules with (rustables' listings ask with `AF_UNSPEC`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;

@@ -1,11 +1,12 @@
-//! Reading weft's nftables table back: family-`ip` chain and rule dumps
-//! (rustables' listings ask with `AF_UNSPEC`) parsed into [`DumpedChain`]s
-//! and [`DumpedRule`]s, enough to compare with what weft wants and to tell
-//! weft's rules (by their comment) from anyone else's.
+//! Reading weft's nftables table back: chain and rule dumps of one family
+//! (`ip` or `ip6`; rustables' listings ask with `AF_UNSPEC`) parsed into
+//! [`DumpedChain`]s and [`DumpedRule`]s, enough to compare with what weft
+//! wants and to tell weft's rules (by their comment) from anyone else's.
 
 use std::io;
 
 use crate::error::NatError;
+use crate::family::Family;
 use crate::nfnl::{self, Dump, NFNL_SUBSYS_NFTABLES};
 use crate::nftables::{hook_name, UDATA_RULE_COMMENT};
 use crate::nlmsg::{self, align4, messages, Attr, MalformedBatch};
@@ -63,7 +64,6 @@ const NFT_MSG_NEWCHAIN: u16 = 0x03;
 pub(crate) const NFT_MSG_GETCHAIN: u16 = 0x04;
 const NFT_MSG_NEWRULE: u16 = 0x06;
 pub(crate) const NFT_MSG_GETRULE: u16 = 0x07;
-const NFPROTO_IPV4: u8 = 2;
 pub(crate) const NF_DROP: u32 = 0;
 pub(crate) const NF_ACCEPT: u32 = 1;
 /// `NFTA_RULE_TABLE` and `NFTA_CHAIN_TABLE`.
@@ -79,10 +79,10 @@ const NFTA_RULE_EXPRESSIONS: u16 = 4;
 const NFTA_RULE_USERDATA: u16 = 7;
 const NFTA_EXPR_NAME: u16 = 1;
 
-/// A dump request (`NLM_F_DUMP`) for family `ip`, with a table attribute
-/// when `table` is given (the kernel filters rules by it; chains are
-/// filtered here).
-pub(crate) fn dump_request(msg: u16, table: Option<&str>) -> Vec<u8> {
+/// A dump request (`NLM_F_DUMP`) for `family` (`ip` or `ip6`), with a table
+/// attribute when `table` is given (the kernel filters rules by it; chains
+/// are filtered here).
+pub(crate) fn dump_request(msg: u16, family: Family, table: Option<&str>) -> Vec<u8> {
     let attr_len = table.map_or(0, |t| 4 + t.len() + 1);
     let len = 16 + 4 + align4(attr_len);
     let mut req = Vec::with_capacity(len);
@@ -92,7 +92,7 @@ pub(crate) fn dump_request(msg: u16, table: Option<&str>) -> Vec<u8> {
     req.extend_from_slice(&flags.to_ne_bytes());
     req.extend_from_slice(&1u32.to_ne_bytes()); // seq
     req.extend_from_slice(&0u32.to_ne_bytes()); // port id
-    req.extend_from_slice(&[NFPROTO_IPV4, 0, 0, 0]); // nfgenmsg: family, version 0, res_id 0
+    req.extend_from_slice(&[family.nfproto(), 0, 0, 0]); // nfgenmsg: family, version 0, res_id 0
     if let Some(table) = table {
         req.extend_from_slice(&(attr_len as u16).to_ne_bytes());
         req.extend_from_slice(&NFTA_TABLE_ATTR.to_ne_bytes());
@@ -103,15 +103,16 @@ pub(crate) fn dump_request(msg: u16, table: Option<&str>) -> Vec<u8> {
     req
 }
 
-/// The replies to a dump of `msg` objects of `ip <table>` (every table of
-/// family `ip` without one); `None` if a change interrupted the dump,
-/// nothing if the table is gone.
-pub(crate) fn dump_ip(
+/// The replies to a dump of `msg` objects of `<family> <table>` (every
+/// table of the family without one); `None` if a change interrupted the
+/// dump, nothing if the table is gone.
+pub(crate) fn dump(
     msg: u16,
+    family: Family,
     table: Option<&str>,
     what: &str,
 ) -> Result<Option<Vec<u8>>, NatError> {
-    match nfnl::dump(what, &dump_request(msg, table))? {
+    match nfnl::dump(what, &dump_request(msg, family, table))? {
         Dump::Interrupted => Ok(None),
         Dump::Refused(errno) if errno == libc::ENOENT => Ok(Some(Vec::new())),
         Dump::Refused(errno) => Err(NatError::Kernel {
@@ -122,14 +123,14 @@ pub(crate) fn dump_ip(
     }
 }
 
-/// The name of every chain of family `ip`, in any table, by one dump;
-/// `None` if a change interrupted it.
-pub(crate) fn ip_chain_names(what: &str) -> Result<Option<Vec<String>>, NatError> {
-    let Some(buf) = dump_ip(NFT_MSG_GETCHAIN, None, what)? else {
+/// The name of every chain of `family`, in any table, by one dump; `None`
+/// if a change interrupted it.
+pub(crate) fn chain_names(family: Family, what: &str) -> Result<Option<Vec<String>>, NatError> {
+    let Some(buf) = dump(NFT_MSG_GETCHAIN, family, None, what)? else {
         return Ok(None);
     };
     let mut names = Vec::new();
-    for attrs in objects_of(&buf, NFT_MSG_NEWCHAIN, None).map_err(NatError::from)? {
+    for attrs in objects_of(&buf, NFT_MSG_NEWCHAIN, family, None).map_err(NatError::from)? {
         names.extend(
             attrs
                 .iter()
@@ -140,13 +141,17 @@ pub(crate) fn ip_chain_names(what: &str) -> Result<Option<Vec<String>>, NatError
     Ok(Some(names))
 }
 
-/// Whether table `ip <table>` exists with at least one chain, by one
+/// Whether table `<family> <table>` exists with at least one chain, by one
 /// chain dump; `None` if a change interrupted it.
-pub(crate) fn ip_table_has_chains(table: &str, what: &str) -> Result<Option<bool>, NatError> {
-    let Some(buf) = dump_ip(NFT_MSG_GETCHAIN, Some(table), what)? else {
+pub(crate) fn table_has_chains(
+    family: Family,
+    table: &str,
+    what: &str,
+) -> Result<Option<bool>, NatError> {
+    let Some(buf) = dump(NFT_MSG_GETCHAIN, family, Some(table), what)? else {
         return Ok(None);
     };
-    let chains = objects_of(&buf, NFT_MSG_NEWCHAIN, Some(table)).map_err(NatError::from)?;
+    let chains = objects_of(&buf, NFT_MSG_NEWCHAIN, family, Some(table)).map_err(NatError::from)?;
     Ok(Some(!chains.is_empty()))
 }
 
@@ -161,16 +166,21 @@ fn attr_be32(buf: &[u8], a: &Attr) -> Option<u32> {
         .map(u32::from_be_bytes)
 }
 
-/// The attributes of every `msg` message of family `ip` and table `table`
+/// The attributes of every `msg` message of `family` and table `table`
 /// (any table without one) in `buf` (a dump's replies; a batch has the same
 /// layout).
-fn objects_of(buf: &[u8], msg: u16, table: Option<&str>) -> Result<Vec<Vec<Attr>>, MalformedBatch> {
+fn objects_of(
+    buf: &[u8],
+    msg: u16,
+    family: Family,
+    table: Option<&str>,
+) -> Result<Vec<Vec<Attr>>, MalformedBatch> {
     let mut out = Vec::new();
     for m in messages(buf)? {
         if m.ty != NFNL_SUBSYS_NFTABLES << 8 | msg || m.len < 20 {
             continue;
         }
-        if buf.get(m.off + 16) != Some(&NFPROTO_IPV4) {
+        if buf.get(m.off + 16) != Some(&family.nfproto()) {
             continue;
         }
         let attrs = nlmsg::attrs(buf, m.off + 20, m.off + m.len)?;
@@ -186,10 +196,14 @@ fn objects_of(buf: &[u8], msg: u16, table: Option<&str>) -> Result<Vec<Vec<Attr>
     Ok(out)
 }
 
-/// The chains of `ip <table>` in `buf`, in kernel order.
-pub(crate) fn parse_chains(buf: &[u8], table: &str) -> Result<Vec<DumpedChain>, MalformedBatch> {
+/// The chains of `<family> <table>` in `buf`, in kernel order.
+pub(crate) fn parse_chains(
+    buf: &[u8],
+    family: Family,
+    table: &str,
+) -> Result<Vec<DumpedChain>, MalformedBatch> {
     let mut chains = Vec::new();
-    for attrs in objects_of(buf, NFT_MSG_NEWCHAIN, Some(table))? {
+    for attrs in objects_of(buf, NFT_MSG_NEWCHAIN, family, Some(table))? {
         let mut chain = DumpedChain {
             name: String::new(),
             kind: None,
@@ -223,10 +237,14 @@ pub(crate) fn parse_chains(buf: &[u8], table: &str) -> Result<Vec<DumpedChain>, 
     Ok(chains)
 }
 
-/// The rules of `ip <table>` in `buf`, in kernel order.
-pub(crate) fn parse_rules(buf: &[u8], table: &str) -> Result<Vec<DumpedRule>, MalformedBatch> {
+/// The rules of `<family> <table>` in `buf`, in kernel order.
+pub(crate) fn parse_rules(
+    buf: &[u8],
+    family: Family,
+    table: &str,
+) -> Result<Vec<DumpedRule>, MalformedBatch> {
     let mut rules = Vec::new();
-    for attrs in objects_of(buf, NFT_MSG_NEWRULE, Some(table))? {
+    for attrs in objects_of(buf, NFT_MSG_NEWRULE, family, Some(table))? {
         let mut rule = DumpedRule {
             chain: String::new(),
             exprs: Vec::new(),

@@ -1,6 +1,8 @@
-//! Native nftables backend: table `ip flannel-ipv4` with chains `postrtg`
-//! (nat, postrouting, srcnat) and `forward` (filter, forward, filter), as
-//! flannel's `EnableNFTables` mode has them.
+//! Native nftables backend: table `ip flannel-ipv4` (IPv4) or `ip6
+//! flannel-ipv6` (IPv6) with chains `postrtg` (nat, postrouting, srcnat) and
+//! `forward` (filter, forward, filter), as flannel's `EnableNFTables` mode
+//! has them. One backend programs one family's table and never touches the
+//! other's.
 //!
 //! Every write is one netlink batch built with rustables: add the table
 //! (creating it if missing), delete it, add it again (so it is empty), add the
@@ -22,8 +24,8 @@ use std::time::Instant;
 
 use rustables::error::{DecodeError, QueryError};
 use rustables::expr::{
-    Bitwise, Cmp, CmpOp, HighLevelPayload, IPv4HeaderField, Immediate, Masquerade, Meta, MetaType,
-    NetworkHeaderField, VerdictKind,
+    Bitwise, Cmp, CmpOp, HighLevelPayload, IPv4HeaderField, IPv6HeaderField, Immediate, Masquerade,
+    Meta, MetaType, NetworkHeaderField, VerdictKind,
 };
 use rustables::{
     list_tables, Batch, Chain, ChainPolicy, ChainType, Hook, HookClass, MsgType, ProtocolFamily,
@@ -31,15 +33,13 @@ use rustables::{
 };
 
 use crate::error::NatError;
+use crate::family::Family;
 use crate::masq_flags::{self, NF_NAT_RANGE_PROTO_RANDOM_FULLY};
 use crate::nfnl;
-use crate::nft_dump::{dump_ip, parse_chains, parse_rules, NFT_MSG_GETCHAIN, NFT_MSG_GETRULE};
-use crate::render::{self, NFT_FORWARD, NFT_POSTRTG, NFT_TABLE};
+use crate::nft_dump::{dump, parse_chains, parse_rules, NFT_MSG_GETCHAIN, NFT_MSG_GETRULE};
+use crate::render::{self, NFT_FORWARD, NFT_POSTRTG};
 use crate::rules::{self, Addr, RuleSet, Verdict};
 use crate::{NatBackend, NatMode, Snapshot};
-
-/// flannel's IPv6 table, removed together with the IPv4 one.
-pub const NFT_TABLE6: &str = "flannel-ipv6";
 
 /// `NFTNL_UDATA_RULE_COMMENT`: the user-data TLV nft prints as `comment "…"`.
 pub(crate) const UDATA_RULE_COMMENT: u8 = 0;
@@ -100,9 +100,11 @@ pub(crate) fn hook_name(hook: u32) -> String {
     }
 }
 
-/// Native nftables, through rustables and one netlink batch per write.
-#[derive(Debug, Clone, Default)]
+/// Native nftables in one family, through rustables and one netlink batch
+/// per write.
+#[derive(Debug, Clone)]
 pub struct NftablesBackend {
+    family: Family,
     masq_flags_override: Option<u32>,
 }
 
@@ -138,9 +140,18 @@ impl Numbered {
 }
 
 impl NftablesBackend {
-    /// The backend (it holds no state: every call reads the kernel).
-    pub fn new() -> Self {
-        NftablesBackend::default()
+    /// The backend for `family`'s table (it holds no state: every call reads
+    /// the kernel).
+    pub fn new(family: Family) -> Self {
+        NftablesBackend {
+            family,
+            masq_flags_override: None,
+        }
+    }
+
+    /// `ip flannel-ipv4` or `ip6 flannel-ipv6`, as nft names the table.
+    fn table_name(&self) -> String {
+        format!("{} {}", self.family.nft_family(), self.family.nft_table())
     }
 
     /// Test hook: puts `flags` on every masquerade expression instead of the
@@ -173,13 +184,14 @@ impl NftablesBackend {
     fn build(&self, rules: &RuleSet, fresh: bool) -> Result<Built, NatError> {
         let mut b = Numbered::new();
         let mut flags: BTreeMap<u32, u32> = BTreeMap::new();
-        let table = Table::new(ProtocolFamily::Ipv4).with_name(NFT_TABLE);
-        b.note(format!("add table ip {NFT_TABLE}"));
+        let name = self.table_name();
+        let table = Table::new(self.family.protocol_family()).with_name(self.family.nft_table());
+        b.note(format!("add table {name}"));
         b.batch.add(&table, MsgType::Add);
         if !fresh {
-            b.note(format!("delete table ip {NFT_TABLE}"));
+            b.note(format!("delete table {name}"));
             b.batch.add(&table, MsgType::Del);
-            b.note(format!("add table ip {NFT_TABLE} (again, empty)"));
+            b.note(format!("add table {name} (again, empty)"));
             b.batch.add(&table, MsgType::Add);
         }
         for (spec, list) in [(POSTRTG, &rules.postrouting), (FORWARD, &rules.forward)] {
@@ -245,39 +257,40 @@ impl NftablesBackend {
     }
 
     fn observe_once(&self) -> Result<Snapshot, ObserveError> {
+        let (family, name) = (self.family, self.family.nft_table());
         let tables = list_tables().map_err(ObserveError::Query)?;
         let Some(table) = tables
             .iter()
-            .find(|t| table_is(t, ProtocolFamily::Ipv4, NFT_TABLE))
+            .find(|t| table_is(t, family.protocol_family(), name))
         else {
             return Ok(Snapshot::default());
         };
-        let mut head = format!("table ip {NFT_TABLE}");
+        let mut head = format!("table {}", self.table_name());
         if let Some(flags) = table.get_flags().filter(|f| **f != 0) {
             head.push_str(&format!(" flags {flags:#x}"));
         }
-        // Chains and rules by our own dumps for family `ip`: rustables asks
+        // Chains and rules by our own dumps for the family: rustables asks
         // with AF_UNSPEC, for which the kernel dumps the rules of the first
         // table of that name in any family and stops (an `inet
         // flannel-ipv4` would hide ours), and it reads policy drop as accept.
-        let what = format!("listing nftables table ip {NFT_TABLE}");
+        let what = format!("listing nftables table {}", self.table_name());
         let Some(chain_bytes) =
-            dump_ip(NFT_MSG_GETCHAIN, Some(NFT_TABLE), &what).map_err(ObserveError::Nat)?
+            dump(NFT_MSG_GETCHAIN, family, Some(name), &what).map_err(ObserveError::Nat)?
         else {
             return Err(ObserveError::Interrupted);
         };
         let Some(rule_bytes) =
-            dump_ip(NFT_MSG_GETRULE, Some(NFT_TABLE), &what).map_err(ObserveError::Nat)?
+            dump(NFT_MSG_GETRULE, family, Some(name), &what).map_err(ObserveError::Nat)?
         else {
             return Err(ObserveError::Interrupted);
         };
-        let chains = parse_chains(&chain_bytes, NFT_TABLE).map_err(|e| {
+        let chains = parse_chains(&chain_bytes, family, name).map_err(|e| {
             ObserveError::Nat(NatError::Kernel {
                 what: what.clone(),
                 detail: format!("unreadable chain dump: {e}"),
             })
         })?;
-        let rules = parse_rules(&rule_bytes, NFT_TABLE);
+        let rules = parse_rules(&rule_bytes, family, name);
         let mut blocks: Vec<((u8, String), Vec<String>)> = Vec::new();
         for chain in chains {
             let name = chain.name.clone();
@@ -310,8 +323,12 @@ impl NatBackend for NftablesBackend {
         NatMode::Nftables
     }
 
+    fn family(&self) -> Family {
+        self.family
+    }
+
     fn change_signal(&self) -> Result<Box<dyn crate::signal::ChangeSignal>, NatError> {
-        Ok(Box::new(crate::signal::NfTablesEvents::open()?))
+        Ok(Box::new(crate::signal::NfTablesEvents::open(self.family)?))
     }
 
     fn observe(&mut self) -> Result<Snapshot, NatError> {
@@ -328,13 +345,13 @@ impl NatBackend for NftablesBackend {
                     if attempt < 5 => {}
                 Err(ObserveError::Query(e)) => {
                     return Err(query_error(
-                        &format!("reading nftables table ip {NFT_TABLE}"),
+                        &format!("reading nftables table {}", self.table_name()),
                         &e,
                     ))
                 }
                 Err(ObserveError::Interrupted) => {
                     return Err(NatError::Kernel {
-                        what: format!("reading nftables table ip {NFT_TABLE}"),
+                        what: format!("reading nftables table {}", self.table_name()),
                         detail: "the ruleset kept changing during 5 dumps".into(),
                     })
                 }
@@ -344,10 +361,10 @@ impl NatBackend for NftablesBackend {
     }
 
     fn expected(&self, rules: &RuleSet) -> Snapshot {
-        if rules.postrouting.is_empty() && rules.forward.is_empty() {
+        if rules.is_empty() {
             return Snapshot::default();
         }
-        let mut lines = vec![format!("table ip {NFT_TABLE}")];
+        let mut lines = vec![format!("table {}", self.table_name())];
         for (spec, list) in [(POSTRTG, &rules.postrouting), (FORWARD, &rules.forward)] {
             if list.is_empty() {
                 continue;
@@ -362,30 +379,30 @@ impl NatBackend for NftablesBackend {
     }
 
     fn apply(&mut self, rules: &RuleSet, current: &Snapshot) -> Result<(), NatError> {
-        if rules.postrouting.is_empty() && rules.forward.is_empty() {
-            return self.delete_tables(&[(ProtocolFamily::Ipv4, NFT_TABLE)]);
+        crate::error::ensure_family(self.family, rules)?;
+        if rules.is_empty() {
+            return self.remove();
         }
         let start = Instant::now();
         // An empty observation means no table: then nothing needs emptying. Should
         // one appear in the microseconds since, the next reconcile sees the
         // difference and replaces the table as a whole.
         let built = self.build(rules, current.is_empty())?;
-        let what = format!("the nftables batch for table ip {NFT_TABLE}");
+        let table = self.table_name();
+        let what = format!("the nftables batch for table {table}");
         nfnl::send_batch_with(&what, &built.bytes, &|seq| built.what.get(&seq).cloned())?;
         tracing::debug!(
+            %table,
             bytes = built.bytes.len(),
             rules = rules.postrouting.len() + rules.forward.len(),
             elapsed = ?start.elapsed(),
-            "nftables table ip {NFT_TABLE} replaced"
+            "nftables table replaced"
         );
         Ok(())
     }
 
     fn remove(&mut self) -> Result<(), NatError> {
-        self.delete_tables(&[
-            (ProtocolFamily::Ipv4, NFT_TABLE),
-            (ProtocolFamily::Ipv6, NFT_TABLE6),
-        ])
+        self.delete_tables(&[(self.family.protocol_family(), self.family.nft_table())])
     }
 }
 
@@ -438,18 +455,41 @@ fn udata_for_comment(text: &str) -> Result<Vec<u8>, String> {
     Ok(u)
 }
 
-/// `ip saddr|daddr [!=] network/prefix`: payload, bitwise (unless /32), cmp.
-fn add_addr(rule: &mut Rule, field: IPv4HeaderField, addr: Addr) -> Result<(), String> {
+/// Which address of the network header a match reads.
+#[derive(Debug, Clone, Copy)]
+enum Direction {
+    Source,
+    Destination,
+}
+
+/// The header field of `direction` in `family`'s header: IPv4 saddr at
+/// offset 12 and daddr at 16 (4 bytes each), IPv6 saddr at 8 and daddr at
+/// 24 (16 bytes each).
+fn header_field(family: Family, direction: Direction) -> NetworkHeaderField {
+    match (family, direction) {
+        (Family::V4, Direction::Source) => NetworkHeaderField::IPv4(IPv4HeaderField::Saddr),
+        (Family::V4, Direction::Destination) => NetworkHeaderField::IPv4(IPv4HeaderField::Daddr),
+        (Family::V6, Direction::Source) => NetworkHeaderField::IPv6(IPv6HeaderField::Saddr),
+        (Family::V6, Direction::Destination) => NetworkHeaderField::IPv6(IPv6HeaderField::Daddr),
+    }
+}
+
+/// `ip[6] saddr|daddr [!=] network/prefix`: payload of the whole address,
+/// bitwise with the netmask (unless a host prefix), cmp with the network.
+fn add_addr(rule: &mut Rule, direction: Direction, addr: Addr) -> Result<(), String> {
     let (net, op) = match addr {
         Addr::Any => return Ok(()),
         Addr::In(n) => (n, CmpOp::Eq),
         Addr::NotIn(n) => (n, CmpOp::Neq),
     };
-    rule.add_expr(HighLevelPayload::Network(NetworkHeaderField::IPv4(field)).build());
-    if net.prefix_len() < 32 {
-        rule.add_expr(Bitwise::new(net.netmask().octets(), [0u8; 4]).map_err(|e| e.to_string())?);
+    let family = Family::of(&net);
+    rule.add_expr(HighLevelPayload::Network(header_field(family, direction)).build());
+    if net.prefix_len() < family.max_prefix_len() {
+        let mask = Family::octets(net.netmask());
+        let xor = vec![0u8; mask.len()];
+        rule.add_expr(Bitwise::new(mask, xor).map_err(|e| e.to_string())?);
     }
-    rule.add_expr(Cmp::new(op, net.network().octets()));
+    rule.add_expr(Cmp::new(op, Family::octets(net.network())));
     Ok(())
 }
 
@@ -465,8 +505,8 @@ fn nft_rule(chain: &Chain, r: &rules::Rule) -> Result<Rule, String> {
         );
         rule.add_expr(Cmp::new(CmpOp::Eq, (value & mask).to_ne_bytes()));
     }
-    add_addr(&mut rule, IPv4HeaderField::Saddr, r.src)?;
-    add_addr(&mut rule, IPv4HeaderField::Daddr, r.dst)?;
+    add_addr(&mut rule, Direction::Source, r.src)?;
+    add_addr(&mut rule, Direction::Destination, r.dst)?;
     match r.verdict {
         Verdict::Return => rule.add_expr(Immediate::new_verdict(VerdictKind::Return)),
         Verdict::Accept => rule.add_expr(Immediate::new_verdict(VerdictKind::Accept)),
@@ -504,7 +544,9 @@ mod tests {
     use super::*;
     use crate::masq_flags::masq_flags_in;
     use crate::nft_dump::{dump_request, udata_comment, DumpedChain, DumpedRule, NF_DROP};
+    use crate::render::{NFT_TABLE, NFT_TABLE6};
     use crate::rules::{Options, SnatRules};
+    use ipnet::IpNet;
 
     fn rules(options: Options) -> RuleSet {
         SnatRules::build(
@@ -518,7 +560,7 @@ mod tests {
     #[test]
     fn batch_carries_fully_random_on_masquerade_rules_only() {
         let set = rules(Options::default());
-        let built = NftablesBackend::new().build(&set, false).unwrap();
+        let built = NftablesBackend::new(Family::V4).build(&set, false).unwrap();
         // begin 0, tables 1-3, chain postrtg 4, rules 5-10, chain forward 11, rules 12-13.
         assert_eq!(
             masq_flags_in(&built.bytes).unwrap(),
@@ -538,13 +580,15 @@ mod tests {
             fully_random: false,
             ..Options::default()
         });
-        let built = NftablesBackend::new().build(&plain, false).unwrap();
+        let built = NftablesBackend::new(Family::V4)
+            .build(&plain, false)
+            .unwrap();
         assert_eq!(
             masq_flags_in(&built.bytes).unwrap(),
             vec![(9, None), (10, None)]
         );
 
-        let forced = NftablesBackend::new()
+        let forced = NftablesBackend::new(Family::V4)
             .with_masq_flags_override(0x1000)
             .build(&plain, false)
             .unwrap();
@@ -577,7 +621,7 @@ mod tests {
 
     #[test]
     fn expected_snapshot() {
-        let b = NftablesBackend::new();
+        let b = NftablesBackend::new(Family::V4);
         let set = rules(Options::default());
         let s = b.expected(&set);
         assert_eq!(s.0[0], "table ip flannel-ipv4");
@@ -618,8 +662,8 @@ mod tests {
     #[test]
     fn chains_parse_back_from_netlink_messages() {
         let set = rules(Options::default());
-        let built = NftablesBackend::new().build(&set, false).unwrap();
-        let chains = parse_chains(&built.bytes, NFT_TABLE).unwrap();
+        let built = NftablesBackend::new(Family::V4).build(&set, false).unwrap();
+        let chains = parse_chains(&built.bytes, Family::V4, NFT_TABLE).unwrap();
         let lines: Vec<String> = chains.iter().map(DumpedChain::line).collect();
         assert_eq!(lines, [POSTRTG.line(), FORWARD.line()]);
         assert_eq!(lines[0], "chain postrtg nat postrouting 100 accept");
@@ -636,15 +680,17 @@ mod tests {
             ..regular
         };
         assert_eq!(dropping.line(), "chain x forward -5 drop");
-        assert!(parse_chains(&built.bytes, "other").unwrap().is_empty());
+        assert!(parse_chains(&built.bytes, Family::V4, "other")
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
     fn rules_parse_back_from_netlink_messages() {
         // A batch's NEWRULE messages have the layout of a dump's replies.
         let set = rules(Options::default());
-        let built = NftablesBackend::new().build(&set, false).unwrap();
-        let parsed = parse_rules(&built.bytes, NFT_TABLE).unwrap();
+        let built = NftablesBackend::new(Family::V4).build(&set, false).unwrap();
+        let parsed = parse_rules(&built.bytes, Family::V4, NFT_TABLE).unwrap();
         assert_eq!(parsed.len(), 8);
         let texts: Vec<String> = parsed
             .iter()
@@ -652,7 +698,7 @@ mod tests {
             .collect();
         assert_eq!(
             texts,
-            NftablesBackend::new()
+            NftablesBackend::new(Family::V4)
                 .expected(&set)
                 .0
                 .into_iter()
@@ -664,7 +710,9 @@ mod tests {
             parsed[4].exprs,
             ["payload", "bitwise", "cmp", "payload", "bitwise", "cmp", "masq"]
         );
-        assert!(parse_rules(&built.bytes, "other").unwrap().is_empty());
+        assert!(parse_rules(&built.bytes, Family::V4, "other")
+            .unwrap()
+            .is_empty());
 
         let foreign = DumpedRule {
             chain: "postrtg".into(),
@@ -679,9 +727,125 @@ mod tests {
         assert_eq!(junk.text(), "foreign rule counter");
     }
 
+    fn rules6(options: Options) -> RuleSet {
+        SnatRules::build(
+            "fc00::/48".parse().unwrap(),
+            "fc00:0:0:1::/64".parse().unwrap(),
+            options,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_v6_batch_is_of_family_ip6_only_and_parses_back() {
+        let set = rules6(Options::default());
+        let backend = NftablesBackend::new(Family::V6);
+        let built = backend.build(&set, false).unwrap();
+        assert_eq!(
+            built.what.get(&1).unwrap(),
+            "add table ip6 flannel-ipv6",
+            "{:?}",
+            built.what
+        );
+        // Every object message carries NFPROTO_IPV6 in its nfgenmsg.
+        let msgs = crate::nlmsg::messages(&built.bytes).unwrap();
+        let families: std::collections::BTreeSet<u8> = msgs
+            .iter()
+            .filter(|m| m.ty >> 8 == crate::nfnl::NFNL_SUBSYS_NFTABLES)
+            .map(|m| built.bytes[m.off + 16])
+            .collect();
+        assert_eq!(families, [10].into());
+        let chains = parse_chains(&built.bytes, Family::V6, NFT_TABLE6).unwrap();
+        assert_eq!(
+            chains.iter().map(DumpedChain::line).collect::<Vec<_>>(),
+            [POSTRTG.line(), FORWARD.line()]
+        );
+        let parsed = parse_rules(&built.bytes, Family::V6, NFT_TABLE6).unwrap();
+        let texts: Vec<String> = parsed
+            .iter()
+            .map(|r| format!("{}: {}", r.chain, r.text()))
+            .collect();
+        let expected = backend.expected(&set);
+        assert_eq!(expected.0[0], "table ip6 flannel-ipv6");
+        assert_eq!(
+            texts,
+            expected
+                .0
+                .iter()
+                .filter(|l| !l.starts_with("chain ") && !l.starts_with("table "))
+                .cloned()
+                .collect::<Vec<_>>()
+        );
+        // The same masks and compares as v4: payload, bitwise, cmp per address.
+        assert_eq!(
+            parsed[4].exprs,
+            ["payload", "bitwise", "cmp", "payload", "bitwise", "cmp", "masq"]
+        );
+        assert_eq!(
+            masq_flags_in(&built.bytes).unwrap(),
+            vec![(9, Some(0x10)), (10, Some(0x10))]
+        );
+        // Nothing of it is seen as family ip, nor the v4 table's.
+        assert!(parse_rules(&built.bytes, Family::V4, NFT_TABLE6)
+            .unwrap()
+            .is_empty());
+        assert!(parse_chains(&built.bytes, Family::V4, NFT_TABLE6)
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn v6_address_matches_read_the_ipv6_header() {
+        // payload offset 8 (saddr) / 24 (daddr), 16 bytes; a /64 mask; the network.
+        let set = rules6(Options::default());
+        let exprs = |addr: Addr, dir: Direction| {
+            let chain =
+                Chain::new(&Table::new(ProtocolFamily::Ipv6).with_name(NFT_TABLE6)).with_name("c");
+            let mut rule = Rule::new(&chain).unwrap();
+            add_addr(&mut rule, dir, addr).unwrap();
+            format!("{:?}", rule.get_expressions())
+        };
+        let own = set.postrouting[1].src;
+        let text = exprs(own, Direction::Source);
+        assert!(
+            text.contains("offset: Some(8)") && text.contains("len: Some(16)"),
+            "{text}"
+        );
+        let mask = [[0xffu8; 8], [0u8; 8]].concat();
+        assert!(text.contains(&format!("{mask:?}")), "the /64 mask: {text}");
+        let text = exprs(own, Direction::Destination);
+        assert!(text.contains("offset: Some(24)"), "{text}");
+        let host: IpNet = "fc00::1/128".parse().unwrap();
+        let text = exprs(Addr::In(host), Direction::Source);
+        assert!(
+            !text.contains("Bitwise"),
+            "a host prefix needs no mask: {text}"
+        );
+    }
+
+    #[test]
+    fn a_rule_set_of_the_other_family_is_refused() {
+        let mut b = NftablesBackend::new(Family::V4);
+        let e = b
+            .apply(&rules6(Options::default()), &Snapshot::default())
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                NatError::WrongFamily {
+                    backend: Family::V4,
+                    rules: Family::V6
+                }
+            ),
+            "{e}"
+        );
+        let e = b.reconcile(&rules6(Options::default())).unwrap_err();
+        assert!(matches!(e, NatError::WrongFamily { .. }), "{e}");
+    }
+
     #[test]
     fn dump_request_layout() {
-        let req = dump_request(NFT_MSG_GETRULE, Some(NFT_TABLE));
+        let req = dump_request(NFT_MSG_GETRULE, Family::V4, Some(NFT_TABLE));
         assert_eq!(req.len(), 16 + 4 + 4 + 16);
         assert_eq!(
             u32::from_ne_bytes(req[0..4].try_into().unwrap()) as usize,

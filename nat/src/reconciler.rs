@@ -1,15 +1,20 @@
-//! Keeps the NAT rules in place.
+//! Keeps the NAT rules of one address family in place.
 //!
 //! A dedicated thread (the backends block) owns the backend. At start it
-//! removes what the other modes hold of weft's and flannel's rules (a node
-//! switched from iptables to nftables, or legacy to nft, keeps no stale
-//! copy), then reconciles: observe, and apply only when the kernel differs.
-//! It reconciles again when the rules change, when the backend's change
-//! signal fires (see [`crate::signal`]: nf_tables notifications, or the
-//! xtables lock file opened by an iptables-legacy command, so a flushed
+//! removes what the other modes hold of weft's and flannel's rules in its
+//! family (a node switched from iptables to nftables, or legacy to nft,
+//! keeps no stale copy), then reconciles: observe, and apply only when the
+//! kernel differs. It reconciles again when the rules change, when the
+//! backend's change signal fires (see [`crate::signal`]: nf_tables
+//! notifications, or the xtables lock file closed by an iptables-legacy
+//! command, so a flushed
 //! chain, a deleted table or jump is back within milliseconds), and on the
 //! slow resync. Between those it sleeps in one `poll`: no timer wakes it,
 //! and no command is forked to look.
+//!
+//! A dual-stack node runs two loops, one per family (the rule set says
+//! which); each touches only its family's chains or table, so they may even
+//! run in different modes.
 
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,6 +26,7 @@ use std::time::{Duration, Instant};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use crate::error::NatError;
+use crate::family::Family;
 use crate::rules::RuleSet;
 use crate::signal::{self, ChangeSignal, Ready};
 use crate::{NatBackend, NatMode};
@@ -71,6 +77,7 @@ pub struct ReconcilerHandle {
     thread: Option<JoinHandle<()>>,
     stats: Arc<NatStats>,
     mode: NatMode,
+    family: Family,
 }
 
 impl ReconcilerHandle {
@@ -79,14 +86,24 @@ impl ReconcilerHandle {
         self.mode
     }
 
+    /// The address family the loop programs.
+    pub fn family(&self) -> Family {
+        self.family
+    }
+
     fn send(&self, command: Command) -> Result<(), NatError> {
         self.tx.send(command).map_err(|_| NatError::Stopped)?;
         let _ = self.wake.write(1);
         Ok(())
     }
 
-    /// Replaces the desired rules.
+    /// Replaces the desired rules. Rules of the other family are refused
+    /// (logged; the loop keeps the rules it has).
     pub fn update(&self, rules: RuleSet) {
+        if rules.family != self.family {
+            tracing::error!(family = %self.family, rules = %rules.family, "NAT rules of the other family refused");
+            return;
+        }
         let _ = self.send(Command::Update(rules));
     }
 
@@ -126,13 +143,15 @@ pub struct Reconciler;
 
 impl Reconciler {
     /// Starts the loop on a thread of its own, in the calling thread's network
-    /// namespace. The first reconcile happens before this returns, so the
-    /// caller knows the rules are in place (or why not).
+    /// namespace, in the family of `rules` (one loop per enabled family).
+    /// The first reconcile happens before this returns, so the caller knows
+    /// the rules are in place (or why not).
     pub fn spawn(
         mode: NatMode,
         rules: RuleSet,
         options: LoopOptions,
     ) -> Result<ReconcilerHandle, NatError> {
+        let family = rules.family;
         let (tx, rx) = mpsc::channel();
         let (first_tx, first_rx) = mpsc::channel();
         let stats = Arc::new(NatStats::default());
@@ -151,7 +170,7 @@ impl Reconciler {
             wake: loop_wake,
         };
         let thread = std::thread::Builder::new()
-            .name(format!("nat:{mode}"))
+            .name(format!("nat:{mode}:{}", family.nft_family()))
             .spawn(move || run(mode, rules, options, inbox, first_tx, loop_stats))
             .map_err(|e| NatError::Io {
                 context: "cannot start the NAT thread".into(),
@@ -163,6 +182,7 @@ impl Reconciler {
             thread: Some(thread),
             stats,
             mode,
+            family,
         };
         match first_rx.recv() {
             Ok(Ok(())) => Ok(handle),
@@ -172,14 +192,25 @@ impl Reconciler {
     }
 }
 
-/// Removes weft's and flannel's rules of every mode but `keep`.
-pub fn remove_other_modes(keep: NatMode) {
-    for other in NatMode::ALL.into_iter().filter(|m| *m != keep) {
-        match other.backend().remove() {
+/// Removes weft's and flannel's rules of `family` in every mode but `keep`.
+pub fn remove_other_modes(keep: NatMode, family: Family) {
+    remove_modes(NatMode::ALL.into_iter().filter(|m| *m != keep), family);
+}
+
+/// Removes weft's and flannel's rules of `family` in every mode: for a
+/// family the node does not (or no longer) use, e.g. flannel's
+/// `ip6 flannel-ipv6` table on an IPv4-only node. Failures are logged.
+pub fn remove_family(family: Family) {
+    remove_modes(NatMode::ALL.into_iter(), family);
+}
+
+fn remove_modes(modes: impl Iterator<Item = NatMode>, family: Family) {
+    for mode in modes {
+        match mode.backend(family).remove() {
             Ok(()) => {}
             Err(NatError::MissingBinary { .. }) => {}
             Err(e) => {
-                tracing::warn!(mode = %other, error = %e, "cannot remove the other mode's rules")
+                tracing::warn!(%mode, %family, error = %e, "cannot remove the other mode's rules")
             }
         }
     }
@@ -199,19 +230,19 @@ fn run(
     first: mpsc::Sender<Result<(), NatError>>,
     stats: Arc<NatStats>,
 ) {
-    let mut backend = mode.backend();
-    remove_other_modes(mode);
+    let family = rules.family;
+    let mut backend = mode.backend(family);
+    remove_other_modes(mode, family);
     let first_result = reconcile(backend.as_mut(), &rules, &stats);
     let _ = first.send(first_result.map(|_| ()));
     // Opened after the first write: iptables' lock file exists by then.
     let mut signal: Option<Box<dyn ChangeSignal>> = match backend.change_signal() {
         Ok(s) => Some(s),
         Err(e) => {
-            tracing::warn!(%mode, error = %e, poll = ?options.poll, "no change signal for the NAT rules; polling instead");
+            tracing::warn!(%mode, %family, error = %e, poll = ?options.poll, "no change signal for the NAT rules; polling instead");
             None
         }
     };
-    own_events(&mut signal);
     let mut next_resync = Instant::now() + options.resync;
     let mut broken = 0;
     loop {
@@ -239,7 +270,7 @@ fn run(
                 s.drain();
             }
             if broken >= 3 {
-                tracing::warn!(%mode, poll = ?options.poll, "the NAT change signal keeps failing; polling instead");
+                tracing::warn!(%mode, %family, poll = ?options.poll, "the NAT change signal keeps failing; polling instead");
                 signal = None;
             }
         } else {
@@ -256,7 +287,7 @@ fn run(
                     }
                     Ok(Command::ReconcileNow(reply)) => {
                         let r = reconcile(backend.as_mut(), &rules, &stats);
-                        own_events(&mut signal);
+                        refresh(&mut signal);
                         next_resync = Instant::now() + options.resync;
                         let _ = reply.send(r);
                     }
@@ -274,17 +305,19 @@ fn run(
         }
         if dirty {
             let _ = reconcile(backend.as_mut(), &rules, &stats);
-            own_events(&mut signal);
+            refresh(&mut signal);
             next_resync = Instant::now() + options.resync;
         }
     }
 }
 
-/// Drops what our own commands caused (a restore opens the lock file, a
-/// write notifies): not a change by someone else.
-fn own_events(signal: &mut Option<Box<dyn ChangeSignal>>) {
+/// After a reconcile: a signal that lost its source sets itself up again.
+/// What the reconcile's own write caused is deliberately not drained: that
+/// would also swallow a change someone else made meanwhile (the IPv4 and
+/// IPv6 loops of a dual-stack node share iptables' lock file and wake each
+/// other); it costs one more look, which finds nothing to write.
+fn refresh(signal: &mut Option<Box<dyn ChangeSignal>>) {
     if let Some(s) = signal.as_mut() {
-        s.drain();
         s.refresh();
     }
 }
@@ -303,19 +336,19 @@ fn reconcile(
         Ok(wrote) => {
             if *wrote {
                 stats.applies.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(mode = %backend.mode(), "NAT rules written");
+                tracing::info!(mode = %backend.mode(), family = %backend.family(), "NAT rules written");
             }
             if last.take().is_some() {
-                tracing::info!(mode = %backend.mode(), "NAT reconcile works again");
+                tracing::info!(mode = %backend.mode(), family = %backend.family(), "NAT reconcile works again");
             }
         }
         Err(e) => {
             stats.failures.fetch_add(1, Ordering::Relaxed);
             // Once per failure streak; retried on every signal and resync.
             if last.is_none() {
-                tracing::error!(mode = %backend.mode(), error = %e, "NAT reconcile failed; the previous rules stay, retrying");
+                tracing::error!(mode = %backend.mode(), family = %backend.family(), error = %e, "NAT reconcile failed; the previous rules stay, retrying");
             } else {
-                tracing::debug!(mode = %backend.mode(), error = %e, "NAT reconcile still failing");
+                tracing::debug!(mode = %backend.mode(), family = %backend.family(), error = %e, "NAT reconcile still failing");
             }
         }
     }

@@ -1,7 +1,10 @@
 //! Renders a rule set as `iptables-restore` input and as `nft` text, in the
 //! exact form `iptables-save` and `nft list` print, so what the kernel holds
-//! can be compared line by line with what weft wants.
+//! can be compared line by line with what weft wants. Both families render
+//! alike: `ip6tables-save` prints the same chains and comments as
+//! `iptables-save`, and nft's `ip6` table the same chains with `ip6 saddr`.
 
+use crate::family::Family;
 use crate::rules::{Addr, Chain, Rule, RuleSet, Verdict};
 
 /// flannel's iptables chain for SNAT (nat table).
@@ -12,8 +15,10 @@ pub const FWD_CHAIN: &str = "FLANNEL-FWD";
 pub const MASQ_COMMENT: &str = "flanneld masq";
 /// flannel's comment on its forward rules.
 pub const FWD_COMMENT: &str = "flanneld forward";
-/// flannel's nftables table (family `ip`).
+/// flannel's IPv4 nftables table (family `ip`).
 pub const NFT_TABLE: &str = "flannel-ipv4";
+/// flannel's IPv6 nftables table (family `ip6`).
+pub const NFT_TABLE6: &str = "flannel-ipv6";
 /// flannel's nftables SNAT chain.
 pub const NFT_POSTRTG: &str = "postrtg";
 /// flannel's nftables forward chain.
@@ -90,11 +95,13 @@ pub fn iptables_restore(rules: &RuleSet) -> String {
     out
 }
 
+/// `ip saddr 10.0.0.0/8 `, `ip6 daddr != ff00::/8 `: the keyword is the
+/// network's family's.
 fn nft_addr(dir: &str, a: Addr) -> String {
     match a {
         Addr::Any => String::new(),
-        Addr::In(n) => format!("ip {dir} {n} "),
-        Addr::NotIn(n) => format!("ip {dir} != {n} "),
+        Addr::In(n) => format!("{} {dir} {n} ", Family::of(&n).nft_family()),
+        Addr::NotIn(n) => format!("{} {dir} != {n} ", Family::of(&n).nft_family()),
     }
 }
 
@@ -129,9 +136,11 @@ pub fn nft_comment(r: &Rule) -> String {
     format!("weft: {} {hash:08x}", r.label)
 }
 
-/// The whole table as `nft list table ip flannel-ipv4` prints it.
+/// The whole table as `nft list table ip flannel-ipv4` (or `ip6
+/// flannel-ipv6`) prints it.
 pub fn nft_table(rules: &RuleSet) -> String {
-    let mut out = format!("table ip {NFT_TABLE} {{\n");
+    let family = rules.family;
+    let mut out = format!("table {} {} {{\n", family.nft_family(), family.nft_table());
     let chains = [
         (
             NFT_POSTRTG,

@@ -2,12 +2,12 @@
 
 use std::fmt;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
+
+use crate::family::Family;
 
 /// kube-proxy's masquerade mark: packets it marks are left to it.
 pub const KUBE_PROXY_MARK: u32 = 0x4000;
-/// IPv4 multicast, never masqueraded.
-pub const MULTICAST: &str = "224.0.0.0/4";
 
 /// Which chain a rule belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -24,9 +24,9 @@ pub enum Addr {
     /// No match on this address.
     Any,
     /// Inside the network.
-    In(Ipv4Net),
+    In(IpNet),
     /// Outside the network.
-    NotIn(Ipv4Net),
+    NotIn(IpNet),
 }
 
 /// What a matching packet gets.
@@ -81,9 +81,11 @@ impl Default for Options {
     }
 }
 
-/// The complete desired rule set for one node.
+/// The complete desired rule set for one node in one address family.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleSet {
+    /// The family of every address in it (and of the tables it goes to).
+    pub family: Family,
     /// Postrouting (SNAT) rules in order; empty when masquerading is off.
     pub postrouting: Vec<Rule>,
     /// Forward-accept rules in order; empty when forward rules are off.
@@ -99,19 +101,27 @@ pub enum RuleError {
         /// `Network` or `podCIDR`.
         field: &'static str,
         /// The value.
-        net: Ipv4Net,
+        net: IpNet,
+    },
+    /// The node's subnet and the cluster network are of different families.
+    #[error("podCIDR: {subnet} is {} but the cluster network {network} is {}", Family::of(.subnet), Family::of(.network))]
+    FamilyMismatch {
+        /// The node's subnet.
+        subnet: IpNet,
+        /// The cluster network.
+        network: IpNet,
     },
     /// The node's subnet is not inside the cluster network.
     #[error("podCIDR: {subnet} is not inside the cluster network {network}")]
     SubnetOutsideNetwork {
         /// The node's subnet.
-        subnet: Ipv4Net,
+        subnet: IpNet,
         /// The cluster network.
-        network: Ipv4Net,
+        network: IpNet,
     },
     /// The cluster network is multicast space.
-    #[error("Network: {0} overlaps the multicast range 224.0.0.0/4")]
-    MulticastNetwork(Ipv4Net),
+    #[error("Network: {0} overlaps the multicast range {range}", range = Family::of(.0).multicast())]
+    MulticastNetwork(IpNet),
 }
 
 /// Builds flannel's rule set.
@@ -131,11 +141,14 @@ impl SnatRules {
     /// then the forward accepts `-s network` and `-d network`. flannel's
     /// nftables mode writes rule 4 as `saddr != subnet`, which makes rule 6
     /// unreachable; weft uses the iptables semantics everywhere.
-    pub fn build(
-        network: Ipv4Net,
-        subnet: Ipv4Net,
-        options: Options,
-    ) -> Result<RuleSet, RuleError> {
+    ///
+    /// Both networks must be of one family, which the rule set then has;
+    /// "multicast" is `224.0.0.0/4` for IPv4 and `ff00::/8` for IPv6.
+    pub fn build(network: IpNet, subnet: IpNet, options: Options) -> Result<RuleSet, RuleError> {
+        let family = Family::of(&network);
+        if Family::of(&subnet) != family {
+            return Err(RuleError::FamilyMismatch { subnet, network });
+        }
         if network.trunc() != network {
             return Err(RuleError::NotANetwork {
                 field: "Network",
@@ -151,8 +164,7 @@ impl SnatRules {
         if !network.contains(&subnet) {
             return Err(RuleError::SubnetOutsideNetwork { subnet, network });
         }
-        let multicast: Ipv4Net =
-            Ipv4Net::new(std::net::Ipv4Addr::new(224, 0, 0, 0), 4).unwrap_or_default();
+        let multicast = family.multicast();
         if network.contains(&multicast.network()) || multicast.contains(&network.network()) {
             return Err(RuleError::MulticastNetwork(network));
         }
@@ -233,6 +245,7 @@ impl SnatRules {
             Vec::new()
         };
         Ok(RuleSet {
+            family,
             postrouting,
             forward,
         })
@@ -240,6 +253,26 @@ impl SnatRules {
 }
 
 impl RuleSet {
+    /// A rule set of `family` without any rule: everything of weft's in
+    /// that family is to go.
+    pub fn empty(family: Family) -> RuleSet {
+        RuleSet {
+            family,
+            postrouting: Vec::new(),
+            forward: Vec::new(),
+        }
+    }
+
+    /// Its address family.
+    pub fn family(&self) -> Family {
+        self.family
+    }
+
+    /// Whether it holds no rule at all.
+    pub fn is_empty(&self) -> bool {
+        self.postrouting.is_empty() && self.forward.is_empty()
+    }
+
     /// Each chain with its rules (an empty list when the option is off),
     /// postrouting first.
     pub fn chains(&self) -> [(Chain, &[Rule]); 2] {

@@ -2,19 +2,25 @@
 
 #![allow(clippy::unwrap_used)] // tests may unwrap
 
+use ipnet::IpNet;
 use weft_nat::render::{iptables_restore, nft_table};
 use weft_nat::rules::{Addr, Chain, Options, RuleError, SnatRules, Verdict};
+use weft_nat::Family;
 
 /// A postrouting rule's matches and verdict.
 type Shape = (Option<(u32, u32)>, Addr, Addr, Verdict);
 
+/// The seed's example: cluster 10.244.0.0/16, this node 10.244.0.0/24.
+const SEED: (&str, &str) = ("10.244.0.0/16", "10.244.0.0/24");
+/// The same in IPv6: cluster fc00::/48, this node fc00:0:0:1::/64.
+const SEED6: (&str, &str) = ("fc00::/48", "fc00:0:0:1::/64");
+
+fn build_for((network, subnet): (&str, &str), options: Options) -> weft_nat::RuleSet {
+    SnatRules::build(network.parse().unwrap(), subnet.parse().unwrap(), options).unwrap()
+}
+
 fn build(options: Options) -> weft_nat::RuleSet {
-    SnatRules::build(
-        "10.244.0.0/16".parse().unwrap(),
-        "10.244.0.0/24".parse().unwrap(),
-        options,
-    )
-    .unwrap()
+    build_for(SEED, options)
 }
 
 fn golden(name: &str, got: &str) {
@@ -41,10 +47,37 @@ fn seed_example_as_nft() {
 }
 
 #[test]
+fn seed_v6_as_ip6tables_restore() {
+    golden(
+        "seed6.iptables",
+        &iptables_restore(&build_for(SEED6, Options::default())),
+    );
+}
+
+#[test]
+fn seed_v6_as_nft() {
+    golden(
+        "seed6.nft",
+        &nft_table(&build_for(SEED6, Options::default())),
+    );
+}
+
+#[test]
 fn seed_order_and_semantics() {
-    let r = build(Options::default());
-    let c: ipnet::Ipv4Net = "10.244.0.0/16".parse().unwrap();
-    let p: ipnet::Ipv4Net = "10.244.0.0/24".parse().unwrap();
+    order_and_semantics(SEED, "224.0.0.0/4");
+}
+
+#[test]
+fn seed_v6_order_and_semantics() {
+    order_and_semantics(SEED6, "ff00::/8");
+}
+
+/// flannel's order, for either family: the multicast exclusion is the family's.
+fn order_and_semantics(seed: (&str, &str), multicast: &str) {
+    let r = build_for(seed, Options::default());
+    let c: IpNet = seed.0.parse().unwrap();
+    let p: IpNet = seed.1.parse().unwrap();
+    assert_eq!(r.family, Family::of(&c));
     let masq = Verdict::Masquerade { fully_random: true };
     let got: Vec<Shape> = r
         .postrouting
@@ -67,7 +100,7 @@ fn seed_order_and_semantics() {
             (
                 None,
                 Addr::In(c),
-                Addr::NotIn("224.0.0.0/4".parse().unwrap()),
+                Addr::NotIn(multicast.parse().unwrap()),
                 masq
             ),
             (None, Addr::NotIn(c), Addr::In(c), masq),
@@ -134,4 +167,94 @@ fn bad_input_names_the_field() {
     )
     .unwrap_err();
     assert!(matches!(e, RuleError::MulticastNetwork(_)));
+}
+
+#[test]
+fn v6_options_change_what_is_emitted() {
+    let no_random = build_for(
+        SEED6,
+        Options {
+            fully_random: false,
+            ..Options::default()
+        },
+    );
+    let text = iptables_restore(&no_random);
+    assert!(
+        !text.contains("--random-fully") && text.matches("-j MASQUERADE\n").count() == 2,
+        "{text}"
+    );
+    let no_forward = build_for(
+        SEED6,
+        Options {
+            forward: false,
+            ..Options::default()
+        },
+    );
+    assert!(!iptables_restore(&no_forward).contains("*filter"));
+    let nft = nft_table(&no_forward);
+    assert!(nft.starts_with("table ip6 flannel-ipv6 {\n"), "{nft}");
+    assert!(
+        !nft.contains("chain forward") && !nft.contains("ip saddr"),
+        "{nft}"
+    );
+}
+
+#[test]
+fn a_family_mismatch_is_refused_naming_both() {
+    for (network, subnet) in [
+        ("10.244.0.0/16", "fc00:0:0:1::/64"),
+        ("fc00::/48", "10.244.0.0/24"),
+    ] {
+        let e = SnatRules::build(
+            network.parse().unwrap(),
+            subnet.parse().unwrap(),
+            Options::default(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e, RuleError::FamilyMismatch { .. }),
+            "{network} {subnet}: {e:?}"
+        );
+        let text = e.to_string();
+        assert!(text.starts_with("podCIDR:"), "{text}");
+        assert!(
+            text.contains(network) && text.contains(subnet),
+            "names both: {text}"
+        );
+        assert!(text.contains("IPv4") && text.contains("IPv6"), "{text}");
+    }
+}
+
+#[test]
+fn bad_v6_input_names_the_field() {
+    let c: IpNet = "fc00::/48".parse().unwrap();
+    let e =
+        SnatRules::build(c, "fd00:0:0:1::/64".parse().unwrap(), Options::default()).unwrap_err();
+    assert!(matches!(e, RuleError::SubnetOutsideNetwork { .. }), "{e}");
+    let e = SnatRules::build(
+        "fc00::5/48".parse().unwrap(),
+        "fc00:0:0:1::/64".parse().unwrap(),
+        Options::default(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().starts_with("Network:"), "{e}");
+    let e =
+        SnatRules::build(c, "fc00:0:0:1::7/64".parse().unwrap(), Options::default()).unwrap_err();
+    assert!(e.to_string().starts_with("podCIDR:"), "{e}");
+    let e = SnatRules::build(
+        "ff02::/16".parse().unwrap(),
+        "ff02::/64".parse().unwrap(),
+        Options::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(e, RuleError::MulticastNetwork(_)), "{e}");
+    assert!(e.to_string().contains("ff00::/8"), "{e}");
+    // The whole v6 space contains multicast: refused too.
+    let e = SnatRules::build(
+        "::/0".parse().unwrap(),
+        "fc00::/64".parse().unwrap(),
+        Options::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(e, RuleError::MulticastNetwork(_)), "{e}");
 }

@@ -623,19 +623,26 @@ fn start_nat(
     subnets: &PerFamily<IpNet>,
 ) -> Result<Vec<weft_nat::ReconcilerHandle>, AgentError> {
     let mut loops = Vec::new();
-    for (family, subnet) in subnets.iter() {
-        let (Some(IpNet::V4(network)), IpNet::V4(subnet)) = (conf.network(family), *subnet) else {
-            tracing::warn!(%family, "no NAT rules for this family yet");
+    for family in Family::ALL {
+        let nat_family = match family {
+            Family::V4 => weft_nat::Family::V4,
+            Family::V6 => weft_nat::Family::V6,
+        };
+        let (Some(network), Some(subnet)) = (conf.network(family), subnets.get(family)) else {
+            // A family this node does not run: flannel's rules of it, left
+            // from before, go.
+            weft_nat::reconciler::remove_family(nat_family);
             continue;
         };
-        let mode = match flags.nat_mode {
-            NatModeChoice::Forced(m) => weft_nat::detect(conf.enable_nftables, Some(m)),
-            NatModeChoice::Auto => weft_nat::detect(conf.enable_nftables, None),
+        let forced = match flags.nat_mode {
+            NatModeChoice::Forced(m) => Some(m),
+            NatModeChoice::Auto => None,
         };
+        let mode = weft_nat::detect(nat_family, conf.enable_nftables, forced);
         tracing::info!(%family, mode = %mode.mode, reason = %mode.reason, "NAT mode");
         let rules = SnatRules::build(
             network,
-            subnet,
+            *subnet,
             NatOptions {
                 masquerade: flags.ip_masq,
                 fully_random: !flags.ip_masq_fully_random_disable,
