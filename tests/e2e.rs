@@ -61,8 +61,12 @@ fn assert_tables_of(lab: &Lab, backend: Backend, family: Family) {
             let at = format!("{} ({family})", n.spec.name);
             match backend {
                 Backend::Vxlan => {
+                    // `ip -6` shows the metric (1024) before `onlink`.
+                    let head = format!("{dst} via {gw} dev {device} ");
                     assert!(
-                        routes.contains(&format!("{dst} via {gw} dev {device} onlink")),
+                        routes
+                            .lines()
+                            .any(|l| l.starts_with(&head) && l.contains(" onlink")),
                         "{at}: {routes}"
                     );
                     assert!(
