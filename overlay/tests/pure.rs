@@ -744,8 +744,8 @@ fn ipv6_vxlan_gives_flannels_v6_tables() {
     assert_eq!(dev.local, ip("fd00:172:18::2"));
     assert_eq!(dev.address, net("fd00:10:244:2::/128"));
     assert_eq!(
-        dev.mtu, 1450,
-        "flannel uses the overhead of 50 for IPv6 too"
+        dev.mtu, 1430,
+        "flannel asks for underlay − 50 in IPv6 too, the kernel makes it − 70"
     );
     let r = d.state.entries.routes[&net("fd00:10:244:1::/64")];
     assert_eq!(
@@ -760,6 +760,38 @@ fn ipv6_vxlan_gives_flannels_v6_tables() {
     let plan = diff(&d.state, &Observed::default());
     assert_eq!(plan.writes(), 1 + 6);
     assert!(diff(&d.state, &programmed(&d.state)).is_empty());
+}
+
+/// An IPv6 VTEP's device gets at most the underlay's MTU − 70 (the kernel
+/// refuses more); a smaller `Backend.MTU` − 50 is kept, and IPv4 keeps
+/// flannel's − 50.
+#[test]
+fn ipv6_vxlan_device_mtu_is_what_the_kernel_allows() {
+    let (me, under) = v6_node();
+    let config = |mtu| OverlayConfig {
+        network: net("fd00:10:244::/56"),
+        backend: BackendConfig::from(VxlanConfig {
+            mtu,
+            ..VxlanConfig::default()
+        }),
+    };
+    let mtu_of = |c: &OverlayConfig, me: &LocalNode| {
+        desired(c, me, &under, &[])
+            .state
+            .device
+            .unwrap()
+            .vxlan()
+            .unwrap()
+            .mtu
+    };
+    assert_eq!(mtu_of(&config(None), &me), 1430);
+    assert_eq!(mtu_of(&config(Some(9001)), &me), 1430);
+    assert_eq!(mtu_of(&config(Some(1400)), &me), 1350);
+    let v4_vtep = LocalNode {
+        public_ip: ip("172.18.0.2"),
+        ..me.clone()
+    };
+    assert_eq!(mtu_of(&config(None), &v4_vtep), 1450);
 }
 
 /// IPv6 leases are checked like IPv4 ones: outside the network, overlapping,

@@ -4,6 +4,7 @@
 //! published `backend-data` is `{"VNI":<n>,"VtepMAC":"<device MAC>"}`.
 
 use std::any::Any;
+use std::net::IpAddr;
 
 use ipnet::IpNet;
 use serde_json::Value;
@@ -23,6 +24,13 @@ pub const DEFAULT_VXLAN_PORT: u16 = 8472;
 pub const DEFAULT_VNI: u32 = 1;
 /// Bytes the VXLAN encapsulation costs (outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8), as flannel counts it.
 pub const VXLAN_OVERHEAD: u32 = 50;
+/// What the kernel reserves for the encapsulation over an IPv6 underlay
+/// (its `VXLAN6_HEADROOM`: outer Ethernet 14 + IPv6 40 + UDP 8 + VXLAN 8).
+/// A device with an IPv6 VTEP is never larger than the underlay's MTU minus
+/// this: the kernel cuts a larger MTU down when it creates the device (so
+/// flannel's `flannel-v6.1` has 1430 over 1500, though flannel asks for
+/// 1450) and refuses one afterwards.
+pub const VXLAN6_HEADROOM: u32 = 70;
 
 /// VXLAN parameters, flannel's names and defaults (the backend itself).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -198,6 +206,20 @@ impl VxlanBackendData {
     }
 }
 
+impl VxlanConfig {
+    /// The device's MTU: flannel's ([`Backend::mtu`]), capped for an IPv6
+    /// VTEP at what the kernel lets such a device have (see
+    /// [`VXLAN6_HEADROOM`]); asking for more would be refused at every
+    /// reconcile.
+    fn device_mtu(&self, underlay_mtu: u32, local: IpAddr) -> u32 {
+        let mtu = self.mtu(underlay_mtu);
+        match local {
+            IpAddr::V4(_) => mtu,
+            IpAddr::V6(_) => mtu.min(underlay_mtu.saturating_sub(VXLAN6_HEADROOM)),
+        }
+    }
+}
+
 impl Backend for VxlanConfig {
     fn kind(&self) -> &'static str {
         "vxlan"
@@ -220,7 +242,7 @@ impl Backend for VxlanConfig {
             port: self.port,
             underlay: underlay.ifindex,
             learning: self.learning,
-            mtu: self.mtu(underlay.mtu),
+            mtu: self.device_mtu(underlay.mtu, local.public_ip),
             mac: local.vtep_mac,
             address: IpNet::new(local.subnet.network(), local.subnet.max_prefix_len())
                 .unwrap_or(local.subnet),
