@@ -702,6 +702,62 @@ fn only_weft_routes_and_flannel_leftovers_on_the_device_are_managed() {
     assert_eq!(route_of(&other_table, &scope), None);
 }
 
+/// The kernel gives every IPv6 route a metric, 1024 when the request names
+/// none (as weft's and flannel's do): such a route is weft's; one with
+/// another metric, or an IPv6 route without one, is not.
+#[test]
+fn ipv6_routes_are_managed_at_the_kernels_default_metric() {
+    let scope = Scope {
+        network: net("fd00:10:244::/56"),
+        overlay: Some(7),
+        underlay: 2,
+    };
+    let v6_route = |priority: Option<u32>| {
+        let mut m = RouteMessage::default();
+        m.header.address_family = AddressFamily::Inet6;
+        m.header.destination_prefix_length = 64;
+        m.header.table = 254;
+        m.header.protocol = RouteProtocol::from(ROUTE_PROTOCOL);
+        m.header.kind = RouteType::Unicast;
+        m.header.flags = RouteFlags::Onlink;
+        let dst: std::net::Ipv6Addr = "fd00:10:244:1::".parse().unwrap();
+        m.attributes
+            .push(RouteAttribute::Destination(RouteAddress::Inet6(dst)));
+        m.attributes
+            .push(RouteAttribute::Gateway(RouteAddress::Inet6(dst)));
+        m.attributes.push(RouteAttribute::Oif(7));
+        m.attributes.extend(priority.map(RouteAttribute::Priority));
+        m
+    };
+    let r = route_of(&v6_route(Some(1024)), &scope).unwrap();
+    assert_eq!(
+        (r.dst, r.via, r.dev, r.onlink),
+        (
+            net("fd00:10:244:1::/64"),
+            ip("fd00:10:244:1::"),
+            Dev::Overlay,
+            true
+        )
+    );
+    assert_eq!(route_of(&v6_route(Some(100)), &scope), None);
+    assert_eq!(route_of(&v6_route(None), &scope), None);
+    // IPv4 routes carry no metric by default; one with a metric is not weft's.
+    let v4 = Scope {
+        network: net("10.244.0.0/16"),
+        ..scope
+    };
+    let mut m = route_msg(
+        "10.244.0.0/24",
+        "10.244.0.0",
+        7,
+        RouteProtocol::from(ROUTE_PROTOCOL),
+        true,
+    );
+    assert!(route_of(&m, &v4).is_some());
+    m.attributes.push(RouteAttribute::Priority(1024));
+    assert_eq!(route_of(&m, &v4), None);
+}
+
 /// worker2 of an IPv6 cluster: its node and underlay.
 fn v6_node() -> (LocalNode, UnderlayFacts) {
     (

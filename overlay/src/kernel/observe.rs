@@ -136,7 +136,7 @@ pub fn route_of(msg: &RouteMessage, scope: &Scope) -> Option<Route> {
             _ => {}
         }
     }
-    if table != u32::from(RouteHeader::RT_TABLE_MAIN) || priority != 0 {
+    if table != u32::from(RouteHeader::RT_TABLE_MAIN) || priority != default_metric(scope.network) {
         return None;
     }
     let dst = IpNet::new(dst?, h.destination_prefix_length).ok()?;
@@ -166,6 +166,16 @@ pub fn route_of(msg: &RouteMessage, scope: &Scope) -> Option<Route> {
         onlink: h.flags.contains(RouteFlags::Onlink),
         protocol,
     })
+}
+
+/// The metric the kernel gives a route that names none, as weft's and
+/// flannel's do: 0 in IPv4, 1024 in IPv6 (`IP6_RT_PRIO_USER`; an IPv6 route
+/// always has one). A route with another metric is someone else's.
+pub fn default_metric(network: IpNet) -> u32 {
+    match network {
+        IpNet::V4(_) => 0,
+        IpNet::V6(_) => 1024,
+    }
 }
 
 /// An address of a route attribute (either family).
