@@ -8,20 +8,20 @@
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use futures::StreamExt;
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use rtnetlink::packet_core::NetlinkPayload;
 use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage};
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::MulticastGroup;
 use weft_netns::{Netns, NsTask};
-use weft_overlay::{BackendConfig, Input, Lease, LocalNode, OverlayConfig, VxlanConfig};
+use weft_overlay::{BackendConfig, Family, Input, Lease, LocalNode, OverlayConfig, VxlanConfig};
 
 // ---------------------------------------------------------------------------
 // Statistics
@@ -137,6 +137,39 @@ pub const LOCAL_IP: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 2);
 pub const UNDERLAY_PREFIX: u8 = 16;
 /// The VXLAN device.
 pub const DEVICE: &str = "flannel.1";
+/// The IPv6 cluster network of the dual-stack benchmark: /64 pod subnets inside a /48.
+pub const CLUSTER6: &str = "fc00::/48";
+/// This node's IPv6 pod subnet.
+pub const LOCAL_SUBNET6: &str = "fc00::/64";
+/// This node's IPv6 underlay address (on `eth0`, next to [`LOCAL_IP`]).
+pub const LOCAL_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x18, 0, 0, 0, 0, 0, 2);
+/// The IPv6 underlay's prefix length.
+pub const UNDERLAY6_PREFIX: u8 = 64;
+/// The IPv6 VXLAN device.
+pub const DEVICE6: &str = "flannel-v6.1";
+
+/// The VXLAN device of a family.
+pub fn device(fam: Family) -> &'static str {
+    match fam {
+        Family::V4 => DEVICE,
+        Family::V6 => DEVICE6,
+    }
+}
+
+/// What one peer needs in one family: the route `subnet via gateway dev
+/// <device> onlink`, the neighbour `gateway → mac`, the FDB entry `mac dst
+/// public_ip`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerObjects {
+    /// The pod subnet.
+    pub subnet: IpNet,
+    /// The subnet's network address.
+    pub gateway: IpAddr,
+    /// The underlay address.
+    pub public_ip: IpAddr,
+    /// The VTEP MAC.
+    pub mac: String,
+}
 
 /// One synthetic peer node, number `i` (1 ≤ i < 65536).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,12 +214,56 @@ impl Peer {
 
     /// The peer's lease as weft reads it from its Node.
     pub fn lease(self) -> Lease {
+        self.lease_of(Family::V4)
+    }
+
+    /// `fc00:0:0:<i>::/64`.
+    pub fn subnet6(self) -> Ipv6Net {
+        let i = u16::try_from(self.i).unwrap_or_default();
+        Ipv6Net::new(Ipv6Addr::new(0xfc00, 0, 0, i, 0, 0, 0, 0), 64).unwrap_or_default()
+    }
+
+    /// `fd00:18::1:<i>`: on the underlay /64, never this node's.
+    pub fn public_ip6(self) -> Ipv6Addr {
+        let i = u16::try_from(self.i).unwrap_or_default();
+        Ipv6Addr::new(0xfd00, 0x18, 0, 0, 0, 0, 1, i)
+    }
+
+    /// `02:00:00:06:<hi>:<lo>`: the IPv6 device's own MAC, as flannel gives
+    /// `flannel-v6.1` one of its own.
+    pub fn mac6(self) -> String {
+        format!("02:00:00:06:{:02x}:{:02x}", self.hi(), self.lo())
+    }
+
+    /// The peer's objects in a family.
+    pub fn objects(self, fam: Family) -> PeerObjects {
+        match fam {
+            Family::V4 => PeerObjects {
+                subnet: self.subnet().into(),
+                gateway: self.gateway().into(),
+                public_ip: self.public_ip().into(),
+                mac: self.mac(),
+            },
+            Family::V6 => PeerObjects {
+                subnet: self.subnet6().into(),
+                gateway: self.subnet6().network().into(),
+                public_ip: self.public_ip6().into(),
+                mac: self.mac6(),
+            },
+        }
+    }
+
+    /// The peer's lease in a family (`backend-data` or `backend-v6-data`,
+    /// `public-ip` or `public-ipv6`), as weft's agent hands it to that
+    /// family's reconciler.
+    pub fn lease_of(self, fam: Family) -> Lease {
+        let o = self.objects(fam);
         Lease {
             node: format!("node-{}", self.i),
-            subnet: self.subnet().into(),
-            public_ip: self.public_ip().into(),
+            subnet: o.subnet,
+            public_ip: o.public_ip,
             backend_type: "vxlan".into(),
-            backend_data: format!(r#"{{"VNI":1,"VtepMAC":"{}"}}"#, self.mac()),
+            backend_data: format!(r#"{{"VNI":1,"VtepMAC":"{}"}}"#, o.mac),
         }
     }
 }
@@ -198,19 +275,28 @@ pub fn peers(first: u32, count: usize) -> Vec<Peer> {
 
 /// The reconciler input for this node with these peers (VXLAN, flannel's defaults).
 pub fn overlay_input(peers: &[Peer]) -> anyhow::Result<Input> {
+    overlay_input_of(peers, Family::V4)
+}
+
+/// The input of this node's reconciler of a family with these peers.
+pub fn overlay_input_of(peers: &[Peer], fam: Family) -> anyhow::Result<Input> {
+    let (network, subnet, public_ip): (IpNet, IpNet, IpAddr) = match fam {
+        Family::V4 => (CLUSTER.parse()?, LOCAL_SUBNET.parse()?, LOCAL_IP.into()),
+        Family::V6 => (CLUSTER6.parse()?, LOCAL_SUBNET6.parse()?, LOCAL_IP6.into()),
+    };
     Ok(Input {
         config: OverlayConfig {
-            network: CLUSTER.parse()?,
+            network,
             backend: BackendConfig::from(VxlanConfig::default()),
         },
         local: LocalNode {
             name: "bench-node".into(),
-            subnet: LOCAL_SUBNET.parse()?,
-            public_ip: LOCAL_IP.into(),
+            subnet,
+            public_ip,
             underlay: "eth0".into(),
             vtep_mac: None,
         },
-        leases: peers.iter().map(|p| p.lease()).collect(),
+        leases: peers.iter().map(|p| p.lease_of(fam)).collect(),
     })
 }
 
@@ -230,32 +316,75 @@ pub fn create_device_with_ip(ns: &Netns) -> anyhow::Result<()> {
     crate::flannel_node::add_device(ns, LOCAL_IP, &[], "10.0.0.0/32")
 }
 
+/// Gives a [`node_namespace`] its IPv6 underlay address too
+/// ([`LOCAL_IP6`], usable at once: no duplicate address detection).
+pub fn add_ipv6_underlay(ns: &Netns) -> anyhow::Result<()> {
+    let cidr = format!("{LOCAL_IP6}/{UNDERLAY6_PREFIX}");
+    ns.ip(&["-6", "addr", "add", &cidr, "dev", "eth0", "nodad"])?;
+    Ok(())
+}
+
+/// Creates `flannel-v6.1` the way flannel does, with iproute2 (the
+/// reference side of the dual-stack benchmark): VTEP on [`LOCAL_IP6`], the
+/// subnet's network address as /128, up.
+pub fn create_device6_with_ip(ns: &Netns) -> anyhow::Result<()> {
+    let local = LOCAL_IP6.to_string();
+    ns.ip(&[
+        "link",
+        "add",
+        DEVICE6,
+        "type",
+        "vxlan",
+        "id",
+        "1",
+        "local",
+        &local,
+        "dev",
+        "eth0",
+        "dstport",
+        "8472",
+        "nolearning",
+    ])?;
+    let _ = ns.sysctl(&format!("net/ipv6/conf/{DEVICE6}/accept_ra"), "0");
+    ns.ip(&["addr", "add", "fc00::/128", "dev", DEVICE6])?;
+    ns.ip(&["link", "set", DEVICE6, "up"])?;
+    Ok(())
+}
+
 /// The `ip -batch` file (neighbours, then routes) and the `bridge -batch`
 /// file (FDB entries) holding exactly the objects weft programs for `peers`.
 pub fn batch_files(peers: &[Peer]) -> (String, String) {
+    batch_files_of(peers, &[Family::V4])
+}
+
+/// [`batch_files`] for the given families, one after the other (each
+/// family's neighbours, then its routes).
+pub fn batch_files_of(peers: &[Peer], families: &[Family]) -> (String, String) {
     let mut ip = String::new();
     let mut bridge = String::new();
-    for p in peers {
-        let _ = writeln!(
-            ip,
-            "neigh replace {} dev {DEVICE} lladdr {} nud permanent",
-            p.gateway(),
-            p.mac()
-        );
-    }
-    for p in peers {
-        let _ = writeln!(
-            ip,
-            "route replace {} via {} dev {DEVICE} onlink proto 119",
-            p.subnet(),
-            p.gateway()
-        );
-        let _ = writeln!(
-            bridge,
-            "fdb replace {} dev {DEVICE} dst {} self permanent",
-            p.mac(),
-            p.public_ip()
-        );
+    for &fam in families {
+        let dev = device(fam);
+        for p in peers {
+            let o = p.objects(fam);
+            let _ = writeln!(
+                ip,
+                "neigh replace {} dev {dev} lladdr {} nud permanent",
+                o.gateway, o.mac
+            );
+        }
+        for p in peers {
+            let o = p.objects(fam);
+            let _ = writeln!(
+                ip,
+                "route replace {} via {} dev {dev} onlink proto 119",
+                o.subnet, o.gateway
+            );
+            let _ = writeln!(
+                bridge,
+                "fdb replace {} dev {dev} dst {} self permanent",
+                o.mac, o.public_ip
+            );
+        }
     }
     (ip, bridge)
 }
@@ -263,15 +392,32 @@ pub fn batch_files(peers: &[Peer]) -> (String, String) {
 /// Checks that the kernel holds exactly the routes, PERMANENT neighbours and
 /// FDB entries of `peers` on `flannel.1`, nothing missing, nothing else.
 pub fn verify_overlay(ns: &Netns, peers: &[Peer]) -> anyhow::Result<()> {
+    verify_family(ns, peers, Family::V4).map(drop)
+}
+
+/// [`verify_overlay`] for a family's device (`flannel.1`, `flannel-v6.1`);
+/// the kernel's own routes of the device's addresses are not counted.
+/// Returns how many objects it checked.
+pub fn verify_family(ns: &Netns, peers: &[Peer], fam: Family) -> anyhow::Result<usize> {
     let s = |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_owned);
     let has = |v: &serde_json::Value, k: &str, want: &str| {
         v.get(k)
             .and_then(|x| x.as_array())
             .is_some_and(|a| a.iter().any(|f| f.as_str() == Some(want)))
     };
+    let dev = device(fam);
+    let flag = match fam {
+        Family::V4 => "-4",
+        Family::V6 => "-6",
+    };
+    let objects: Vec<PeerObjects> = peers.iter().map(|p| p.objects(fam)).collect();
 
-    let routes = json_n(ns, "ip", &["route", "show", "dev", DEVICE])?;
-    let got: BTreeSet<String> = array(&routes)
+    let routes = json_n(ns, "ip", &[flag, "route", "show", "dev", dev])?;
+    let routes: Vec<&serde_json::Value> = array(&routes)
+        .iter()
+        .filter(|r| s(r, "protocol").as_deref() != Some("kernel"))
+        .collect();
+    let got: BTreeSet<String> = routes
         .iter()
         .map(|r| {
             format!(
@@ -283,13 +429,13 @@ pub fn verify_overlay(ns: &Netns, peers: &[Peer]) -> anyhow::Result<()> {
             )
         })
         .collect();
-    let want: BTreeSet<String> = peers
+    let want: BTreeSet<String> = objects
         .iter()
-        .map(|p| format!("{} via {} onlink=true proto 119", p.subnet(), p.gateway()))
+        .map(|o| format!("{} via {} onlink=true proto 119", o.subnet, o.gateway))
         .collect();
-    compare("routes", &want, &got, array(&routes).len())?;
+    compare("routes", &want, &got, routes.len())?;
 
-    let neigh = json_n(ns, "ip", &["-4", "neigh", "show", "dev", DEVICE])?;
+    let neigh = json_n(ns, "ip", &[flag, "neigh", "show", "dev", dev])?;
     let got: BTreeSet<String> = array(&neigh)
         .iter()
         .map(|n| {
@@ -301,13 +447,13 @@ pub fn verify_overlay(ns: &Netns, peers: &[Peer]) -> anyhow::Result<()> {
             )
         })
         .collect();
-    let want: BTreeSet<String> = peers
+    let want: BTreeSet<String> = objects
         .iter()
-        .map(|p| format!("{} lladdr {} permanent=true", p.gateway(), p.mac()))
+        .map(|o| format!("{} lladdr {} permanent=true", o.gateway, o.mac))
         .collect();
     compare("neighbours", &want, &got, array(&neigh).len())?;
 
-    let fdb = json_n(ns, "bridge", &["fdb", "show", "dev", DEVICE])?;
+    let fdb = json_n(ns, "bridge", &["fdb", "show", "dev", dev])?;
     let got: BTreeSet<String> = array(&fdb)
         .iter()
         .map(|f| {
@@ -320,12 +466,12 @@ pub fn verify_overlay(ns: &Netns, peers: &[Peer]) -> anyhow::Result<()> {
             )
         })
         .collect();
-    let want: BTreeSet<String> = peers
+    let want: BTreeSet<String> = objects
         .iter()
-        .map(|p| format!("{} dst {} self=true permanent", p.mac(), p.public_ip()))
+        .map(|o| format!("{} dst {} self=true permanent", o.mac, o.public_ip))
         .collect();
     compare("fdb entries", &want, &got, array(&fdb).len())?;
-    Ok(())
+    Ok(3 * objects.len())
 }
 
 fn array(v: &serde_json::Value) -> &[serde_json::Value] {
@@ -542,6 +688,45 @@ mod tests {
         assert!(!subnets.contains(&local));
         assert_eq!(ps[0].subnet().to_string(), "10.0.1.0/24");
         assert_eq!(ps[0].mac(), "02:00:00:00:00:01");
+    }
+
+    #[test]
+    fn ipv6_peers_are_distinct_and_valid() {
+        let ps = peers(1, 5100);
+        let subnets: BTreeSet<_> = ps.iter().map(|p| p.subnet6()).collect();
+        let ips: BTreeSet<_> = ps.iter().map(|p| p.public_ip6()).collect();
+        let macs: BTreeSet<_> = ps
+            .iter()
+            .map(|p| p.mac6())
+            .chain(ps.iter().map(|p| p.mac()))
+            .collect();
+        assert_eq!((subnets.len(), ips.len(), macs.len()), (5100, 5100, 10200));
+        assert!(!ips.contains(&LOCAL_IP6));
+        let local: Ipv6Net = LOCAL_SUBNET6.parse().unwrap();
+        let cluster: Ipv6Net = CLUSTER6.parse().unwrap();
+        assert!(!subnets.contains(&local));
+        assert!(subnets.iter().all(|s| cluster.contains(s)));
+        let underlay = Ipv6Net::new(LOCAL_IP6, UNDERLAY6_PREFIX).unwrap();
+        assert!(ips.iter().all(|ip| underlay.contains(ip)));
+        assert_eq!(ps[0].subnet6().to_string(), "fc00:0:0:1::/64");
+        assert_eq!(ps[0].public_ip6().to_string(), "fd00:18::1:1");
+    }
+
+    #[test]
+    fn dual_stack_batch_files_hold_both_families() {
+        let (ip, bridge) = batch_files_of(&peers(1, 1), &[Family::V4, Family::V6]);
+        assert_eq!(
+            ip,
+            "neigh replace 10.0.1.0 dev flannel.1 lladdr 02:00:00:00:00:01 nud permanent\n\
+             route replace 10.0.1.0/24 via 10.0.1.0 dev flannel.1 onlink proto 119\n\
+             neigh replace fc00:0:0:1:: dev flannel-v6.1 lladdr 02:00:00:06:00:01 nud permanent\n\
+             route replace fc00:0:0:1::/64 via fc00:0:0:1:: dev flannel-v6.1 onlink proto 119\n"
+        );
+        assert_eq!(
+            bridge,
+            "fdb replace 02:00:00:00:00:01 dev flannel.1 dst 172.18.1.1 self permanent\n\
+             fdb replace 02:00:00:06:00:01 dev flannel-v6.1 dst fd00:18::1:1 self permanent\n"
+        );
     }
 
     #[test]

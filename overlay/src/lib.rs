@@ -27,7 +27,7 @@ pub mod state;
 
 pub use backend::{
     Backend, BackendConfig, HostGw, VxlanBackendData, VxlanConfig, DEFAULT_VNI, DEFAULT_VXLAN_PORT,
-    VXLAN6_OVERHEAD, VXLAN_OVERHEAD,
+    VXLAN6_HEADROOM, VXLAN_OVERHEAD,
 };
 pub use desired::{desired, Desired};
 pub use diff::{diff, plan, Changes, DeviceOp, Plan};

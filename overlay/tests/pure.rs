@@ -180,14 +180,30 @@ fn seed_tables_for_worker2() {
     assert_eq!(dev.underlay, 2);
 }
 
+/// `Backend.MTU` stands for the underlay's MTU when the path carries less
+/// than the interface says; it never raises the device above what the
+/// interface carries (the kernel caps a VXLAN device at its lower device's
+/// MTU − 50 and refuses more: every reconcile would fail).
 #[test]
-fn backend_mtu_overrides_underlay_mtu() {
+fn backend_mtu_lowers_the_device_mtu_never_above_the_underlay() {
+    let mtu_with = |mtu| {
+        let mut cfg = vxlan(false);
+        cfg.backend = BackendConfig::from(VxlanConfig {
+            mtu: Some(mtu),
+            ..VxlanConfig::default()
+        });
+        let d = desired(&cfg, &local(), &underlay(), &[]);
+        d.state.device.unwrap().vxlan().unwrap().mtu
+    };
+    assert_eq!(mtu_with(1400), 1350);
+    assert_eq!(mtu_with(9001), 1450, "the underlay carries 1500");
+    let jumbo = UnderlayFacts {
+        mtu: 9001,
+        ..underlay()
+    };
     let mut cfg = vxlan(false);
-    cfg.backend = BackendConfig::from(VxlanConfig {
-        mtu: Some(9001),
-        ..VxlanConfig::default()
-    });
-    let d = desired(&cfg, &local(), &underlay(), &[]);
+    cfg.backend = BackendConfig::from(VxlanConfig::default());
+    let d = desired(&cfg, &local(), &jumbo, &[]);
     assert_eq!(d.state.device.unwrap().vxlan().unwrap().mtu, 8951);
 }
 
@@ -702,6 +718,62 @@ fn only_weft_routes_and_flannel_leftovers_on_the_device_are_managed() {
     assert_eq!(route_of(&other_table, &scope), None);
 }
 
+/// The kernel gives every IPv6 route a metric, 1024 when the request names
+/// none (as weft's and flannel's do): such a route is weft's; one with
+/// another metric, or an IPv6 route without one, is not.
+#[test]
+fn ipv6_routes_are_managed_at_the_kernels_default_metric() {
+    let scope = Scope {
+        network: net("fd00:10:244::/56"),
+        overlay: Some(7),
+        underlay: 2,
+    };
+    let v6_route = |priority: Option<u32>| {
+        let mut m = RouteMessage::default();
+        m.header.address_family = AddressFamily::Inet6;
+        m.header.destination_prefix_length = 64;
+        m.header.table = 254;
+        m.header.protocol = RouteProtocol::from(ROUTE_PROTOCOL);
+        m.header.kind = RouteType::Unicast;
+        m.header.flags = RouteFlags::Onlink;
+        let dst: std::net::Ipv6Addr = "fd00:10:244:1::".parse().unwrap();
+        m.attributes
+            .push(RouteAttribute::Destination(RouteAddress::Inet6(dst)));
+        m.attributes
+            .push(RouteAttribute::Gateway(RouteAddress::Inet6(dst)));
+        m.attributes.push(RouteAttribute::Oif(7));
+        m.attributes.extend(priority.map(RouteAttribute::Priority));
+        m
+    };
+    let r = route_of(&v6_route(Some(1024)), &scope).unwrap();
+    assert_eq!(
+        (r.dst, r.via, r.dev, r.onlink),
+        (
+            net("fd00:10:244:1::/64"),
+            ip("fd00:10:244:1::"),
+            Dev::Overlay,
+            true
+        )
+    );
+    assert_eq!(route_of(&v6_route(Some(100)), &scope), None);
+    assert_eq!(route_of(&v6_route(None), &scope), None);
+    // IPv4 routes carry no metric by default; one with a metric is not weft's.
+    let v4 = Scope {
+        network: net("10.244.0.0/16"),
+        ..scope
+    };
+    let mut m = route_msg(
+        "10.244.0.0/24",
+        "10.244.0.0",
+        7,
+        RouteProtocol::from(ROUTE_PROTOCOL),
+        true,
+    );
+    assert!(route_of(&m, &v4).is_some());
+    m.attributes.push(RouteAttribute::Priority(1024));
+    assert_eq!(route_of(&m, &v4), None);
+}
+
 /// worker2 of an IPv6 cluster: its node and underlay.
 fn v6_node() -> (LocalNode, UnderlayFacts) {
     (
@@ -744,8 +816,8 @@ fn ipv6_vxlan_gives_flannels_v6_tables() {
     assert_eq!(dev.local, ip("fd00:172:18::2"));
     assert_eq!(dev.address, net("fd00:10:244:2::/128"));
     assert_eq!(
-        dev.mtu, 1450,
-        "flannel uses the overhead of 50 for IPv6 too"
+        dev.mtu, 1430,
+        "flannel asks for underlay − 50 in IPv6 too, the kernel makes it − 70"
     );
     let r = d.state.entries.routes[&net("fd00:10:244:1::/64")];
     assert_eq!(
@@ -760,6 +832,38 @@ fn ipv6_vxlan_gives_flannels_v6_tables() {
     let plan = diff(&d.state, &Observed::default());
     assert_eq!(plan.writes(), 1 + 6);
     assert!(diff(&d.state, &programmed(&d.state)).is_empty());
+}
+
+/// An IPv6 VTEP's device gets the underlay's MTU (or a smaller
+/// `Backend.MTU`) − 70, what the kernel allows it, never more than the
+/// underlay carries; IPv4 keeps flannel's − 50.
+#[test]
+fn ipv6_vxlan_device_mtu_is_what_the_kernel_allows() {
+    let (me, under) = v6_node();
+    let config = |mtu| OverlayConfig {
+        network: net("fd00:10:244::/56"),
+        backend: BackendConfig::from(VxlanConfig {
+            mtu,
+            ..VxlanConfig::default()
+        }),
+    };
+    let mtu_of = |c: &OverlayConfig, me: &LocalNode| {
+        desired(c, me, &under, &[])
+            .state
+            .device
+            .unwrap()
+            .vxlan()
+            .unwrap()
+            .mtu
+    };
+    assert_eq!(mtu_of(&config(None), &me), 1430);
+    assert_eq!(mtu_of(&config(Some(9001)), &me), 1430);
+    assert_eq!(mtu_of(&config(Some(1400)), &me), 1330);
+    let v4_vtep = LocalNode {
+        public_ip: ip("172.18.0.2"),
+        ..me.clone()
+    };
+    assert_eq!(mtu_of(&config(None), &v4_vtep), 1450);
 }
 
 /// IPv6 leases are checked like IPv4 ones: outside the network, overlapping,

@@ -2,8 +2,8 @@
 //! namespaces created for it (deleted at the end, also on Ctrl-C); the
 //! machine's own network namespace is never touched.
 //!
-//! `weft-bench [overlay|nat|agent|cni|all]` — one section per subsystem; `all` runs every
-//! section there is.
+//! `weft-bench [overlay|dual|nat|agent|cni|all]` — one section per subsystem (`dual`: the
+//! overlay's two reconcilers of a dual-stack node); `all` runs every section but `scale`.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -16,6 +16,10 @@ use tokio::runtime::Runtime;
 enum Section {
     /// The overlay: cold programming, one-peer latency, no-op reconcile, restart.
     Overlay,
+    /// The overlay of a dual-stack node: cold programming of `--peers` peers
+    /// in both families (six objects each) by weft's IPv4 and IPv6
+    /// reconcilers against `ip -batch` + `bridge -batch`.
+    Dual,
     /// NAT: weft's apply vs nft -f and iptables-restore, cold and no-op.
     Nat,
     /// The agent: a Node added in the API -> programmed on another node.
@@ -95,6 +99,9 @@ fn main() -> anyhow::Result<()> {
     let scratch = Scratch::new()?;
     if matches!(args.section, Section::Overlay | Section::All) {
         overlay::run(&args, &rt, scratch.path())?;
+    }
+    if matches!(args.section, Section::Dual | Section::All) {
+        dual::run(&args, &rt, scratch.path())?;
     }
     if matches!(args.section, Section::Nat | Section::All) {
         weft_integration::bench_nat::run(args.nat_runs)?;
@@ -588,7 +595,7 @@ mod overlay {
 
     /// Lets the reconciler fold the events of its last apply, then runs one
     /// reconcile that must change nothing, so the next measurement starts idle.
-    fn settle(rt: &Runtime, handle: &ReconcilerHandle) -> anyhow::Result<()> {
+    pub(super) fn settle(rt: &Runtime, handle: &ReconcilerHandle) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(200));
         reconcile_now(rt, handle)?;
         std::thread::sleep(Duration::from_millis(50));
@@ -613,7 +620,7 @@ mod overlay {
 
     /// Waits until `generation` is applied; returns the report of the
     /// reconcile that applied it.
-    fn wait_applied(
+    pub(super) fn wait_applied(
         rt: &Runtime,
         handle: &ReconcilerHandle,
         generation: u64,
@@ -629,7 +636,167 @@ mod overlay {
             .context("the reconciler has stopped")
     }
 
-    fn path_str(p: &Path) -> anyhow::Result<&str> {
+    pub(super) fn path_str(p: &Path) -> anyhow::Result<&str> {
         p.to_str().with_context(|| format!("{p:?} is not UTF-8"))
+    }
+}
+
+/// Dual stack: a node with `flannel.1` and `flannel-v6.1`, per peer a route,
+/// a neighbour and an FDB entry on each — weft's two reconcilers (one per
+/// family, as weftd runs them) against one `ip -batch` and one
+/// `bridge -batch` of the same objects, in fresh namespaces, alternating.
+mod dual {
+    use super::*;
+
+    use weft_integration::bench::{
+        add_ipv6_underlay, batch_files_of, create_device6_with_ip, create_device_with_ip,
+        node_namespace, overlay_input_of, peers, run_n, verify_family, Peer, Samples,
+    };
+    use weft_integration::OverlayAgent;
+    use weft_overlay::{Family, Input, Options};
+
+    use super::overlay::{path_str, settle, wait_applied};
+
+    /// The goal: weft within 10 % of iproute2's batch mode.
+    const GOAL: f64 = 1.1;
+
+    pub fn run(args: &Args, rt: &Runtime, scratch: &Path) -> anyhow::Result<()> {
+        let n = args.peers;
+        if n == 0 || n >= 65_536 {
+            bail!("--peers must be between 1 and 65535");
+        }
+        let all = peers(1, n);
+        let inputs = [
+            overlay_input_of(&all, Family::V4)?,
+            overlay_input_of(&all, Family::V6)?,
+        ];
+        let (ip_batch, bridge_batch) = batch_files_of(&all, &Family::ALL);
+        let ip_file = scratch.join("dual.ip");
+        let bridge_file = scratch.join("dual.bridge");
+        std::fs::write(&ip_file, ip_batch).context("writing the ip batch file")?;
+        std::fs::write(&bridge_file, bridge_batch).context("writing the bridge batch file")?;
+
+        println!(
+            "dual stack: cold programming of {n} dual-stack peers ({} objects: per peer a route, \
+             a neighbour and an FDB entry on flannel.1 and on flannel-v6.1)",
+            6 * n
+        );
+        let mut weft = Samples::default();
+        let mut batch = Samples::default();
+        let mut checked = (0, 0);
+        for run in 1..=args.runs.max(1) {
+            progress(&format!("dual-stack cold run {run}: ip/bridge -batch"));
+            let (took, objects) = cold_batch(&all, &ip_file, &bridge_file)?;
+            batch.push(took);
+            checked.1 = objects;
+            progress(&format!("dual-stack cold run {run}: weft"));
+            let (took, objects) = cold_weft(rt, &inputs, &all)?;
+            weft.push(took);
+            checked.0 = objects;
+        }
+        let ratio = weft.median().as_secs_f64() / batch.median().as_secs_f64();
+        println!(
+            "  weft (2 reconcilers)  {:.2} s  (runs: {})",
+            weft.median().as_secs_f64(),
+            weft.list_secs()
+        );
+        println!(
+            "  ip/bridge -batch      {:.2} s  (runs: {})",
+            batch.median().as_secs_f64(),
+            batch.list_secs()
+        );
+        println!(
+            "  ratio weft/ip         {ratio:.2}x   (goal <= {GOAL}x: {})",
+            verdict(ratio <= GOAL)
+        );
+        println!(
+            "  end states: after every run both sides hold exactly the {} expected objects \
+             (weft {}, ip/bridge {}; ip -j / bridge -j, nothing missing, nothing else)",
+            6 * n,
+            checked.0,
+            checked.1
+        );
+        Ok(())
+    }
+
+    /// A fresh dual-stack node: `eth0` with both families' addresses.
+    fn node(role: &str) -> anyhow::Result<weft_netns::Netns> {
+        let ns = node_namespace(role)?;
+        add_ipv6_underlay(&ns)?;
+        Ok(ns)
+    }
+
+    /// Both families' objects on `flannel.1` and `flannel-v6.1`.
+    fn verify(ns: &weft_netns::Netns, all: &[Peer]) -> anyhow::Result<usize> {
+        let mut objects = 0;
+        for fam in Family::ALL {
+            objects += verify_family(ns, all, fam).with_context(|| format!("{fam}"))?;
+        }
+        Ok(objects)
+    }
+
+    /// One `ip -batch` + `bridge -batch` run (both families in each file) on
+    /// a fresh node whose two devices were made by iproute2.
+    fn cold_batch(
+        all: &[Peer],
+        ip_file: &Path,
+        bridge_file: &Path,
+    ) -> anyhow::Result<(Duration, usize)> {
+        let ns = node("dual-ip")?;
+        create_device_with_ip(&ns)?;
+        create_device6_with_ip(&ns)?;
+        let ip_file = path_str(ip_file)?;
+        let bridge_file = path_str(bridge_file)?;
+        let t0 = Instant::now();
+        run_n(&ns, "ip", &["-batch", ip_file])?;
+        run_n(&ns, "bridge", &["-batch", bridge_file])?;
+        let took = t0.elapsed();
+        let objects = verify(&ns, all).context("after ip/bridge -batch")?;
+        Ok((took, objects))
+    }
+
+    /// weft's two reconcilers on a fresh node, each on its own thread as in
+    /// weftd: a first reconcile with no peers makes each device; then the
+    /// timed part, from handing both every lease until both report their
+    /// generation applied.
+    fn cold_weft(
+        rt: &Runtime,
+        inputs: &[Input; 2],
+        all: &[Peer],
+    ) -> anyhow::Result<(Duration, usize)> {
+        let ns = node("dual-weft")?;
+        let mut agents = Vec::new();
+        for input in inputs {
+            let empty = Input {
+                leases: Vec::new(),
+                ..input.clone()
+            };
+            let agent = OverlayAgent::start(&ns, empty, Options::default())?;
+            wait_applied(rt, &agent.handle, 1, Duration::from_secs(30))?;
+            agents.push(agent);
+        }
+        for agent in &agents {
+            settle(rt, &agent.handle)?;
+        }
+        let next: Vec<Input> = inputs.to_vec();
+        let t0 = Instant::now();
+        let generations: Vec<u64> = agents
+            .iter()
+            .zip(next)
+            .map(|(agent, input)| agent.handle.update(input))
+            .collect();
+        let mut writes = 0;
+        for (agent, generation) in agents.iter().zip(generations) {
+            writes += wait_applied(rt, &agent.handle, generation, Duration::from_secs(120))?.writes;
+        }
+        let took = t0.elapsed();
+        if writes < 6 * all.len() {
+            bail!("weft sent {writes} writes for {} objects", 6 * all.len());
+        }
+        let objects = verify(&ns, all).context("after weft's reconciles")?;
+        for agent in agents {
+            agent.stop()?;
+        }
+        Ok((took, objects))
     }
 }

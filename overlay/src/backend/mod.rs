@@ -26,7 +26,7 @@ use serde_json::Value;
 pub use host_gw::HostGw;
 pub use section::{Section, SectionError};
 pub use vxlan::{
-    VxlanBackendData, VxlanConfig, DEFAULT_VNI, DEFAULT_VXLAN_PORT, VXLAN6_OVERHEAD, VXLAN_OVERHEAD,
+    VxlanBackendData, VxlanConfig, DEFAULT_VNI, DEFAULT_VXLAN_PORT, VXLAN6_HEADROOM, VXLAN_OVERHEAD,
 };
 
 use crate::error::LeaseFault;

@@ -24,11 +24,13 @@ pub const DEFAULT_VXLAN_PORT: u16 = 8472;
 pub const DEFAULT_VNI: u32 = 1;
 /// Bytes the VXLAN encapsulation costs (outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8), as flannel counts it.
 pub const VXLAN_OVERHEAD: u32 = 50;
-/// The same over an IPv6 underlay (a 40-byte IP header instead of 20): the
-/// kernel caps a VXLAN device with a v6 VTEP at its lower device's MTU
-/// minus 70, whatever MTU it is created with. flannel asks for − 50 and
-/// gets − 70 from the kernel; weft asks for what the kernel gives.
-pub const VXLAN6_OVERHEAD: u32 = 70;
+/// What the kernel reserves for the encapsulation over an IPv6 underlay
+/// (its `VXLAN6_HEADROOM`: outer Ethernet 14 + IPv6 40 + UDP 8 + VXLAN 8).
+/// A device with an IPv6 VTEP is never larger than the underlay's MTU minus
+/// this: the kernel cuts a larger MTU down when it creates the device (so
+/// flannel's `flannel-v6.1` has 1430 over 1500, though flannel asks for
+/// 1450) and refuses one afterwards.
+pub const VXLAN6_HEADROOM: u32 = 70;
 
 /// VXLAN parameters, flannel's names and defaults (the backend itself).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -226,7 +228,7 @@ impl Backend for VxlanConfig {
             port: self.port,
             underlay: underlay.ifindex,
             learning: self.learning,
-            mtu: self.mtu(underlay.mtu, Family::of_net(&network)),
+            mtu: self.mtu(underlay.mtu, Family::of_addr(&local.public_ip)),
             mac: local.vtep_mac,
             address: IpNet::new(local.subnet.network(), local.subnet.max_prefix_len())
                 .unwrap_or(local.subnet),
@@ -237,9 +239,15 @@ impl Backend for VxlanConfig {
     fn mtu(&self, underlay_mtu: u32, family: Family) -> u32 {
         let overhead = match family {
             Family::V4 => VXLAN_OVERHEAD,
-            Family::V6 => VXLAN6_OVERHEAD,
+            Family::V6 => VXLAN6_HEADROOM,
         };
-        self.mtu.unwrap_or(underlay_mtu).saturating_sub(overhead)
+        // Never more than the underlay can carry: the kernel refuses a
+        // larger device MTU (and pods with a larger one would need
+        // fragmentation), whatever `Backend.MTU` says.
+        self.mtu
+            .unwrap_or(underlay_mtu)
+            .min(underlay_mtu)
+            .saturating_sub(overhead)
     }
 
     fn backend_data(&self, device_mac: Option<MacAddr>) -> Option<String> {

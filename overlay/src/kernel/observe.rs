@@ -116,10 +116,6 @@ fn observed_device(link: &LinkMessage) -> ObservedDevice {
     dev
 }
 
-/// The metric the kernel gives an IPv6 route added without one
-/// (`IP6_RT_PRIO_USER`).
-pub const IPV6_DEFAULT_METRIC: u32 = 1024;
-
 /// A route message as a managed [`Route`], or `None` when it is not weft's to manage:
 /// outside the main table or the cluster network, or neither tagged with weft's
 /// protocol nor a flannel leftover on the overlay device.
@@ -140,13 +136,7 @@ pub fn route_of(msg: &RouteMessage, scope: &Scope) -> Option<Route> {
             _ => {}
         }
     }
-    // Routes written without a metric (weft's, flannel's) get the
-    // family's default one: 0 for IPv4, 1024 for IPv6.
-    let default_metric = match h.address_family {
-        AddressFamily::Inet6 => IPV6_DEFAULT_METRIC,
-        _ => 0,
-    };
-    if table != u32::from(RouteHeader::RT_TABLE_MAIN) || priority != default_metric {
+    if table != u32::from(RouteHeader::RT_TABLE_MAIN) || priority != default_metric(scope.network) {
         return None;
     }
     let dst = IpNet::new(dst?, h.destination_prefix_length).ok()?;
@@ -176,6 +166,16 @@ pub fn route_of(msg: &RouteMessage, scope: &Scope) -> Option<Route> {
         onlink: h.flags.contains(RouteFlags::Onlink),
         protocol,
     })
+}
+
+/// The metric the kernel gives a route that names none, as weft's and
+/// flannel's do: 0 in IPv4, 1024 in IPv6 (`IP6_RT_PRIO_USER`; an IPv6 route
+/// always has one). A route with another metric is someone else's.
+pub fn default_metric(network: IpNet) -> u32 {
+    match network {
+        IpNet::V4(_) => 0,
+        IpNet::V6(_) => 1024,
+    }
 }
 
 /// An address of a route attribute (either family).
