@@ -358,6 +358,24 @@ mod tests {
     }
 
     #[test]
+    fn public_ipv6_and_a_v6_iface_can_reach() {
+        let f = parse(
+            &[
+                "--public-ipv6=fd00:18::2",
+                "--iface-can-reach",
+                "fd00:18::1",
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(f.public_ipv6, Some("fd00:18::2".parse().unwrap()));
+        assert_eq!(f.iface_can_reach, Some("fd00:18::1".parse().unwrap()));
+        let f = parse(&[], &[("FLANNELD_PUBLIC_IPV6", "fd00:18::3")]).unwrap();
+        assert_eq!(f.public_ipv6, Some("fd00:18::3".parse().unwrap()));
+        assert!(parse(&["--public-ipv6=10.0.0.1"], &[]).is_err());
+    }
+
+    #[test]
     fn nat_mode_flag() {
         assert_eq!(
             parse(&["--nat-mode=nftables"], &[]).unwrap().nat_mode,
