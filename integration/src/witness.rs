@@ -10,8 +10,9 @@ use weft_netns::Netns;
 /// `ip -4 monitor link address route neigh` running in a namespace.
 pub struct KernelWitness {
     child: Child,
-    /// Drop neighbour lines the kernel writes itself (reachability states
-    /// of IPv6 neighbour discovery); weft's neighbours are PERMANENT.
+    /// Drop lines the kernel writes itself (reachability states of IPv6
+    /// neighbour discovery, routes of addresses); weft's neighbours are
+    /// PERMANENT and its routes `proto 119`.
     only_permanent_neighbours: bool,
 }
 
@@ -25,7 +26,8 @@ impl KernelWitness {
 
     /// Watches IPv6 routes and neighbours (`ip -6 monitor route neigh`):
     /// the IPv6 overlay's writes. Neighbour discovery's own state changes
-    /// (REACHABLE, STALE, …) are not reported.
+    /// (REACHABLE, STALE, …) and the kernel's address routes are not
+    /// reported.
     pub fn start_v6(ns: &Netns) -> anyhow::Result<KernelWitness> {
         let mut w = Self::start_with(ns, &["-6", "monitor", "route", "neigh"])?;
         w.only_permanent_neighbours = true;
@@ -78,8 +80,13 @@ impl KernelWitness {
     }
 }
 
-/// A neighbour line whose state neighbour discovery itself sets.
+/// A line the kernel writes itself: a neighbour state neighbour discovery
+/// sets, or a route the kernel makes for an address (`proto kernel`: a
+/// veth's link-local address leaving duplicate address detection).
 fn is_discovery_state(line: &str) -> bool {
+    if line.contains(" proto kernel") {
+        return true;
+    }
     let states = [
         "REACHABLE",
         "STALE",
