@@ -578,7 +578,25 @@ impl Lab {
                 return Ok(t0.elapsed());
             }
             if t0.elapsed() > timeout {
-                bail!("the overlay did not converge within {timeout:?}");
+                let mut why = String::new();
+                for n in self.nodes.iter() {
+                    if let Some(a) = &n.agent {
+                        let routes =
+                            n.ns.ip(&["route", "show", "proto", "119"])
+                                .unwrap_or_default();
+                        let routes6 =
+                            n.ns.ip(&["-6", "route", "show", "proto", "119"])
+                                .unwrap_or_default();
+                        let log = a.log();
+                        let tail: Vec<&str> = log.lines().rev().take(8).collect();
+                        why += &format!(
+                            "\n-- {}: routes:\n{routes}{routes6}-- the end of its log:\n{}",
+                            n.spec.name,
+                            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                        );
+                    }
+                }
+                bail!("the overlay did not converge within {timeout:?}:{why}");
             }
             std::thread::sleep(Duration::from_millis(20));
         }
