@@ -37,7 +37,10 @@ pub fn seen_source(
         let _ = s.read(&mut buf);
         Some(peer.ip())
     })?;
-    match ready_rx.recv_timeout(Duration::from_secs(5)) {
+    // The listener always says whether it could bind: wait for that (a
+    // timeout here would leave it listening, and the next probe would find
+    // the port taken).
+    match ready_rx.recv() {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
             let _ = server.join();
@@ -46,7 +49,10 @@ pub fn seen_source(
                 source: e,
             });
         }
-        Err(_) => return Ok(None),
+        Err(_) => {
+            let _ = server.join();
+            return Ok(None);
+        }
     }
     let connected = from.run(move || async move {
         let addr = SocketAddr::new(connect_to, PROBE_PORT);
