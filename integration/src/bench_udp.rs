@@ -51,8 +51,21 @@ fn vxlan() -> anyhow::Result<(Netns, Netns)> {
         (&b, "172.18.0.3", "172.18.0.2", "10.244.2.0/16"),
     ] {
         ns.ip(&[
-            "link", "add", "flannel.1", "type", "vxlan", "id", "1", "local", local, "remote",
-            remote, "dev", "eth0", "dstport", "8472",
+            "link",
+            "add",
+            "flannel.1",
+            "type",
+            "vxlan",
+            "id",
+            "1",
+            "local",
+            local,
+            "remote",
+            remote,
+            "dev",
+            "eth0",
+            "dstport",
+            "8472",
         ])?;
         ns.set_mtu("flannel.1", 1450)?;
         ns.add_addr("flannel.1", addr)?;

@@ -58,7 +58,9 @@ impl Node {
             queues: 2,
             offload,
         };
-        self.ns.run(move || async move { Forwarder::start(cfg) }).unwrap()
+        self.ns
+            .run(move || async move { Forwarder::start(cfg) })
+            .unwrap()
     }
 
     fn ping(&self, to: Ipv4Addr, count: u32) -> bool {
@@ -153,8 +155,14 @@ fn send_datagram(ns: &Netns, from: SocketAddr, to: SocketAddr, payload: Vec<u8>)
 
 fn ping_both_ways(offload: bool) {
     let p = Pair::new(if offload { "ping-o" } else { "ping" }, offload);
-    assert!(p.a.ping(p.b.tun_ip(), 3), "a cannot ping b over the forwarder");
-    assert!(p.b.ping(p.a.tun_ip(), 3), "b cannot ping a over the forwarder");
+    assert!(
+        p.a.ping(p.b.tun_ip(), 3),
+        "a cannot ping b over the forwarder"
+    );
+    assert!(
+        p.b.ping(p.a.tun_ip(), 3),
+        "b cannot ping a over the forwarder"
+    );
     let (sa, sb) = (p.fa.stats(), p.fb.stats());
     // 3 requests + 3 replies each way at least.
     assert!(sa.tx_packets >= 6 && sa.rx_packets >= 6, "{sa:?}");
@@ -184,20 +192,18 @@ fn ping_across_nodes_without_offload() {
 fn tcp_bulk_transfer_with_offload() {
     require_netns!();
     let p = Pair::new("tcp", true);
-    let mut server = p
-        .b
-        .ns
-        .command(&["iperf3", "-s", "-1", "-B", "10.244.2.0"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut server =
+        p.b.ns
+            .command(&["iperf3", "-s", "-1", "-B", "10.244.2.0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    let out = p
-        .a
-        .ns
-        .exec_status(&["iperf3", "-c", "10.244.2.0", "-n", "40M", "-P", "2", "-J"])
-        .unwrap();
+    let out =
+        p.a.ns
+            .exec_status(&["iperf3", "-c", "10.244.2.0", "-n", "40M", "-P", "2", "-J"])
+            .unwrap();
     let _ = server.kill();
     let _ = server.wait();
     assert!(
@@ -219,7 +225,11 @@ fn tcp_bulk_transfer_with_offload() {
     );
     assert_eq!(sa.drop_bad_offload + p.fb.stats().drop_bad_offload, 0);
     for (s, side) in [(sa, "a"), (p.fb.stats(), "b")] {
-        assert_eq!(s.drop_tun_write_error + s.drop_send_error, 0, "{side}: {s:?}");
+        assert_eq!(
+            s.drop_tun_write_error + s.drop_send_error,
+            0,
+            "{side}: {s:?}"
+        );
     }
 }
 
@@ -290,16 +300,15 @@ fn wire_format_is_flannels() {
     let p = Pair::new("wire", true);
     let pcap = tempfile::NamedTempFile::new().unwrap();
     let path = pcap.path().to_str().unwrap().to_owned();
-    let mut dump = p
-        .b
-        .ns
-        .command(&[
-            "tcpdump", "-i", "eth0", "-n", "-U", "-c", "1", "-w", &path, "udp", "port", "8285",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut dump =
+        p.b.ns
+            .command(&[
+                "tcpdump", "-i", "eth0", "-n", "-U", "-c", "1", "-w", &path, "udp", "port", "8285",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
     // Wait for "listening on eth0"; keep the pipe open until tcpdump exits
     // (it writes its summary there).
     let mut err = std::io::BufReader::new(dump.stderr.take().unwrap());
@@ -373,7 +382,8 @@ fn bad_datagrams_are_dropped_and_counted() {
     inject[16..20].copy_from_slice(&[10, 244, 2, 0]); // to b's flannel0 address
     send_datagram(&p.a.ns, "172.18.0.99:40000".parse().unwrap(), to, inject);
     assert!(
-        eventually(5, || p.fb.stats().drop_unknown_sender == before.drop_unknown_sender + 1),
+        eventually(5, || p.fb.stats().drop_unknown_sender
+            == before.drop_unknown_sender + 1),
         "{:?}",
         p.fb.stats()
     );
@@ -382,7 +392,8 @@ fn bad_datagrams_are_dropped_and_counted() {
     let from: SocketAddr = "172.18.0.2:40001".parse().unwrap();
     send_datagram(&p.a.ns, from, to, vec![0x45; 10]);
     assert!(
-        eventually(5, || p.fb.stats().drop_too_short == before.drop_too_short + 1),
+        eventually(5, || p.fb.stats().drop_too_short
+            == before.drop_too_short + 1),
         "{:?}",
         p.fb.stats()
     );
@@ -409,10 +420,16 @@ fn removed_peer_is_no_longer_forwarded_to() {
     assert!(p.a.ping(p.b.tun_ip(), 1));
     p.fa.set_peers(&[]);
     let before = p.fa.stats();
-    assert!(!p.a.ping(p.b.tun_ip(), 2), "ping went through a removed peer");
+    assert!(
+        !p.a.ping(p.b.tun_ip(), 2),
+        "ping went through a removed peer"
+    );
     let after = p.fa.stats();
     assert_eq!(after.tx_packets, before.tx_packets, "{after:?}");
-    assert!(after.drop_unknown_subnet >= before.drop_unknown_subnet + 2, "{after:?}");
+    assert!(
+        after.drop_unknown_subnet >= before.drop_unknown_subnet + 2,
+        "{after:?}"
+    );
     // Put back: forwarding resumes.
     p.fa.set_peers(&[(p.b.subnet(), p.b.ip.into())]);
     assert!(p.a.ping(p.b.tun_ip(), 1));
@@ -452,10 +469,9 @@ fn port_in_use_is_reported() {
     require_netns!();
     let (a, _b) = nodes("port");
     a.make_tun();
-    let holder = a
-        .ns
-        .run(|| async { UdpSocket::bind("0.0.0.0:8285").unwrap() })
-        .unwrap();
+    let holder =
+        a.ns.run(|| async { UdpSocket::bind("0.0.0.0:8285").unwrap() })
+            .unwrap();
     match a.start(true) {
         Err(UdpError::PortInUse(8285)) => {}
         other => panic!("expected PortInUse(8285), got {other:?}"),
@@ -478,8 +494,16 @@ fn ensure_tun_is_idempotent_and_the_device_persists() {
     require_netns!();
     let (a, b) = nodes("persist");
     assert!(a.make_tun());
-    assert!(!a.ns.run(|| async { ensure_tun(DEV, true) }).unwrap().unwrap());
-    assert!(!a.ns.run(|| async { ensure_tun(DEV, false) }).unwrap().unwrap());
+    assert!(!a
+        .ns
+        .run(|| async { ensure_tun(DEV, true) })
+        .unwrap()
+        .unwrap());
+    assert!(!a
+        .ns
+        .run(|| async { ensure_tun(DEV, false) })
+        .unwrap()
+        .unwrap());
     b.make_tun();
     let f = a.start(true).unwrap();
     f.stop();

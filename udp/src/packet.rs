@@ -161,10 +161,7 @@ mod tests {
 
     #[test]
     fn ipv4_destination() {
-        assert_eq!(
-            destination(&icmp_v4(64)),
-            Ok(IpAddr::from([10, 244, 2, 2]))
-        );
+        assert_eq!(destination(&icmp_v4(64)), Ok(IpAddr::from([10, 244, 2, 2])));
         // Trailing bytes (Ethernet padding, say) are fine.
         let mut padded = icmp_v4(64);
         padded.extend_from_slice(&[0; 6]);
@@ -195,7 +192,10 @@ mod tests {
     #[test]
     fn not_ip() {
         assert_eq!(destination(&[0u8; 64]), Err(Reject::NotIp));
-        assert_eq!(destination(b"XYZ: this is no IP packet at all"), Err(Reject::NotIp));
+        assert_eq!(
+            destination(b"XYZ: this is no IP packet at all"),
+            Err(Reject::NotIp)
+        );
         let mut bad_ihl = icmp_v4(64);
         bad_ihl[0] = 0x44;
         assert_eq!(destination(&bad_ihl), Err(Reject::NotIp));
@@ -209,7 +209,10 @@ mod tests {
         let mut p = icmp_v4(64);
         assert!(decrement_ttl(&mut p));
         assert_eq!(p[8], 63);
-        assert_eq!(u16::from_be_bytes([p[10], p[11]]), ipv4_header_checksum(&p[..20]));
+        assert_eq!(
+            u16::from_be_bytes([p[10], p[11]]),
+            ipv4_header_checksum(&p[..20])
+        );
         let mut one = icmp_v4(1);
         assert!(!decrement_ttl(&mut one));
         assert_eq!(one, icmp_v4(1));

@@ -41,10 +41,7 @@ fn mask128(prefix: u8) -> u128 {
 
 /// Groups `(network, prefix, node)` triples into levels, longest prefix
 /// first; for a subnet given twice the last one wins.
-fn levels<A: Copy + Ord>(
-    mut items: Vec<(u8, A, IpAddr)>,
-    mask: impl Fn(u8) -> A,
-) -> Vec<Level<A>> {
+fn levels<A: Copy + Ord>(mut items: Vec<(u8, A, IpAddr)>, mask: impl Fn(u8) -> A) -> Vec<Level<A>> {
     // Stable sort after reversing keeps the *last* duplicate first, and
     // dedup keeps the first of a run.
     items.reverse();
@@ -204,7 +201,9 @@ mod tests {
             .collect();
         let t = PeerTable::new(&peers);
         for (i, (n, node)) in peers.iter().enumerate() {
-            let IpAddr::V4(a) = n.network() else { unreachable!() };
+            let IpAddr::V4(a) = n.network() else {
+                unreachable!()
+            };
             let inside = Ipv4Addr::from(u32::from(a) + (i as u32 % 256));
             assert_eq!(t.lookup(inside.into()), Some(*node));
             assert!(t.is_peer(*node));

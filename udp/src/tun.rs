@@ -46,17 +46,23 @@ pub fn ensure_tun(name: &str, offload: bool) -> Result<bool, UdpError> {
         tracing::debug!(device = name, "TUN device exists");
         return Ok(false);
     }
-    let dev = builder(name, offload).build_sync().map_err(|source| UdpError::Tun {
-        device: name.to_owned(),
-        context: "cannot create the device",
-        source,
-    })?;
+    let dev = builder(name, offload)
+        .build_sync()
+        .map_err(|source| UdpError::Tun {
+            device: name.to_owned(),
+            context: "cannot create the device",
+            source,
+        })?;
     dev.persist().map_err(|source| UdpError::Tun {
         device: name.to_owned(),
         context: "cannot make the device persistent (TUNSETPERSIST)",
         source,
     })?;
-    tracing::info!(device = name, offload, "created persistent multi-queue TUN device");
+    tracing::info!(
+        device = name,
+        offload,
+        "created persistent multi-queue TUN device"
+    );
     Ok(true)
 }
 
@@ -69,11 +75,13 @@ pub(crate) fn attach(name: &str, offload: bool) -> Result<SyncDevice, UdpError> 
     if !exists(name) {
         return Err(UdpError::NoDevice(name.to_owned()));
     }
-    let dev = builder(name, offload).build_sync().map_err(|source| UdpError::Tun {
-        device: name.to_owned(),
-        context: "cannot attach a queue (is it a multi-queue TUN device?)",
-        source,
-    })?;
+    let dev = builder(name, offload)
+        .build_sync()
+        .map_err(|source| UdpError::Tun {
+            device: name.to_owned(),
+            context: "cannot attach a queue (is it a multi-queue TUN device?)",
+            source,
+        })?;
     dev.set_nonblocking(true).map_err(|source| UdpError::Tun {
         device: name.to_owned(),
         context: "cannot make the queue non-blocking",

@@ -193,7 +193,14 @@ fn on_read(w: &Worker, buf: &mut [u8], arena: &mut [u8], sizes: &mut [usize; MAX
             std::array::from_fn(|_| chunks.next().unwrap_or_default());
         let mut h = hdr;
         h.hdr_len = hdr_len;
-        tun_rs::gso_split(pkt, h, &mut slices[..nslices], &mut sizes[..nslices], 0, is_v6)
+        tun_rs::gso_split(
+            pkt,
+            h,
+            &mut slices[..nslices],
+            &mut sizes[..nslices],
+            0,
+            is_v6,
+        )
     };
     match split {
         Ok(k) => forward_segments(w, arena, seg, &sizes[..k]),
@@ -249,7 +256,10 @@ fn segment_len(pkt: &[u8], hdr: &VirtioNetHdr) -> Option<(u16, usize)> {
     if pkt.len() < hdr_len {
         return None;
     }
-    Some((u16::try_from(hdr_len).ok()?, hdr_len + usize::from(hdr.gso_size)))
+    Some((
+        u16::try_from(hdr_len).ok()?,
+        hdr_len + usize::from(hdr.gso_size),
+    ))
 }
 
 /// Forwards the segments `gso_split` left in `arena` (segment `i` at
@@ -410,7 +420,8 @@ pub(crate) fn rx_loop(w: Worker) {
             let len = meta.len.min(buf.len());
             let stride = if meta.stride == 0 { len } else { meta.stride }.max(1);
             if !table.is_peer(meta.addr.ip()) {
-                w.c().add(C::UnknownSender, len.div_ceil(stride).max(1) as u64);
+                w.c()
+                    .add(C::UnknownSender, len.div_ceil(stride).max(1) as u64);
                 tracing::trace!(sender = %meta.addr, "datagram from an unknown sender");
                 continue;
             }
@@ -513,8 +524,14 @@ mod tests {
             ..hdr
         };
         assert_eq!(segment_len(&pkt, &udp), Some((28, 476)));
-        assert_eq!(segment_len(&pkt, &VirtioNetHdr { gso_size: 0, ..hdr }), None);
-        assert_eq!(segment_len(&pkt, &VirtioNetHdr { gso_type: 3, ..hdr }), None);
+        assert_eq!(
+            segment_len(&pkt, &VirtioNetHdr { gso_size: 0, ..hdr }),
+            None
+        );
+        assert_eq!(
+            segment_len(&pkt, &VirtioNetHdr { gso_type: 3, ..hdr }),
+            None
+        );
         assert_eq!(segment_len(&pkt[..25], &hdr), None);
         pkt[20 + 12] = 2 << 4; // 8-byte TCP header: invalid
         assert_eq!(segment_len(&pkt, &hdr), None);
