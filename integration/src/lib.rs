@@ -6,6 +6,7 @@ pub mod bench_agent;
 pub mod bench_cni;
 pub mod bench_nat;
 pub mod bench_scale;
+pub mod bench_udp;
 pub mod cluster;
 pub mod cni_call;
 pub mod flannel_node;

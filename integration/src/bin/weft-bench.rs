@@ -30,7 +30,10 @@ enum Section {
     /// (memory, arrival lag, one-change latency, API requests, restart, cold
     /// start, idle CPU per NAT mode). Not part of `all` (it takes minutes).
     Scale,
-    /// Every section but `scale`.
+    /// Throughput: TCP (iperf3, 1 and 4 streams) over the UDP backend's
+    /// forwarder against kernel VXLAN. Not part of `all`.
+    Throughput,
+    /// Every section but `scale` and `throughput`.
     All,
 }
 
@@ -74,6 +77,12 @@ struct Args {
     /// Seconds of idle CPU measured per NAT mode in the scale section.
     #[arg(long, default_value_t = 60)]
     idle_secs: u64,
+    /// Seconds per iperf3 run in the throughput section.
+    #[arg(long, default_value_t = 10)]
+    tput_secs: u32,
+    /// iperf3 runs per configuration in the throughput section (best kept).
+    #[arg(long, default_value_t = 2)]
+    tput_runs: usize,
     /// No-op reconciles to time.
     #[arg(long, default_value_t = 20)]
     noops: usize,
@@ -126,6 +135,12 @@ fn main() -> anyhow::Result<()> {
                 idle_secs: args.idle_secs,
             },
         )?;
+    }
+    if args.section == Section::Throughput {
+        weft_integration::bench_udp::run(&weft_integration::bench_udp::ThroughputOptions {
+            secs: args.tput_secs,
+            runs: args.tput_runs,
+        })?;
     }
     if matches!(args.section, Section::Cni | Section::All) {
         let weft_cni = match &args.weft_cni {

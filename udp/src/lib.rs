@@ -1,0 +1,296 @@
+//! weft's UDP backend data plane: flannel's `udp` backend, compatible on the
+//! wire, made fast.
+//!
+//! flannel's wire format: every IP packet the kernel routes into the TUN
+//! device `flannel0` is sent, as the **whole payload** of one UDP datagram
+//! (no header of any kind), from port `Backend.Port` (8285) to the same port
+//! on the public IP of the node whose pod subnet holds the destination; each
+//! datagram received is written to the TUN as one IP packet. Like flannel's
+//! proxy, the forwarder decrements the inner TTL (hop limit) on both sides.
+//!
+//! What makes it fast:
+//! - a multi-queue TUN (`IFF_MULTI_QUEUE`): one queue, one `SO_REUSEPORT`
+//!   socket and two threads (TX, RX) per queue;
+//! - with `offload`, `IFF_VNET_HDR` + `TUNSETOFFLOAD` (TSO/USO): the kernel
+//!   hands over up to 64 KiB TCP super-packets, split here into MTU-sized IP
+//!   packets (each its own datagram, flannel's framing) and sent with one
+//!   `sendmsg` using UDP GSO (`UDP_SEGMENT`); received datagrams come in
+//!   `recvmmsg` batches with UDP GRO, and TCP segments are coalesced into
+//!   GRO super-packets for the TUN (tun-rs' offload module, the way
+//!   wireguard-go does it);
+//! - preallocated buffers per thread, no allocation per packet;
+//! - the peer table is an immutable [`PeerTable`] behind an `ArcSwap`:
+//!   [`ForwarderHandle::set_peers`] swaps it whole, readers never block.
+//!
+//! Drops are counted, never panicked on: unknown subnet, too short, not IP,
+//! unknown sender (a datagram whose source is no peer's public IP — nobody
+//! outside the cluster may inject packets into pods), TTL expired, send and
+//! TUN write errors. See [`Stats`].
+//!
+//! The forwarder does not configure the device (MTU, address, up, route):
+//! the overlay reconciler does, after [`ensure_tun`]. If the device
+//! vanishes the queues notice, the forwarder keeps running and re-attaches
+//! when the device exists again (looking every 100 ms).
+//!
+//! Everything acts in the network namespace of the thread that calls
+//! [`ensure_tun`] / [`Forwarder::start`] (the forwarder's threads inherit
+//! it).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use ipnet::IpNet;
+use quinn_udp::UdpSocketState;
+
+pub mod packet;
+mod sock;
+mod stats;
+pub mod table;
+mod tun;
+mod worker;
+
+pub use packet::Reject;
+pub use stats::Stats;
+pub use table::PeerTable;
+pub use tun::ensure_tun;
+
+use stats::Counters;
+use worker::{Queue, Shared, Worker};
+
+/// flannel's default `Backend.Port` for the UDP backend.
+pub const DEFAULT_PORT: u16 = 8285;
+/// flannel's TUN device name.
+pub const DEFAULT_DEVICE: &str = "flannel0";
+/// Bytes the UDP encapsulation adds (IPv4 + UDP headers): the TUN MTU is the
+/// underlay's minus this.
+pub const UDP_OVERHEAD: u32 = 28;
+
+/// Errors of the forwarder.
+#[derive(Debug, thiserror::Error)]
+pub enum UdpError {
+    /// Another socket holds the UDP port.
+    #[error("UDP port {0} is already in use")]
+    PortInUse(u16),
+    /// Binding the UDP socket failed otherwise.
+    #[error("cannot bind a UDP socket to {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Setting up a UDP socket failed.
+    #[error("UDP socket: {context}: {source}")]
+    Socket {
+        /// What was being done.
+        context: &'static str,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The TUN device does not exist (create it with [`ensure_tun`]).
+    #[error("TUN device {0} does not exist")]
+    NoDevice(String),
+    /// Not a valid interface name.
+    #[error("invalid network device name {0:?}")]
+    InvalidName(String),
+    /// A TUN operation failed.
+    #[error("TUN device {device}: {context}: {source}")]
+    Tun {
+        /// The device.
+        device: String,
+        /// What was being done.
+        context: &'static str,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A worker thread could not be started.
+    #[error("cannot start a forwarder thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// How to run a forwarder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwarderConfig {
+    /// The TUN device, e.g. `flannel0`; it must exist ([`ensure_tun`]).
+    pub device: String,
+    /// Where to bind: the node's public IP (or unspecified) and
+    /// `Backend.Port`. Port 0 picks one (tests).
+    pub bind: SocketAddr,
+    /// TUN queues (each with a socket and two threads); 0 = one per CPU.
+    pub queues: usize,
+    /// Use `IFF_VNET_HDR`/`TUNSETOFFLOAD` (TSO/USO) on the TUN and UDP
+    /// GSO/GRO on the sockets where the kernel has them.
+    pub offload: bool,
+}
+
+impl ForwarderConfig {
+    /// flannel's defaults: `flannel0`, `0.0.0.0:8285`, one queue per CPU,
+    /// offloads on.
+    pub fn flannel_defaults() -> ForwarderConfig {
+        ForwarderConfig {
+            device: DEFAULT_DEVICE.to_owned(),
+            bind: SocketAddr::new(IpAddr::from([0, 0, 0, 0]), DEFAULT_PORT),
+            queues: 0,
+            offload: true,
+        }
+    }
+}
+
+/// The forwarder; see [`Forwarder::start`].
+#[derive(Debug)]
+pub struct Forwarder;
+
+impl Forwarder {
+    /// Binds the sockets, attaches the queues and starts the threads, in the
+    /// calling thread's network namespace. The peer table starts empty.
+    ///
+    /// Errors: [`UdpError::PortInUse`] if the port is taken,
+    /// [`UdpError::NoDevice`] if the device is missing, [`UdpError::Tun`] if
+    /// it cannot be attached (e.g. not a multi-queue TUN device).
+    pub fn start(cfg: ForwarderConfig) -> Result<ForwarderHandle, UdpError> {
+        tun::validate_name(&cfg.device)?;
+        let queues = match cfg.queues {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+        .min(256);
+        if !tun::exists(&cfg.device) {
+            return Err(UdpError::NoDevice(cfg.device));
+        }
+        let sockets = sock::bind_group(cfg.bind, queues)?;
+        let port = sockets
+            .first()
+            .and_then(|s| s.local_addr().ok())
+            .map_or(cfg.bind.port(), |a| a.port());
+        let mut devices = Vec::with_capacity(queues);
+        for _ in 0..queues {
+            devices.push(tun::attach(&cfg.device, cfg.offload)?);
+        }
+        let shared = Arc::new(Shared {
+            table: ArcSwap::from_pointee(PeerTable::default()),
+            stop: Default::default(),
+            device: cfg.device.clone(),
+            offload: cfg.offload,
+            port,
+            v6_socket: cfg.bind.is_ipv6(),
+            counters: (0..2 * queues).map(|_| Counters::default()).collect(),
+        });
+        let mut handle = ForwarderHandle {
+            shared: shared.clone(),
+            threads: Vec::with_capacity(2 * queues),
+            local: SocketAddr::new(cfg.bind.ip(), port),
+        };
+        for (index, (sock, dev)) in sockets.into_iter().zip(devices).enumerate() {
+            let state = UdpSocketState::new((&sock).into()).map_err(|source| UdpError::Socket {
+                context: "cannot configure GSO/GRO",
+                source,
+            })?;
+            if !cfg.offload {
+                // Plain one-datagram-per-packet receive.
+                let _ = nix::sys::socket::setsockopt(
+                    &sock,
+                    nix::sys::socket::sockopt::UdpGroSegment,
+                    &false,
+                );
+            }
+            let state = Arc::new(state);
+            let sock = Arc::new(sock);
+            let queue = Arc::new(Queue {
+                dev: ArcSwapOption::from_pointee(dev),
+            });
+            for (slot, role) in [(2 * index, "tx"), (2 * index + 1, "rx")] {
+                let w = Worker {
+                    shared: shared.clone(),
+                    queue: queue.clone(),
+                    sock: sock.clone(),
+                    state: state.clone(),
+                    slot,
+                    index,
+                };
+                let t = std::thread::Builder::new()
+                    .name(format!("weft-udp-{role}-{index}"))
+                    .spawn(move || {
+                        if role == "tx" {
+                            worker::tx_loop(w)
+                        } else {
+                            worker::rx_loop(w)
+                        }
+                    })
+                    .map_err(UdpError::Thread)?;
+                handle.threads.push(t);
+            }
+        }
+        tracing::info!(
+            device = %cfg.device,
+            bind = %handle.local,
+            queues,
+            offload = cfg.offload,
+            "UDP forwarder started"
+        );
+        Ok(handle)
+    }
+}
+
+/// A running forwarder. Dropping it stops it too.
+#[derive(Debug)]
+pub struct ForwarderHandle {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+    local: SocketAddr,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("device", &self.device)
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ForwarderHandle {
+    /// Replaces the whole peer table: `(pod subnet, node public IP)` pairs.
+    /// Takes effect for the next batch each thread handles; packet threads
+    /// never wait for it.
+    pub fn set_peers(&self, peers: &[(IpNet, IpAddr)]) {
+        let table = PeerTable::new(peers);
+        tracing::debug!(subnets = table.len(), "peer table replaced");
+        self.shared.table.store(Arc::new(table));
+    }
+
+    /// The table in use.
+    pub fn peers(&self) -> Arc<PeerTable> {
+        self.shared.table.load_full()
+    }
+
+    /// Counters since the start.
+    pub fn stats(&self) -> Stats {
+        stats::sum(&self.shared.counters)
+    }
+
+    /// The bound address (with the port actually bound).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Stops the threads (within about 100 ms) and closes the queues and
+    /// sockets. The device stays (it is persistent).
+    pub fn stop(self) {
+        drop(self)
+    }
+}
+
+impl Drop for ForwarderHandle {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            if t.join().is_err() {
+                tracing::error!("a UDP forwarder thread panicked");
+            }
+        }
+        tracing::info!(device = %self.shared.device, "UDP forwarder stopped");
+    }
+}

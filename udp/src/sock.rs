@@ -1,0 +1,81 @@
+//! The UDP sockets: a `SO_REUSEPORT` group on one address, one per queue.
+
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::UdpError;
+
+/// Socket buffer size asked for (with `SO_*BUFFORCE` when allowed, else
+/// capped by the namespace's `rmem_max`/`wmem_max`).
+const BUFFER: usize = 4 << 20;
+
+fn socket(addr: SocketAddr, reuse_port: bool) -> Result<Socket, UdpError> {
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(
+        |source| UdpError::Socket {
+            context: "cannot create",
+            source,
+        },
+    )?;
+    if addr.is_ipv6() {
+        // A [::] socket serves IPv4 peers too (as mapped addresses).
+        let _ = s.set_only_v6(false);
+    }
+    if reuse_port {
+        s.set_reuse_port(true).map_err(|source| UdpError::Socket {
+            context: "cannot set SO_REUSEPORT",
+            source,
+        })?;
+    }
+    Ok(s)
+}
+
+fn bind(s: &Socket, addr: SocketAddr) -> Result<(), UdpError> {
+    s.bind(&addr.into()).map_err(|source| {
+        if source.kind() == io::ErrorKind::AddrInUse {
+            UdpError::PortInUse(addr.port())
+        } else {
+            UdpError::Bind { addr, source }
+        }
+    })
+}
+
+fn buffers(s: &Socket) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let n = BUFFER;
+    if setsockopt(s, sockopt::RcvBufForce, &n).is_err() {
+        let _ = s.set_recv_buffer_size(n);
+    }
+    if setsockopt(s, sockopt::SndBufForce, &n).is_err() {
+        let _ = s.set_send_buffer_size(n);
+    }
+}
+
+/// Binds `n` non-blocking sockets to `addr` with `SO_REUSEPORT`.
+///
+/// First a plain socket (no `SO_REUSEPORT`) is bound and closed, so that a
+/// port someone else holds — even in a reuse-port group of their own — is
+/// reported as [`UdpError::PortInUse`] instead of being silently shared.
+pub(crate) fn bind_group(addr: SocketAddr, n: usize) -> Result<Vec<UdpSocket>, UdpError> {
+    if addr.port() != 0 {
+        let probe = socket(addr, false)?;
+        bind(&probe, addr)?;
+    }
+    let mut out: Vec<UdpSocket> = Vec::with_capacity(n);
+    let mut at = addr;
+    for _ in 0..n.max(1) {
+        let s = socket(at, true)?;
+        bind(&s, at)?;
+        if let Some(local) = s.local_addr().ok().and_then(|a| a.as_socket()) {
+            at = SocketAddr::new(addr.ip(), local.port());
+        }
+        buffers(&s);
+        s.set_nonblocking(true).map_err(|source| UdpError::Socket {
+            context: "cannot make non-blocking",
+            source,
+        })?;
+        out.push(s.into());
+    }
+    Ok(out)
+}
