@@ -84,9 +84,36 @@ fn assert_tables_of(lab: &Lab, backend: Backend, family: Family) {
                         "{at}: {routes}"
                     );
                 }
+                Backend::Udp => {
+                    // No route of its own: the forwarder's table has the peer.
+                    assert!(!routes.contains(&dst), "{at}: {routes}");
+                }
             }
         }
+        if backend == Backend::Udp {
+            assert_flannel0(n, &routes);
+        }
     }
+}
+
+/// flannel's udp device: a TUN `flannel0`, MTU underlay − 28, the subnet's
+/// network address with the cluster's prefix, the cluster network routed
+/// into it (weft's route, `proto 119`).
+fn assert_flannel0(n: &weft_integration::lab::LabNode, routes: &str) {
+    let at = &n.spec.name;
+    assert!(
+        routes.contains("10.244.0.0/16 dev flannel0"),
+        "{at}: {routes}"
+    );
+    let link = n.ns.ip_json(&["-d", "link", "show", "flannel0"]).unwrap();
+    let link = &link[0];
+    assert_eq!(link["mtu"], 1472, "{at}: {link:#}");
+    assert_eq!(link["linkinfo"]["info_kind"], "tun", "{at}: {link:#}");
+    let addr = n.ns.ip(&["-4", "addr", "show", "dev", "flannel0"]).unwrap();
+    assert!(
+        addr.contains(&format!("inet {}/16", n.spec.subnet.network())),
+        "{at}: {addr}"
+    );
 }
 
 /// The node's NAT rules of `family` as the mode lists them (both iptables
@@ -175,7 +202,12 @@ fn combination_with(backend: Backend, nat: NatMode, api: ApiChoice, ip_family: I
 }
 
 fn all_backends(nat: NatMode) {
-    for backend in [Backend::Vxlan, Backend::HostGw, Backend::VxlanDirect] {
+    for backend in [
+        Backend::Vxlan,
+        Backend::HostGw,
+        Backend::VxlanDirect,
+        Backend::Udp,
+    ] {
         combination(backend, nat);
     }
 }

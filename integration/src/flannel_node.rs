@@ -107,6 +107,7 @@ impl FlannelNode {
         match self.backend {
             Backend::HostGw => UNDERLAY_MTU,
             Backend::Vxlan | Backend::VxlanDirect => UNDERLAY_MTU - 50,
+            Backend::Udp => UNDERLAY_MTU - 28,
         }
     }
 
@@ -118,6 +119,7 @@ impl FlannelNode {
         let kind = match self.backend {
             Backend::HostGw => "host-gw",
             Backend::Vxlan | Backend::VxlanDirect => "vxlan",
+            Backend::Udp => "udp",
         };
         let mut out = vec![
             (format!("{PREFIX}/backend-type"), kind.to_string()),
@@ -125,7 +127,7 @@ impl FlannelNode {
         ];
         for &family in self.families {
             let data = match self.backend {
-                Backend::HostGw => "null".to_string(),
+                Backend::HostGw | Backend::Udp => "null".to_string(),
                 Backend::Vxlan | Backend::VxlanDirect => {
                     format!(r#"{{"VNI":1,"VtepMAC":"{}"}}"#, self.mac(family))
                 }
@@ -152,7 +154,7 @@ impl FlannelNode {
         for &family in self.families {
             let own = self.spec.subnet_of(family);
             let network = cluster_network(family);
-            if self.backend != Backend::HostGw {
+            if matches!(self.backend, Backend::Vxlan | Backend::VxlanDirect) {
                 let mtu = self.mtu().to_string();
                 add_device_of(
                     ns,

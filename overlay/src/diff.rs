@@ -7,8 +7,8 @@ use std::fmt;
 use crate::mac::MacAddr;
 use crate::peers::Touched;
 use crate::state::{
-    DeviceSpec, Entries, FdbEntry, Neighbour, Observed, ObservedDevice, OverlayState, Route,
-    VxlanDevice,
+    DeviceSpec, Entries, FdbEntry, LinkSpec, Neighbour, Observed, ObservedDevice, ObservedKind,
+    OverlayState, Route, VxlanDevice,
 };
 
 /// A change to the backend's device.
@@ -240,6 +240,9 @@ fn device_ops(want: &DeviceSpec, have: Option<&ObservedDevice>) -> Vec<DeviceOp>
     };
     let why = match want {
         DeviceSpec::Vxlan(v) => incompatible(v, have),
+        DeviceSpec::Tun(_) => {
+            (have.kind != ObservedKind::Tun).then(|| "not a TUN device".to_string())
+        }
     };
     if let Some(why) = why {
         return vec![DeviceOp::Recreate {
@@ -248,13 +251,11 @@ fn device_ops(want: &DeviceSpec, have: Option<&ObservedDevice>) -> Vec<DeviceOp>
             why,
         }];
     }
-    match want {
-        DeviceSpec::Vxlan(v) => vxlan_ops(v, have),
-    }
+    link_ops(&want.link(), have)
 }
 
-/// In-place changes of an existing VXLAN device.
-fn vxlan_ops(want: &VxlanDevice, have: &ObservedDevice) -> Vec<DeviceOp> {
+/// In-place changes of an existing device of the right kind.
+fn link_ops(want: &LinkSpec, have: &ObservedDevice) -> Vec<DeviceOp> {
     let mut ops = Vec::new();
     if have.mtu != want.mtu {
         ops.push(DeviceOp::SetMtu(want.mtu));

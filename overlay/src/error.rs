@@ -114,4 +114,12 @@ pub enum KernelError {
     /// The overlay device vanished while it was being programmed.
     #[error("overlay device {0:?} is missing")]
     NoDevice(String),
+    /// A TUN device could not be made.
+    #[error("cannot make TUN device {device}: {reason}")]
+    Tun {
+        /// Its name.
+        device: String,
+        /// Why.
+        reason: String,
+    },
 }

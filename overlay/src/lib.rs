@@ -26,8 +26,9 @@ pub mod reconciler;
 pub mod state;
 
 pub use backend::{
-    Backend, BackendConfig, HostGw, VxlanBackendData, VxlanConfig, DEFAULT_VNI, DEFAULT_VXLAN_PORT,
-    VXLAN6_HEADROOM, VXLAN_OVERHEAD,
+    Backend, BackendConfig, DataPlane, HostGw, UdpConfig, VxlanBackendData, VxlanConfig,
+    DEFAULT_UDP_PORT, DEFAULT_VNI, DEFAULT_VXLAN_PORT, TUN_DEVICE, UDP_OVERHEAD, VXLAN6_HEADROOM,
+    VXLAN_OVERHEAD,
 };
 pub use desired::{desired, Desired};
 pub use diff::{diff, plan, Changes, DeviceOp, Plan};
@@ -39,6 +40,6 @@ pub use model::{Lease, LocalNode, OverlayConfig, UnderlayFacts};
 pub use peers::{Peers, Touched};
 pub use reconciler::{Input, Options, Reconciler, ReconcilerHandle, Report, Stats};
 pub use state::{
-    Dev, DeviceSpec, Entries, FdbEntry, Neighbour, Observed, ObservedDevice, ObservedKind,
-    OverlayState, Route, VxlanDevice, VxlanParams, ROUTE_PROTOCOL,
+    Dev, DeviceSpec, Entries, FdbEntry, Forward, LinkSpec, Neighbour, Observed, ObservedDevice,
+    ObservedKind, OverlayState, Route, TunDevice, VxlanDevice, VxlanParams, ROUTE_PROTOCOL,
 };

@@ -67,7 +67,9 @@ impl Touched {
 
     /// The keys of one peer's entries.
     fn add_peer(&mut self, peer: &PeerEntries) {
-        self.routes.insert(peer.route.dst);
+        if let Some(r) = &peer.route {
+            self.routes.insert(r.dst);
+        }
         if let Some(n) = &peer.neighbour {
             self.neighbours.insert(n.ip);
         }
@@ -122,7 +124,7 @@ impl Peers {
     /// [`set_underlay`](Self::set_underlay)).
     pub fn new(config: OverlayConfig, local: LocalNode, underlay: Option<UnderlayFacts>) -> Peers {
         let backend = config.backend.clone();
-        Peers {
+        let mut peers = Peers {
             config,
             local,
             underlay,
@@ -135,7 +137,9 @@ impl Peers {
             rejected: BTreeMap::new(),
             blocked: BTreeMap::new(),
             rebuilds: 0,
-        }
+        };
+        peers.put_device_routes();
+        peers
     }
 
     /// The desired per-peer entries.
@@ -306,6 +310,7 @@ impl Peers {
         self.taken.clear();
         self.macs.clear();
         self.entries = Entries::default();
+        self.put_device_routes();
         self.rejected.clear();
         self.blocked.clear();
         let mut order: Vec<(u64, Arc<str>)> = self
@@ -325,6 +330,17 @@ impl Peers {
         Touched::everything()
     }
 
+    /// The routes the backend's device needs (kept through every rebuild).
+    fn put_device_routes(&mut self) {
+        for r in self
+            .backend
+            .backend()
+            .device_routes(&self.local, self.config.network)
+        {
+            self.entries.put_route(r);
+        }
+    }
+
     /// Takes a node's accepted entries out of the indexes and the desired
     /// entries (the peer itself stays); true when that may let a lease that
     /// conflicted with it in (a rebuild is then due).
@@ -338,7 +354,12 @@ impl Peers {
             return false;
         };
         self.taken.remove(&span(peer.lease.subnet).0);
-        self.entries.routes.remove(&entries.route.dst);
+        if let Some(r) = &entries.route {
+            self.entries.routes.remove(&r.dst);
+        }
+        if let Some(f) = &entries.forward {
+            self.entries.forwards.remove(&f.subnet);
+        }
         if let Some(n) = &entries.neighbour {
             self.entries.neighbours.remove(&n.ip);
         }
@@ -398,7 +419,12 @@ impl Peers {
                         seq,
                     },
                 );
-                self.entries.put_route(entries.route);
+                if let Some(r) = entries.route {
+                    self.entries.put_route(r);
+                }
+                if let Some(f) = entries.forward {
+                    self.entries.put_forward(f);
+                }
                 if let Some(n) = entries.neighbour {
                     self.entries.put_neighbour(n);
                 }

@@ -15,18 +15,21 @@
 //! lookups and its writes, and a restart on a programmed node costs no write
 //! at all.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
+use ipnet::IpNet;
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::neighbour::{NeighbourAttribute, NeighbourMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
+use crate::backend::DataPlane;
 use crate::diff::plan;
 use crate::error::{KernelError, LeaseError};
 use crate::kernel::monitor::Events;
@@ -34,7 +37,7 @@ use crate::kernel::{self, Kernel, Scope};
 use crate::mac::MacAddr;
 use crate::model::{Lease, LocalNode, OverlayConfig};
 use crate::peers::{Peers, Touched};
-use crate::state::Observed;
+use crate::state::{Forward, Observed};
 
 /// Everything the desired state is computed from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -215,6 +218,10 @@ pub struct Reconciler {
     peers: Peers,
     /// Keys that may differ between the desired state and the view.
     pending: Touched,
+    /// The backend's userspace data plane, if it has one, and the table it
+    /// was last given.
+    data_plane: Option<Box<dyn DataPlane>>,
+    forwarded: BTreeMap<IpNet, Forward>,
 }
 
 impl Reconciler {
@@ -226,6 +233,11 @@ impl Reconciler {
     ) -> Result<(Reconciler, ReconcilerHandle), KernelError> {
         let kernel = Kernel::connect()?;
         let events = kernel::monitor::subscribe(input.config.network)?;
+        let data_plane = input
+            .config
+            .backend
+            .backend()
+            .data_plane(&input.local, input.config.network)?;
         let (inbox_tx, inbox_rx) = mpsc::unbounded_channel();
         // Generation 1: placed once the first pass knows the underlay.
         let mut peers = Peers::new(input.config, input.local, None);
@@ -260,6 +272,8 @@ impl Reconciler {
             facts_valid: false,
             peers,
             pending: Touched::everything(),
+            data_plane,
+            forwarded: BTreeMap::new(),
         };
         Ok((reconciler, handle))
     }
@@ -514,6 +528,7 @@ impl Reconciler {
             .rebuilds
             .store(self.peers.rebuilds(), Ordering::Relaxed);
         report.rejected = self.peers.rejected();
+        self.feed_data_plane();
         let want_device = self.peers.device();
         let plan = plan(
             want_device.as_ref(),
@@ -549,6 +564,22 @@ impl Reconciler {
             self.scope = Some(after);
         }
         Ok(report)
+    }
+}
+
+impl Reconciler {
+    /// Gives the data plane the peers' table when it changed (a peer removed
+    /// stops being forwarded to at once: the table is swapped whole).
+    fn feed_data_plane(&mut self) {
+        let Some(dp) = &self.data_plane else {
+            return;
+        };
+        let want = &self.peers.entries().forwards;
+        if *want != self.forwarded {
+            let table: Vec<Forward> = want.values().copied().collect();
+            dp.set_peers(&table);
+            self.forwarded = want.clone();
+        }
     }
 }
 

@@ -60,7 +60,18 @@ pub struct FdbEntry {
     pub dst: IpAddr,
 }
 
-/// Per-peer kernel objects, keyed the way the kernel keys them.
+/// A peer subnet a userspace forwarder sends to the peer's node (the UDP
+/// backend): not a kernel object, the forwarder's table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Forward {
+    /// The peer's pod subnet.
+    pub subnet: IpNet,
+    /// The peer's node address.
+    pub to: IpAddr,
+}
+
+/// Per-peer kernel objects, keyed the way the kernel keys them (and the
+/// forwarder's table, keyed by subnet).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Entries {
     /// Routes by destination.
@@ -69,15 +80,17 @@ pub struct Entries {
     pub neighbours: BTreeMap<IpAddr, Neighbour>,
     /// FDB entries on the overlay device by MAC.
     pub fdb: BTreeMap<MacAddr, FdbEntry>,
+    /// A userspace forwarder's peers by subnet (the UDP backend).
+    pub forwards: BTreeMap<IpNet, Forward>,
 }
 
 impl Entries {
-    /// Number of objects in all three tables.
+    /// Number of kernel objects in the three kernel tables.
     pub fn len(&self) -> usize {
         self.routes.len() + self.neighbours.len() + self.fdb.len()
     }
 
-    /// True when all three tables are empty.
+    /// True when all three kernel tables are empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -97,6 +110,11 @@ impl Entries {
         self.fdb.insert(f.mac, f);
     }
 
+    /// Records a forwarder entry.
+    pub fn put_forward(&mut self, f: Forward) {
+        self.forwards.insert(f.subnet, f);
+    }
+
     /// Forgets everything that lives on the overlay device (it is gone or being recreated).
     pub fn forget_overlay(&mut self) {
         self.neighbours.clear();
@@ -110,6 +128,8 @@ impl Entries {
 pub enum DeviceSpec {
     /// A VXLAN device (`flannel.<VNI>`).
     Vxlan(VxlanDevice),
+    /// A TUN device (`flannel0`, the UDP backend's).
+    Tun(TunDevice),
 }
 
 impl DeviceSpec {
@@ -117,6 +137,25 @@ impl DeviceSpec {
     pub fn name(&self) -> &str {
         match self {
             DeviceSpec::Vxlan(v) => &v.name,
+            DeviceSpec::Tun(t) => &t.name,
+        }
+    }
+
+    /// What every kind has: MTU, MAC to keep, address, cluster network.
+    pub fn link(&self) -> LinkSpec {
+        match self {
+            DeviceSpec::Vxlan(v) => LinkSpec {
+                mtu: v.mtu,
+                mac: v.mac,
+                address: v.address,
+                network: v.network,
+            },
+            DeviceSpec::Tun(t) => LinkSpec {
+                mtu: t.mtu,
+                mac: None,
+                address: t.address,
+                network: t.network,
+            },
         }
     }
 
@@ -124,6 +163,7 @@ impl DeviceSpec {
     pub fn vxlan(&self) -> Option<&VxlanDevice> {
         match self {
             DeviceSpec::Vxlan(v) => Some(v),
+            DeviceSpec::Tun(_) => None,
         }
     }
 
@@ -131,8 +171,38 @@ impl DeviceSpec {
     pub fn vxlan_mut(&mut self) -> Option<&mut VxlanDevice> {
         match self {
             DeviceSpec::Vxlan(v) => Some(v),
+            DeviceSpec::Tun(_) => None,
         }
     }
+}
+
+/// The link-level settings every device kind has, fixed in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkSpec {
+    /// MTU.
+    pub mtu: u32,
+    /// The MAC to keep, if any.
+    pub mac: Option<MacAddr>,
+    /// The one address inside the cluster network.
+    pub address: IpNet,
+    /// The cluster network: other addresses inside it are stale.
+    pub network: IpNet,
+}
+
+/// The UDP backend's TUN device as weft wants it (flannel's `flannel0`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunDevice {
+    /// `flannel0`.
+    pub name: String,
+    /// Underlay MTU − 28 (IPv4 + UDP headers).
+    pub mtu: u32,
+    /// The own subnet's network address with the cluster network's
+    /// prefix (`10.244.1.0/16`): the kernel routes the network into it.
+    pub address: IpNet,
+    /// The cluster network.
+    pub network: IpNet,
+    /// Made with the virtio-net header, for segmentation offloads.
+    pub offload: bool,
 }
 
 /// The VXLAN device as weft wants it.
@@ -183,6 +253,8 @@ pub struct ObservedDevice {
 pub enum ObservedKind {
     /// A VXLAN device.
     Vxlan(VxlanParams),
+    /// A TUN device.
+    Tun,
     /// Anything else (a device of the configured name weft did not make).
     Other,
 }
@@ -207,7 +279,7 @@ impl ObservedDevice {
     pub fn vxlan(&self) -> Option<&VxlanParams> {
         match &self.kind {
             ObservedKind::Vxlan(v) => Some(v),
-            ObservedKind::Other => None,
+            ObservedKind::Tun | ObservedKind::Other => None,
         }
     }
 
@@ -215,7 +287,7 @@ impl ObservedDevice {
     pub fn vxlan_mut(&mut self) -> Option<&mut VxlanParams> {
         match &mut self.kind {
             ObservedKind::Vxlan(v) => Some(v),
-            ObservedKind::Other => None,
+            ObservedKind::Tun | ObservedKind::Other => None,
         }
     }
 }

@@ -133,6 +133,15 @@ impl NetConf {
         }
         // The backend reads its own section.
         let backend = backend::parse(file.get("Backend").map(|(_, v)| v), &mut ignored)?;
+        if ipv6_network.is_some() && !backend.backend().supports(Family::V6) {
+            return Err(err(
+                "EnableIPv6",
+                format!(
+                    "the {} backend carries IPv4 only (as flannel's); use vxlan or host-gw for IPv6",
+                    backend.kind()
+                ),
+            ));
+        }
         Ok(NetConf {
             network,
             ipv6_network,

@@ -32,6 +32,8 @@ enum BackendArg {
     HostGw,
     /// VXLAN with DirectRouting: plain routes to peers on the same L2 network.
     VxlanDirect,
+    /// flannel's UDP backend: flannel0 and weft's forwarder (IPv4).
+    Udp,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -176,6 +178,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         BackendArg::Vxlan => Backend::Vxlan,
         BackendArg::HostGw => Backend::HostGw,
         BackendArg::VxlanDirect => Backend::VxlanDirect,
+        BackendArg::Udp => Backend::Udp,
     };
     let nat = match args.nat {
         NatArg::IptablesLegacy => NatMode::IptablesLegacy,
@@ -401,7 +404,11 @@ fn seed_tables(
     shell(&pod.ns, &["ip", flag, "route", "get", &outside]);
     section(&format!("2. Node routing table ({name}, {family})"));
     shell(&node.ns, &["ip", flag, "route"]);
-    if backend != Backend::HostGw {
+    if backend == Backend::Udp {
+        section(&format!("3. The TUN device ({name})"));
+        shell(&node.ns, &["ip", "-d", "link", "show", "flannel0"]);
+        shell(&node.ns, &["ip", "addr", "show", "dev", "flannel0"]);
+    } else if backend != Backend::HostGw {
         section(&format!(
             "3. Static neighbours for next hops ({name}, {family})"
         ));
@@ -569,6 +576,17 @@ fn walk(lab: &Lab, backend: Backend) {
             c.spec.name
         );
         shell(&c.ns, &["ip", "link", "show", device]);
+    } else if backend == Backend::Udp {
+        println!(
+            "3. The network's route sends it into flannel0; weft's forwarder finds {}'s subnet in its table and sends the packet, unchanged, as one UDP datagram to {}:8285:",
+            c.spec.name, c.spec.ip
+        );
+        shell(&a.ns, &["ip", "-d", "link", "show", "flannel0"]);
+        println!(
+            "4. {}'s forwarder, hearing a known peer, writes it into its flannel0:",
+            c.spec.name
+        );
+        shell(&c.ns, &["ip", "link", "show", "flannel0"]);
     } else {
         println!(
             "3. No encapsulation: the next hop is {}'s own address on the underlay.",
@@ -577,10 +595,10 @@ fn walk(lab: &Lab, backend: Backend) {
     }
     println!(
         "6. {}, its destination is looked up on {}:",
-        if backend == Backend::Vxlan {
-            "Decapsulated"
-        } else {
-            "Arrived"
+        match backend {
+            Backend::Vxlan => "Decapsulated",
+            Backend::Udp => "Out of flannel0",
+            _ => "Arrived",
         },
         c.spec.name
     );

@@ -102,6 +102,8 @@ pub enum Backend {
     HostGw,
     /// VXLAN with DirectRouting.
     VxlanDirect,
+    /// UDP: flannel0 and weft's forwarder.
+    Udp,
 }
 
 impl Backend {
@@ -111,7 +113,14 @@ impl Backend {
             Backend::Vxlan => r#"{"Type":"vxlan"}"#,
             Backend::HostGw => r#"{"Type":"host-gw"}"#,
             Backend::VxlanDirect => r#"{"Type":"vxlan","DirectRouting":true}"#,
+            Backend::Udp => r#"{"Type":"udp"}"#,
         }
+    }
+
+    /// Whether every peer has a route of its own (not UDP: one route of the
+    /// whole network into flannel0, the forwarder picks the peer).
+    pub fn routes_per_peer(self) -> bool {
+        self != Backend::Udp
     }
 }
 
@@ -246,6 +255,12 @@ impl Lab {
             ip_family,
         } = *spec;
         let families = ip_family.families();
+        if backend == Backend::Udp && ip_family != IpFamily::Ipv4 {
+            bail!("the udp backend carries IPv4 only (as flannel's): --ip-family ipv4");
+        }
+        if backend == Backend::Udp && !flannel.is_empty() {
+            bail!("no flannel-made udp node: flannel's udp proxy is C code weft cannot run here");
+        }
         let switch = Switch::new("lab-sw")?;
         switch.add_addr("br0", &format!("{API_IP}/16"))?;
         let dir = tempfile::Builder::new().prefix("weft-lab-").tempdir()?;
@@ -568,6 +583,11 @@ impl Lab {
                     let routes =
                         n.ns.ip(&[flag, "route", "show", "proto", "119"])
                             .unwrap_or_default();
+                    if !self.backend.routes_per_peer() {
+                        // One route of the network into flannel0.
+                        return routes
+                            .contains(&format!("{} dev flannel0", cluster_network(family)));
+                    }
                     self.nodes
                         .iter()
                         .filter(|o| o.spec.name != n.spec.name)

@@ -14,6 +14,7 @@
 
 mod host_gw;
 mod section;
+mod udp;
 mod vxlan;
 
 use std::any::Any;
@@ -25,6 +26,7 @@ use serde_json::Value;
 
 pub use host_gw::HostGw;
 pub use section::{Section, SectionError};
+pub use udp::{UdpConfig, DEFAULT_UDP_PORT, TUN_DEVICE, UDP_OVERHEAD};
 pub use vxlan::{
     VxlanBackendData, VxlanConfig, DEFAULT_VNI, DEFAULT_VXLAN_PORT, VXLAN6_HEADROOM, VXLAN_OVERHEAD,
 };
@@ -33,12 +35,18 @@ use crate::error::LeaseFault;
 use crate::family::Family;
 use crate::mac::MacAddr;
 use crate::model::{Lease, LocalNode, UnderlayFacts};
-use crate::state::{DeviceSpec, FdbEntry, Neighbour, Route};
+use crate::state::{DeviceSpec, FdbEntry, Forward, Neighbour, Route};
 
 /// A data plane for pod traffic between nodes (see the module docs).
 pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// The `backend-type` this backend publishes and accepts (`vxlan`).
     fn kind(&self) -> &'static str;
+
+    /// Whether it carries pods of `family` (flannel: only vxlan, host-gw
+    /// and wireguard do IPv6).
+    fn supports(&self, _family: Family) -> bool {
+        true
+    }
 
     /// The name of the device it makes for the cluster network's family
     /// (`flannel.1`, `flannel-v6.1`), if any: the kernel is watched for a
@@ -65,6 +73,23 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// the peers' entries stay valid across restarts, flannel #1795).
     fn restore_mac(&self, own_backend_data: &str) -> Option<MacAddr>;
 
+    /// Routes the device itself needs, whatever the peers (the UDP
+    /// backend's route of the whole cluster network into `flannel0`).
+    fn device_routes(&self, _local: &LocalNode, _network: IpNet) -> Vec<Route> {
+        Vec::new()
+    }
+
+    /// A userspace data plane to run beside the kernel's, fed the
+    /// peers' [`Forward`] entries (the UDP backend's forwarder); `None` for
+    /// backends the kernel carries alone.
+    fn data_plane(
+        &self,
+        _local: &LocalNode,
+        _network: IpNet,
+    ) -> Result<Option<Box<dyn DataPlane>>, crate::error::KernelError> {
+        Ok(None)
+    }
+
     /// What one peer needs. An `Err` names the field at fault.
     fn peer(
         &self,
@@ -77,6 +102,13 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
 
     /// The same backend with the same configuration.
     fn same(&self, other: &dyn Backend) -> bool;
+}
+
+/// A backend's userspace data plane (see [`Backend::data_plane`]). Dropping
+/// it stops it.
+pub trait DataPlane: Send {
+    /// The whole table of peers, replacing the last one.
+    fn set_peers(&self, peers: &[Forward]);
 }
 
 /// `same` for a backend whose configuration is its value.
@@ -133,11 +165,14 @@ pub struct Registration {
 }
 
 /// Every backend weft has.
-pub const REGISTRY: &[Registration] = &[vxlan::REGISTRATION, host_gw::REGISTRATION];
+pub const REGISTRY: &[Registration] = &[
+    vxlan::REGISTRATION,
+    host_gw::REGISTRATION,
+    udp::REGISTRATION,
+];
 
 /// flannel's backends that weft does not have (refused by name).
 const FLANNEL_ONLY: &[&str] = &[
-    "udp",
     "ipip",
     "wireguard",
     "ipsec",
@@ -203,16 +238,19 @@ fn report_unknown(section: &Section<'_>, kind: &str, known: &[&str], ignored: &m
     }
 }
 
-/// The kernel objects one peer needs: a route, and with VXLAN encapsulation
-/// a neighbour and an FDB entry.
+/// What one peer needs: a route, and with VXLAN encapsulation a neighbour
+/// and an FDB entry; or, with a userspace forwarder (UDP), an entry in its
+/// table instead of a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerEntries {
     /// The route to the peer's subnet.
-    pub route: Route,
+    pub route: Option<Route>,
     /// The PERMANENT neighbour for the route's gateway (VXLAN only).
     pub neighbour: Option<Neighbour>,
     /// The FDB entry for the peer's VTEP (VXLAN only).
     pub fdb: Option<FdbEntry>,
+    /// The forwarder's entry (UDP only).
+    pub forward: Option<Forward>,
 }
 
 impl PeerEntries {
@@ -220,15 +258,16 @@ impl PeerEntries {
     /// (host-gw, and VXLAN DirectRouting for peers on the same L2 network).
     pub fn direct(lease: &Lease) -> PeerEntries {
         PeerEntries {
-            route: Route {
+            route: Some(Route {
                 dst: lease.subnet,
                 via: lease.public_ip,
                 dev: crate::state::Dev::Underlay,
                 onlink: false,
                 protocol: crate::state::ROUTE_PROTOCOL,
-            },
+            }),
             neighbour: None,
             fdb: None,
+            forward: None,
         }
     }
 }

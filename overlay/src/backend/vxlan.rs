@@ -287,13 +287,13 @@ impl Backend for VxlanConfig {
         }
         let gateway = lease.subnet.network();
         Ok(PeerEntries {
-            route: Route {
+            route: Some(Route {
                 dst: lease.subnet,
                 via: gateway,
                 dev: Dev::Overlay,
                 onlink: true,
                 protocol: ROUTE_PROTOCOL,
-            },
+            }),
             neighbour: Some(Neighbour {
                 ip: gateway,
                 mac: data.vtep_mac,
@@ -302,6 +302,7 @@ impl Backend for VxlanConfig {
                 mac: data.vtep_mac,
                 dst: lease.public_ip,
             }),
+            forward: None,
         })
     }
 

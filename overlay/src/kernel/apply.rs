@@ -193,6 +193,7 @@ impl Kernel {
     async fn create_device(&self, d: &DeviceSpec) -> Result<u32, KernelError> {
         match d {
             DeviceSpec::Vxlan(v) => self.create_vxlan(v).await,
+            DeviceSpec::Tun(t) => self.create_tun(t).await,
         }
     }
 
@@ -289,13 +290,16 @@ fn route_message(r: &Route, scope: &Scope) -> RouteMessage {
     let protocol = RouteProtocol::from(r.protocol);
     // One family per route (weft never mixes them; a mixed one is sent
     // without its gateway, and the kernel refuses it by name).
-    match (r.dst, r.via) {
+    // An unspecified gateway: a device route (the UDP backend's network
+    // route into flannel0).
+    let gateway = (!r.via.is_unspecified()).then_some(r.via);
+    match (r.dst, gateway) {
         (IpNet::V4(dst), via) => {
             let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
                 .destination_prefix(dst.network(), dst.prefix_len())
                 .output_interface(oif)
                 .protocol(protocol);
-            if let IpAddr::V4(gw) = via {
+            if let Some(IpAddr::V4(gw)) = via {
                 b = b.gateway(gw);
             }
             if r.onlink {
@@ -308,7 +312,7 @@ fn route_message(r: &Route, scope: &Scope) -> RouteMessage {
                 .destination_prefix(dst.network(), dst.prefix_len())
                 .output_interface(oif)
                 .protocol(protocol);
-            if let IpAddr::V6(gw) = via {
+            if let Some(IpAddr::V6(gw)) = via {
                 b = b.gateway(gw);
             }
             if r.onlink {

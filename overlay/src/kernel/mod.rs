@@ -12,6 +12,7 @@
 pub mod apply;
 pub mod monitor;
 pub mod observe;
+pub mod tun;
 pub mod vxlan;
 
 use std::net::IpAddr;

@@ -110,6 +110,9 @@ fn observed_device(link: &LinkMessage) -> ObservedDevice {
             LinkAttribute::LinkInfo(infos) if infos.contains(&LinkInfo::Kind(InfoKind::Vxlan)) => {
                 dev.kind = ObservedKind::Vxlan(super::vxlan::params(infos).unwrap_or_default());
             }
+            LinkAttribute::LinkInfo(infos) if infos.contains(&LinkInfo::Kind(InfoKind::Tun)) => {
+                dev.kind = ObservedKind::Tun;
+            }
             _ => {}
         }
     }

@@ -1,0 +1,192 @@
+//! udp: flannel's UDP backend. A TUN device `flannel0` (the own subnet's
+//! network address with the cluster network's prefix, MTU = underlay − 28)
+//! takes the whole cluster network; a userspace forwarder (`weft-udp`)
+//! sends each IP packet, unchanged, as one UDP datagram to the peer node's
+//! address on `Backend.Port` (8285), flannel's wire format, and writes what
+//! it receives from known peers back into the device. The kernel holds no
+//! per-peer entry: each peer is a line of the forwarder's table. IPv4 only,
+//! as flannel's. `backend-data` is `null`.
+
+use std::any::Any;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use ipnet::IpNet;
+
+use super::{
+    report_unknown, same_as, Backend, BackendConfig, DataPlane, PeerEntries, Registration, Section,
+    SectionError,
+};
+use crate::error::{KernelError, LeaseFault};
+use crate::family::Family;
+use crate::mac::MacAddr;
+use crate::model::{Lease, LocalNode, UnderlayFacts};
+use crate::state::{Dev, DeviceSpec, Forward, Route, TunDevice, ROUTE_PROTOCOL};
+
+/// flannel's UDP port.
+pub const DEFAULT_UDP_PORT: u16 = 8285;
+/// What the encapsulation costs over IPv4: the outer IP (20) and UDP (8) headers.
+pub const UDP_OVERHEAD: u32 = 28;
+/// flannel's TUN device.
+pub const TUN_DEVICE: &str = "flannel0";
+
+/// The udp backend: `Backend.Port`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpConfig {
+    /// `Port` (default 8285).
+    pub port: u16,
+}
+
+impl Default for UdpConfig {
+    fn default() -> Self {
+        UdpConfig {
+            port: DEFAULT_UDP_PORT,
+        }
+    }
+}
+
+/// `"Type": "udp"`.
+pub(super) const REGISTRATION: Registration = Registration { kind: "udp", parse };
+
+fn parse(b: &Section<'_>, ignored: &mut Vec<String>) -> Result<BackendConfig, SectionError> {
+    let mut c = UdpConfig::default();
+    if let Some(port) = b.number("Port")? {
+        c.port = match port {
+            0 => DEFAULT_UDP_PORT,
+            p => u16::try_from(p).map_err(|_| b.error("Port", format!("{p} is not a UDP port")))?,
+        };
+    }
+    report_unknown(b, "udp", &["Type", "Port"], ignored);
+    Ok(BackendConfig::from(c))
+}
+
+impl From<UdpConfig> for BackendConfig {
+    fn from(b: UdpConfig) -> BackendConfig {
+        BackendConfig::new(b)
+    }
+}
+
+impl Backend for UdpConfig {
+    fn kind(&self) -> &'static str {
+        "udp"
+    }
+
+    fn supports(&self, family: Family) -> bool {
+        family == Family::V4
+    }
+
+    fn device_name(&self, _: IpNet) -> Option<String> {
+        Some(TUN_DEVICE.to_string())
+    }
+
+    fn device(
+        &self,
+        local: &LocalNode,
+        underlay: &UnderlayFacts,
+        network: IpNet,
+    ) -> Option<DeviceSpec> {
+        Some(DeviceSpec::Tun(TunDevice {
+            name: TUN_DEVICE.to_string(),
+            mtu: self.mtu(underlay.mtu, Family::of_net(&network)),
+            address: IpNet::new(local.subnet.network(), network.prefix_len()).unwrap_or(network),
+            network,
+            offload: true,
+        }))
+    }
+
+    fn mtu(&self, underlay_mtu: u32, family: Family) -> u32 {
+        let overhead = match family {
+            Family::V4 => UDP_OVERHEAD,
+            Family::V6 => UDP_OVERHEAD + 20,
+        };
+        underlay_mtu.saturating_sub(overhead)
+    }
+
+    fn backend_data(&self, _: Option<MacAddr>) -> Option<String> {
+        Some("null".into())
+    }
+
+    fn restore_mac(&self, _: &str) -> Option<MacAddr> {
+        None
+    }
+
+    fn device_routes(&self, _: &LocalNode, network: IpNet) -> Vec<Route> {
+        let none = match network {
+            IpNet::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            IpNet::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        };
+        vec![Route {
+            dst: network,
+            via: none,
+            dev: Dev::Overlay,
+            onlink: false,
+            protocol: ROUTE_PROTOCOL,
+        }]
+    }
+
+    fn data_plane(
+        &self,
+        local: &LocalNode,
+        _network: IpNet,
+    ) -> Result<Option<Box<dyn DataPlane>>, KernelError> {
+        let config = weft_udp::ForwarderConfig {
+            device: TUN_DEVICE.to_string(),
+            bind: SocketAddr::new(local.public_ip, self.port),
+            queues: 0,
+            offload: true,
+        };
+        let tun_error = |e: weft_udp::UdpError| KernelError::Tun {
+            device: TUN_DEVICE.to_string(),
+            reason: e.to_string(),
+        };
+        // The forwarder attaches to the device: make it first (persistent;
+        // the reconciler sets its MTU, address, state and route, and makes
+        // it again if someone deletes it, the forwarder then re-attaches).
+        weft_udp::ensure_tun(TUN_DEVICE, config.offload).map_err(tun_error)?;
+        let forwarder = weft_udp::Forwarder::start(config).map_err(tun_error)?;
+        Ok(Some(Box::new(Forwarder(Some(forwarder)))))
+    }
+
+    fn peer(
+        &self,
+        lease: &Lease,
+        _: &UnderlayFacts,
+    ) -> Result<PeerEntries, (&'static str, LeaseFault)> {
+        Ok(PeerEntries {
+            route: None,
+            neighbour: None,
+            fdb: None,
+            forward: Some(Forward {
+                subnet: lease.subnet,
+                to: lease.public_ip,
+            }),
+        })
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn same(&self, other: &dyn Backend) -> bool {
+        same_as(self, other)
+    }
+}
+
+/// The forwarder as the reconciler's data plane; stopped when dropped.
+struct Forwarder(Option<weft_udp::ForwarderHandle>);
+
+impl DataPlane for Forwarder {
+    fn set_peers(&self, peers: &[Forward]) {
+        if let Some(f) = &self.0 {
+            let table: Vec<(IpNet, IpAddr)> = peers.iter().map(|p| (p.subnet, p.to)).collect();
+            f.set_peers(&table);
+        }
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f.stop();
+        }
+    }
+}

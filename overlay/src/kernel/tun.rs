@@ -1,0 +1,39 @@
+//! The TUN device (the UDP backend's `flannel0`): made persistent through
+//! `/dev/net/tun` (TUN devices cannot be made over rtnetlink), so it, its
+//! address and its route outlive a restarted agent; then set like any link.
+
+use super::{req, Kernel};
+use crate::error::KernelError;
+use crate::state::TunDevice;
+
+impl Kernel {
+    pub(crate) async fn create_tun(&self, d: &TunDevice) -> Result<u32, KernelError> {
+        weft_udp::ensure_tun(&d.name, d.offload).map_err(|e| KernelError::Tun {
+            device: d.name.clone(),
+            reason: e.to_string(),
+        })?;
+        let link = self
+            .link_by_name(&d.name)
+            .await?
+            .ok_or_else(|| KernelError::NoDevice(d.name.clone()))?;
+        let ifindex = link.header.index;
+        let set = rtnetlink::LinkUnspec::new_with_index(ifindex)
+            .mtu(d.mtu)
+            .up()
+            .build();
+        self.handle
+            .link()
+            .set(set)
+            .execute()
+            .await
+            .map_err(req(format!("set {} mtu {} up", d.name, d.mtu)))?;
+        self.handle
+            .address()
+            .add(ifindex, d.address.addr(), d.address.prefix_len())
+            .replace()
+            .execute()
+            .await
+            .map_err(req(format!("add address {}", d.address)))?;
+        Ok(ifindex)
+    }
+}
