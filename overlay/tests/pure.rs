@@ -111,24 +111,26 @@ fn direct_route(dst: &str, via: &str) -> Route {
 /// Observed state equal to a desired one, with the device as the kernel would report it.
 fn programmed(want: &OverlayState) -> Observed {
     Observed {
-        device: want
-            .device
-            .as_ref()
-            .and_then(DeviceSpec::vxlan)
-            .map(|d| ObservedDevice {
+        device: want.device.as_ref().map(|d| {
+            let link = d.link();
+            ObservedDevice {
                 ifindex: 7,
-                kind: ObservedKind::Vxlan(VxlanParams {
-                    vni: Some(d.vni),
-                    local: Some(d.local),
-                    port: Some(d.port),
-                    underlay: Some(d.underlay),
-                    learning: Some(d.learning),
-                }),
-                mtu: d.mtu,
+                kind: match d {
+                    DeviceSpec::Vxlan(d) => ObservedKind::Vxlan(VxlanParams {
+                        vni: Some(d.vni),
+                        local: Some(d.local),
+                        port: Some(d.port),
+                        underlay: Some(d.underlay),
+                        learning: Some(d.learning),
+                    }),
+                    DeviceSpec::Tun(_) => ObservedKind::Tun,
+                },
+                mtu: link.mtu,
                 mac: Some(mac("0a:58:0a:f4:02:00")),
                 up: true,
-                addresses: vec![d.address],
-            }),
+                addresses: vec![link.address],
+            }
+        }),
         entries: want.entries.clone(),
     }
 }
@@ -905,5 +907,114 @@ fn bad_ipv6_leases_are_skipped_naming_node_and_field() {
             ("overlap".to_string(), "podCIDR"),
             ("v4".to_string(), "podCIDR"),
         ]
+    );
+}
+
+fn udp() -> OverlayConfig {
+    OverlayConfig {
+        network: net("10.244.0.0/16"),
+        backend: BackendConfig::from(UdpConfig::default()),
+    }
+}
+
+fn udp_lease(node: &str, subnet: &str, public_ip: &str) -> Lease {
+    Lease {
+        node: node.into(),
+        subnet: net(subnet),
+        public_ip: ip(public_ip),
+        backend_type: "udp".into(),
+        backend_data: "null".into(),
+    }
+}
+
+/// flannel's udp backend: flannel0 (TUN, MTU − 28, the subnet's network
+/// address with the cluster prefix), the whole network routed into it, and
+/// per peer no kernel object but a line of the forwarder's table.
+#[test]
+fn udp_gives_flannel0_one_network_route_and_a_forwarder_line_per_peer() {
+    let d = desired(
+        &udp(),
+        &local(),
+        &underlay(),
+        &[
+            udp_lease("control-plane", "10.244.0.0/24", "172.18.0.3"),
+            udp_lease("worker", "10.244.1.0/24", "172.18.0.4"),
+            lease("vx", "10.244.9.0/24", "172.18.0.9", "02:00:00:00:00:09"),
+        ],
+    );
+    let dev = d.state.device.clone().expect("a device");
+    assert_eq!(
+        dev,
+        DeviceSpec::Tun(TunDevice {
+            name: "flannel0".into(),
+            mtu: 1472,
+            address: net("10.244.2.0/16"),
+            network: net("10.244.0.0/16"),
+            offload: true,
+        })
+    );
+    let e = &d.state.entries;
+    assert_eq!(
+        e.routes.values().copied().collect::<Vec<_>>(),
+        [Route {
+            dst: net("10.244.0.0/16"),
+            via: ip("0.0.0.0"),
+            dev: Dev::Overlay,
+            onlink: false,
+            protocol: ROUTE_PROTOCOL,
+        }],
+        "the network's route only"
+    );
+    assert!(e.neighbours.is_empty() && e.fdb.is_empty());
+    assert_eq!(
+        e.forwards.values().copied().collect::<Vec<_>>(),
+        [
+            Forward {
+                subnet: net("10.244.0.0/24"),
+                to: ip("172.18.0.3"),
+            },
+            Forward {
+                subnet: net("10.244.1.0/24"),
+                to: ip("172.18.0.4"),
+            },
+        ]
+    );
+    // A vxlan lease in a udp cluster is skipped, named.
+    assert_eq!(d.rejected.len(), 1);
+    assert_eq!(
+        (d.rejected[0].node.as_str(), d.rejected[0].field),
+        ("vx", "backend-type")
+    );
+    // Applied to an empty kernel: the device and one route; to itself: nothing.
+    let plan = diff(&d.state, &Observed::default());
+    assert_eq!(plan.writes(), 1 + 1);
+    assert!(diff(&d.state, &programmed(&d.state)).is_empty());
+    // What pods get, and what the node publishes.
+    let b = udp().backend;
+    assert_eq!(b.backend().mtu(1500, Family::V4), 1472);
+    assert_eq!(b.backend().backend_data(None).as_deref(), Some("null"));
+    assert!(!b.backend().supports(Family::V6));
+}
+
+/// Incremental: a peer removed leaves the forwarder's table at once; the
+/// network route stays through every rebuild.
+#[test]
+fn udp_peers_come_and_go_from_the_forwarders_table() {
+    let mut peers = Peers::new(udp(), local(), Some(underlay()));
+    peers.upsert(udp_lease("a", "10.244.0.0/24", "172.18.0.3"));
+    peers.upsert(udp_lease("b", "10.244.1.0/24", "172.18.0.4"));
+    assert_eq!(peers.entries().forwards.len(), 2);
+    peers.remove("a");
+    assert_eq!(
+        peers.entries().forwards.keys().copied().collect::<Vec<_>>(),
+        [net("10.244.1.0/24")]
+    );
+    // A conflicting lease forces a rebuild; the device route is still there.
+    peers.upsert(udp_lease("c", "10.244.0.0/23", "172.18.0.5"));
+    peers.remove("b");
+    assert!(peers.entries().routes.contains_key(&net("10.244.0.0/16")));
+    assert_eq!(
+        peers.entries().forwards.keys().copied().collect::<Vec<_>>(),
+        [net("10.244.0.0/23")]
     );
 }

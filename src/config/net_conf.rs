@@ -261,6 +261,17 @@ mod tests {
         let c =
             NetConf::parse(r#"{"Network":"10.1.0.0/16","Backend":{"Type":"host-gw"}}"#).unwrap();
         assert_eq!(c.backend, BackendConfig::from(weft_overlay::HostGw));
+        let c = NetConf::parse(r#"{"Network":"10.1.0.0/16","Backend":{"Type":"UDP"}}"#).unwrap();
+        assert_eq!(
+            c.backend,
+            BackendConfig::from(weft_overlay::UdpConfig::default())
+        );
+        let c = NetConf::parse(r#"{"Network":"10.1.0.0/16","Backend":{"Type":"udp","Port":8300}}"#)
+            .unwrap();
+        assert_eq!(
+            c.backend,
+            BackendConfig::from(weft_overlay::UdpConfig { port: 8300 })
+        );
     }
 
     #[test]
@@ -292,6 +303,14 @@ mod tests {
             (
                 r#"{"Network":"10.244.0.0/16","EnableIPv6":"yes","IPv6Network":"fc00::/48"}"#,
                 "EnableIPv6",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"udp"}}"#,
+                "EnableIPv6",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp","Port":70000}}"#,
+                "Backend.Port",
             ),
             (
                 r#"{"Network":"10.244.0.0/16","EnableIPv4":false}"#,
