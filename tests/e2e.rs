@@ -751,3 +751,101 @@ fn nodes_added_and_removed_at_run_time() {
     assert_tables(&lab, Backend::Vxlan);
     assert_full_matrix(&lab, "after worker3 left");
 }
+
+/// Waits until `ok` holds on `ns` (up to 5 s); the time it took.
+fn repaired(what: &str, mut ok: impl FnMut() -> bool) -> Duration {
+    let t0 = std::time::Instant::now();
+    while !ok() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "{what} was not repaired within 5 s"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    t0.elapsed()
+}
+
+/// udp: flannel0, its address, its state and the network's route are put
+/// back when someone breaks them (the forwarder re-attaches to a remade
+/// device), a restart writes nothing, and a node added at run time is in
+/// every forwarder's table.
+#[test]
+fn udp_repairs_itself_restarts_without_writes_and_follows_nodes() {
+    require_netns!();
+    let mut lab = seed_lab(&[], Backend::Udp, NatMode::IptablesNft, "u");
+    let node = 2;
+    let route = || {
+        lab.nodes[node]
+            .ns
+            .ip(&["route", "show", "10.244.0.0/16"])
+            .unwrap_or_default()
+            .contains("dev flannel0 proto 119")
+    };
+    let ns = &lab.nodes[node].ns;
+    ns.ip(&["route", "del", "10.244.0.0/16", "dev", "flannel0"])
+        .unwrap();
+    let t_route = repaired("the network route", route);
+    let address = format!("{}/16", lab.nodes[node].spec.subnet.network());
+    ns.ip(&["addr", "del", &address, "dev", "flannel0"])
+        .unwrap();
+    let t_addr = repaired("flannel0's address", || {
+        ns.ip(&["-4", "addr", "show", "dev", "flannel0"])
+            .unwrap_or_default()
+            .contains(&address)
+    });
+    ns.ip(&["link", "set", "flannel0", "down"]).unwrap();
+    let t_up = repaired("flannel0 up", || {
+        ns.ip(&["link", "show", "flannel0"])
+            .unwrap_or_default()
+            .contains(",UP")
+    });
+    ns.ip(&["link", "del", "flannel0"]).unwrap();
+    let t_dev = repaired("flannel0 and its route", || {
+        route() && ns.ip(&["link", "show", "flannel0"]).is_ok()
+    });
+    eprintln!(
+        "udp repaired: route {:.1} ms, address {:.1} ms, up {:.1} ms, device {:.1} ms",
+        t_route.as_secs_f64() * 1e3,
+        t_addr.as_secs_f64() * 1e3,
+        t_up.as_secs_f64() * 1e3,
+        t_dev.as_secs_f64() * 1e3
+    );
+    assert_tables(&lab, Backend::Udp);
+    // The forwarder attached to the remade device: traffic flows again.
+    let t0 = std::time::Instant::now();
+    while !lab.ping_matrix().iter().flatten().all(|ok| *ok) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "no traffic through the remade flannel0"
+        );
+    }
+
+    // A restart: the persistent device, its address and route stay; weft
+    // writes nothing (link events of the queues detaching and attaching
+    // are the kernel's, not writes: only addresses and routes are watched).
+    let witness =
+        KernelWitness::start_with_args(&lab.nodes[node].ns, &["-4", "monitor", "address", "route"])
+            .unwrap();
+    lab.restart_agent(node).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let seen = witness.changes().unwrap();
+    assert!(
+        seen.is_empty(),
+        "the kernel changed during the restart:\n{seen}"
+    );
+    assert_full_matrix(&lab, "udp after a restart");
+
+    // A node joining: every forwarder learns its subnet.
+    let worker3 = NodeSpec {
+        name: "worker3".into(),
+        ip: "172.18.0.5".parse().unwrap(),
+        subnet: "10.244.3.0/24".parse().unwrap(),
+    };
+    let i = lab.add_node(&worker3).unwrap();
+    lab.wait_for_overlay(Duration::from_secs(20)).unwrap();
+    lab.add_pod(i, "u4").unwrap();
+    assert_tables(&lab, Backend::Udp);
+    assert_full_matrix(&lab, "udp with worker3");
+    lab.remove_node(i).unwrap();
+    assert_full_matrix(&lab, "udp after worker3 left");
+}

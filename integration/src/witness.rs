@@ -49,6 +49,11 @@ impl KernelWitness {
         })
     }
 
+    /// Watches with these `ip` arguments (e.g. `-4 monitor address route`).
+    pub fn start_with_args(ns: &Netns, args: &[&str]) -> anyhow::Result<KernelWitness> {
+        Self::start_with(ns, args)
+    }
+
     fn start_with(ns: &Netns, args: &[&str]) -> anyhow::Result<KernelWitness> {
         let mut all = vec!["ip"];
         all.extend_from_slice(args);
