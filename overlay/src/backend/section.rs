@@ -82,6 +82,17 @@ impl<'a> Section<'a> {
         }
     }
 
+    /// A UDP port, if present: 0 means `default` (flannel's reading).
+    pub fn port(&self, key: &str, default: u16) -> Result<Option<u16>, SectionError> {
+        match self.number(key)? {
+            None => Ok(None),
+            Some(0) => Ok(Some(default)),
+            Some(p) => u16::try_from(p)
+                .map(Some)
+                .map_err(|_| self.error(key, format!("{p} is not a UDP port"))),
+        }
+    }
+
     /// The keys present that are not in `known` (case-insensitive).
     pub fn unknown(&self, known: &[&str]) -> Vec<&'a str> {
         self.obj

@@ -49,11 +49,8 @@ pub(super) const REGISTRATION: Registration = Registration { kind: "udp", parse 
 
 fn parse(b: &Section<'_>, ignored: &mut Vec<String>) -> Result<BackendConfig, SectionError> {
     let mut c = UdpConfig::default();
-    if let Some(port) = b.number("Port")? {
-        c.port = match port {
-            0 => DEFAULT_UDP_PORT,
-            p => u16::try_from(p).map_err(|_| b.error("Port", format!("{p} is not a UDP port")))?,
-        };
+    if let Some(port) = b.port("Port", DEFAULT_UDP_PORT)? {
+        c.port = port;
     }
     report_unknown(b, "udp", &["Type", "Port"], ignored);
     Ok(BackendConfig::from(c))

@@ -93,11 +93,8 @@ fn parse(b: &Section<'_>, ignored: &mut Vec<String>) -> Result<BackendConfig, Se
         }
         c.vni = u32::try_from(vni).unwrap_or(DEFAULT_VNI);
     }
-    if let Some(port) = b.number("Port")? {
-        c.port = match port {
-            0 => DEFAULT_VXLAN_PORT,
-            p => u16::try_from(p).map_err(|_| b.error("Port", format!("{p} is not a UDP port")))?,
-        };
+    if let Some(port) = b.port("Port", DEFAULT_VXLAN_PORT)? {
+        c.port = port;
     }
     if let Some(mtu) = b.number("MTU")? {
         if !(68 + u64::from(VXLAN_OVERHEAD)..=65535).contains(&mtu) {

@@ -77,6 +77,28 @@ impl Kernel {
             .map_err(req(what))
     }
 
+    /// The index of the device just made as `name`, once it has `address`
+    /// (the device's one address in the cluster network).
+    pub(crate) async fn address_new_device(
+        &self,
+        name: &str,
+        address: ipnet::IpNet,
+    ) -> Result<u32, KernelError> {
+        let link = self
+            .link_by_name(name)
+            .await?
+            .ok_or_else(|| KernelError::NoDevice(name.to_string()))?;
+        let ifindex = link.header.index;
+        self.handle
+            .address()
+            .add(ifindex, address.addr(), address.prefix_len())
+            .replace()
+            .execute()
+            .await
+            .map_err(req(format!("add address {address}")))?;
+        Ok(ifindex)
+    }
+
     pub(crate) async fn link_by_name(
         &self,
         name: &str,

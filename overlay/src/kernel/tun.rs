@@ -12,11 +12,7 @@ impl Kernel {
             device: d.name.clone(),
             reason: e.to_string(),
         })?;
-        let link = self
-            .link_by_name(&d.name)
-            .await?
-            .ok_or_else(|| KernelError::NoDevice(d.name.clone()))?;
-        let ifindex = link.header.index;
+        let ifindex = self.address_new_device(&d.name, d.address).await?;
         let set = rtnetlink::LinkUnspec::new_with_index(ifindex)
             .mtu(d.mtu)
             .up()
@@ -27,13 +23,6 @@ impl Kernel {
             .execute()
             .await
             .map_err(req(format!("set {} mtu {} up", d.name, d.mtu)))?;
-        self.handle
-            .address()
-            .add(ifindex, d.address.addr(), d.address.prefix_len())
-            .replace()
-            .execute()
-            .await
-            .map_err(req(format!("add address {}", d.address)))?;
         Ok(ifindex)
     }
 }

@@ -30,19 +30,7 @@ impl Kernel {
             .execute()
             .await
             .map_err(req(what))?;
-        let link = self
-            .link_by_name(&d.name)
-            .await?
-            .ok_or_else(|| KernelError::NoDevice(d.name.clone()))?;
-        let ifindex = link.header.index;
-        self.handle
-            .address()
-            .add(ifindex, d.address.addr(), d.address.prefix_len())
-            .replace()
-            .execute()
-            .await
-            .map_err(req(format!("add address {}", d.address)))?;
-        Ok(ifindex)
+        self.address_new_device(&d.name, d.address).await
     }
 }
 
