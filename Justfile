@@ -39,7 +39,7 @@ lint:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -q -- -D warnings
 
-# Benchmarks (release build, fresh namespaces): prints figures for docs/performance.md. `just bench` runs overlay, dual (a dual-stack node: 5,000 peers in both families), nat, agent and cni; `just bench scale` the scale section (5,000 real-sized Nodes, a few minutes; --scale-nodes N, --idle-secs S); `just bench throughput` TCP over the UDP backend's forwarder vs kernel VXLAN (iperf3, 1 and 4 streams; --tput-secs S, --tput-runs N).
+# Benchmarks (release build, fresh namespaces): prints figures for docs/performance.md. `just bench` runs overlay, dual (a dual-stack node: 5,000 peers in both families), nat, agent and cni; `just bench scale` the scale section (5,000 real-sized Nodes, a few minutes; --scale-nodes N, --idle-secs S); `just bench throughput` TCP over the UDP backend's forwarder vs kernel VXLAN on two namespaces, then pod to pod in the lab for host-gw, vxlan and udp (iperf3, 1 and 4 streams; --tput-secs S, --tput-runs N).
 bench *args: deps
     cargo build --release -q -p weft --bin weftd
     cargo build --release -q -p weft --bin weft-cni

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod bench_agent;
 pub mod bench_cni;
+pub mod bench_lab_tput;
 pub mod bench_nat;
 pub mod bench_scale;
 pub mod bench_udp;

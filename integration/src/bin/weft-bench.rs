@@ -141,6 +141,8 @@ fn main() -> anyhow::Result<()> {
             secs: args.tput_secs,
             runs: args.tput_runs,
         })?;
+        let bins = weft_integration::bench_lab_tput::binaries_next_to(&std::env::current_exe()?);
+        weft_integration::bench_lab_tput::run(&bins, args.tput_secs)?;
     }
     if matches!(args.section, Section::Cni | Section::All) {
         let weft_cni = match &args.weft_cni {
