@@ -328,27 +328,7 @@ pub fn add_ipv6_underlay(ns: &Netns) -> anyhow::Result<()> {
 /// reference side of the dual-stack benchmark): VTEP on [`LOCAL_IP6`], the
 /// subnet's network address as /128, up.
 pub fn create_device6_with_ip(ns: &Netns) -> anyhow::Result<()> {
-    let local = LOCAL_IP6.to_string();
-    ns.ip(&[
-        "link",
-        "add",
-        DEVICE6,
-        "type",
-        "vxlan",
-        "id",
-        "1",
-        "local",
-        &local,
-        "dev",
-        "eth0",
-        "dstport",
-        "8472",
-        "nolearning",
-    ])?;
-    let _ = ns.sysctl(&format!("net/ipv6/conf/{DEVICE6}/accept_ra"), "0");
-    ns.ip(&["addr", "add", "fc00::/128", "dev", DEVICE6])?;
-    ns.ip(&["link", "set", DEVICE6, "up"])?;
-    Ok(())
+    crate::flannel_node::add_device_of(ns, Family::V6, LOCAL_IP6.into(), &[], "fc00::/128")
 }
 
 /// The `ip -batch` file (neighbours, then routes) and the `bridge -batch`

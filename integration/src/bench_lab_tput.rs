@@ -6,12 +6,11 @@
 //! time over the run.
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
 use weft_nat::NatMode;
 
+use crate::bench_udp::iperf3;
 use crate::lab::{Backend, Binaries, Lab};
 use crate::seed_nodes;
 
@@ -41,51 +40,22 @@ fn cpu_secs(pid: u32) -> f64 {
 
 fn measure(lab: &Lab, streams: u32, secs: u32) -> anyhow::Result<Measured> {
     let (src, dst) = (&lab.nodes[0], &lab.nodes[2]);
-    let server = dst.pods[0].ip.to_string();
-    let mut srv = dst.pods[0]
-        .ns
-        .command(&["iperf3", "-s", "-1", "-B", &server])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("cannot start iperf3 -s")?;
-    std::thread::sleep(Duration::from_millis(400));
     let pids: Vec<u32> = [src, dst]
         .iter()
         .filter_map(|n| n.agent.as_ref().and_then(|a| a.pid()))
         .collect();
-    let cpu0: f64 = pids.iter().map(|p| cpu_secs(*p)).sum();
-    let t0 = std::time::Instant::now();
-    let out = src.pods[0]
-        .ns
-        .command(&[
-            "iperf3",
-            "-c",
-            &server,
-            "-t",
-            &secs.to_string(),
-            "-P",
-            &streams.to_string(),
-            "-J",
-        ])
-        .stderr(Stdio::null())
-        .output();
-    let elapsed = t0.elapsed().as_secs_f64();
-    let cpu = pids.iter().map(|p| cpu_secs(*p)).sum::<f64>() - cpu0;
-    let _ = srv.kill();
-    let _ = srv.wait();
-    let out = out.context("cannot run iperf3 -c")?;
-    if !out.status.success() {
-        bail!("iperf3 failed: {}", String::from_utf8_lossy(&out.stdout));
-    }
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let bps = json["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .context("no sum_received in iperf3's output")?;
+    let r = iperf3(
+        &src.pods[0].ns,
+        &dst.pods[0].ns,
+        &dst.pods[0].ip.to_string(),
+        streams,
+        secs,
+        || pids.iter().map(|p| cpu_secs(*p)).sum::<f64>(),
+    )?;
     Ok(Measured {
-        gbps: bps / 1e9,
-        cpu_secs: cpu,
-        secs: elapsed,
+        gbps: r.gbps,
+        cpu_secs: r.after - r.before,
+        secs: r.secs,
     })
 }
 

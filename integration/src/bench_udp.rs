@@ -147,40 +147,50 @@ fn sum(handles: &[&ForwarderHandle]) -> Stats {
     s
 }
 
-/// iperf3 from a to b (server on b's `server` address) with `streams`
-/// streams for `secs` seconds; the receiver's rate.
-fn iperf(
-    a: &Netns,
-    b: &Netns,
-    server: &str,
+/// One iperf3 run: the receiver's Gbit/s, the client's run time, and what
+/// `snapshot` returned just before and just after the client ran.
+pub(crate) struct Iperf<T> {
+    pub(crate) gbps: f64,
+    pub(crate) secs: f64,
+    pub(crate) before: T,
+    pub(crate) after: T,
+}
+
+/// iperf3 TCP from `client` to a one-shot server on `addr` in `server`,
+/// `streams` streams for `secs` seconds; `snapshot` (CPU times, counters)
+/// is taken right around the client's run.
+pub(crate) fn iperf3<T>(
+    client: &Netns,
+    server: &Netns,
+    addr: &str,
     streams: u32,
     secs: u32,
-    fwd: &[&ForwarderHandle],
-) -> anyhow::Result<Run> {
-    let mut srv = b
-        .command(&["iperf3", "-s", "-1", "-B", server])
+    mut snapshot: impl FnMut() -> T,
+) -> anyhow::Result<Iperf<T>> {
+    let mut srv = server
+        .command(&["iperf3", "-s", "-1", "-B", addr])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .context("cannot start iperf3 -s")?;
     std::thread::sleep(Duration::from_millis(400));
-    let cpu0 = forwarder_cpu();
-    let s0 = sum(fwd);
+    let before = snapshot();
     let t0 = std::time::Instant::now();
-    let mut a = a.command(&[
-        "iperf3",
-        "-c",
-        server,
-        "-t",
-        &secs.to_string(),
-        "-P",
-        &streams.to_string(),
-        "-J",
-    ]);
-    let out = a.stderr(Stdio::null()).output();
+    let out = client
+        .command(&[
+            "iperf3",
+            "-c",
+            addr,
+            "-t",
+            &secs.to_string(),
+            "-P",
+            &streams.to_string(),
+            "-J",
+        ])
+        .stderr(Stdio::null())
+        .output();
     let elapsed = t0.elapsed().as_secs_f64();
-    let cpu = forwarder_cpu() - cpu0;
-    let s1 = sum(fwd);
+    let after = snapshot();
     let _ = srv.kill();
     let _ = srv.wait();
     let out = out.context("cannot run iperf3 -c")?;
@@ -191,6 +201,27 @@ fn iperf(
     let bps = json["end"]["sum_received"]["bits_per_second"]
         .as_f64()
         .context("no sum_received in iperf3's output")?;
+    Ok(Iperf {
+        gbps: bps / 1e9,
+        secs: elapsed,
+        before,
+        after,
+    })
+}
+
+/// iperf3 from a to b (server on b's `server` address) with `streams`
+/// streams for `secs` seconds; the receiver's rate, and the forwarders'
+/// CPU and counters over the run.
+fn iperf(
+    a: &Netns,
+    b: &Netns,
+    server: &str,
+    streams: u32,
+    secs: u32,
+    fwd: &[&ForwarderHandle],
+) -> anyhow::Result<Run> {
+    let r = iperf3(a, b, server, streams, secs, || (forwarder_cpu(), sum(fwd)))?;
+    let ((cpu0, s0), (cpu1, s1)) = (r.before, r.after);
     let stats = Stats {
         tx_packets: s1.tx_packets - s0.tx_packets,
         tx_bytes: s1.tx_bytes - s0.tx_bytes,
@@ -202,9 +233,9 @@ fn iperf(
         ..Stats::default()
     };
     Ok(Run {
-        gbps: bps / 1e9,
-        cpu_secs: cpu,
-        secs: elapsed,
+        gbps: r.gbps,
+        cpu_secs: cpu1 - cpu0,
+        secs: r.secs,
         stats,
     })
 }
