@@ -150,6 +150,13 @@ impl Weftd {
         std::fs::read_to_string(self.dir.join("weftd.log")).unwrap_or_default()
     }
 
+    /// What a failure message shows of the log: every warning and error,
+    /// the longest pause between two lines (where a slow start hid), and
+    /// the last `tail` lines.
+    pub fn log_digest(&self, tail: usize) -> String {
+        digest(&self.log(), tail)
+    }
+
     /// The subnet file, once written.
     pub fn subnet_env(&self) -> Option<String> {
         std::fs::read_to_string(self.dir.join("subnet.env")).ok()
@@ -262,4 +269,66 @@ pub fn health_status(ns: &Netns, port: u16, path: &str) -> String {
         &format!("http://127.0.0.1:{port}{path}"),
     ])
     .unwrap_or_default()
+}
+
+/// See [`Weftd::log_digest`].
+fn digest(log: &str, tail: usize) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    let mut out = String::new();
+    let loud: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .collect();
+    if !loud.is_empty() {
+        out += "warnings and errors:\n";
+        for l in loud.iter().rev().take(20).rev() {
+            out += l;
+            out.push('\n');
+        }
+    }
+    // Timestamps lead tracing's lines (RFC 3339); a pause of a second or
+    // more is shown with the lines on either side.
+    let stamps: Vec<(usize, f64)> = lines
+        .iter()
+        .enumerate()
+        .filter_map(|(i, l)| seconds_of_day(l).map(|t| (i, t)))
+        .collect();
+    let longest = stamps
+        .windows(2)
+        .map(|w| (w[0].0, w[1].0, w[1].1 - w[0].1))
+        .max_by(|a, b| a.2.total_cmp(&b.2));
+    if let Some((a, b, gap)) = longest.filter(|g| g.2 >= 1.0) {
+        out += &format!("the longest pause, {gap:.1} s, between:\n{}\n{}\n", lines[a], lines[b]);
+    }
+    out += "the end:\n";
+    let start = lines.len().saturating_sub(tail);
+    out += &lines[start..].join("\n");
+    out
+}
+
+/// The seconds since midnight of a line starting `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
+fn seconds_of_day(line: &str) -> Option<f64> {
+    let t = line.get(11..26)?;
+    let h: f64 = t.get(0..2)?.parse().ok()?;
+    let m: f64 = t.get(3..5)?.parse().ok()?;
+    let s: f64 = t.get(6..)?.trim_end_matches('Z').parse().ok()?;
+    (line.as_bytes().get(10) == Some(&b'T')).then_some(h * 3600.0 + m * 60.0 + s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::digest;
+
+    #[test]
+    fn the_digest_shows_warnings_the_longest_pause_and_the_end() {
+        let log = "2026-12-07T06:42:08.100000Z  INFO a\n\
+                   2026-12-07T06:42:08.200000Z  WARN b\n\
+                   2026-12-07T06:42:38.300000Z  INFO c\n\
+                   2026-12-07T06:42:38.400000Z  INFO d\n";
+        let d = digest(log, 1);
+        assert!(d.contains("warnings and errors:\n2026-12-07T06:42:08.200000Z  WARN b\n"), "{d}");
+        assert!(d.contains("the longest pause, 30.1 s, between:\n2026-12-07T06:42:08.200000Z  WARN b\n2026-12-07T06:42:38.300000Z  INFO c"), "{d}");
+        assert!(d.ends_with("the end:\n2026-12-07T06:42:38.400000Z  INFO d"), "{d}");
+    }
 }

@@ -71,6 +71,9 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     // holding a request the whole time; weftd's Node watch has its own
     // capped backoff and start-up errors restart the pod, as with flanneld.
     config.default_retry = false;
+    // A connection the API server never answers is given up after 5 s, not
+    // kube's 30 s: the request fails and is retried on a fresh connection.
+    config.connect_timeout = Some(std::time::Duration::from_secs(5));
     let client = kube::Client::try_from(config).context("cannot build the Kubernetes client")?;
     let env: HashMap<String, String> = std::env::vars().collect();
     weft::agent::run(flags, client, env, shutdown_signal()).await?;

@@ -2,7 +2,9 @@
 //! there, and every other node as a lease.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::net::IpAddr;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Patch, PatchParams};
@@ -35,6 +37,33 @@ pub enum KubeError {
         #[source]
         source: kube::Error,
     },
+    /// A write got no answer in time (retried by the caller).
+    #[error("{what}: no answer within {waited:?}")]
+    Timeout {
+        /// What was asked.
+        what: String,
+        /// How long it waited.
+        waited: Duration,
+    },
+}
+
+/// How long one write to the API may take before it is given up and
+/// retried: a request stuck on a lost connection would otherwise hold this
+/// node's publication for kube's 30 s connect timeout (or longer).
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `request`, failing with [`KubeError::Timeout`] after [`WRITE_TIMEOUT`].
+async fn bounded<T>(
+    what: String,
+    request: impl Future<Output = Result<T, kube::Error>>,
+) -> Result<T, KubeError> {
+    match tokio::time::timeout(WRITE_TIMEOUT, request).await {
+        Ok(r) => r.map_err(|source| KubeError::Api { what, source }),
+        Err(_) => Err(KubeError::Timeout {
+            what,
+            waited: WRITE_TIMEOUT,
+        }),
+    }
 }
 
 /// This node's name: `NODE_NAME`, else the pod's `spec.nodeName` (`POD_NAME`, `POD_NAMESPACE`), as flanneld finds it.
@@ -105,13 +134,12 @@ impl NodeClient {
             return Ok(false);
         }
         let patch = json!({ "metadata": { "annotations": differ } });
-        self.api
-            .patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .map_err(|source| KubeError::Api {
-                what: format!("patch annotations of node {}", self.name),
-                source,
-            })?;
+        bounded(
+            format!("patch annotations of node {}", self.name),
+            self.api
+                .patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&patch)),
+        )
+        .await?;
         Ok(true)
     }
 
@@ -137,17 +165,15 @@ impl NodeClient {
             "lastTransitionTime": now,
             "lastHeartbeatTime": now,
         }]}});
-        self.api
-            .patch_status(
+        bounded(
+            format!("set NetworkUnavailable=False on node {}", self.name),
+            self.api.patch_status(
                 &self.name,
                 &PatchParams::default(),
                 &Patch::Strategic(&patch),
-            )
-            .await
-            .map_err(|source| KubeError::Api {
-                what: format!("set NetworkUnavailable=False on node {}", self.name),
-                source,
-            })?;
+            ),
+        )
+        .await?;
         Ok(true)
     }
 }

@@ -607,12 +607,10 @@ impl Lab {
                         let routes6 =
                             n.ns.ip(&["-6", "route", "show", "proto", "119"])
                                 .unwrap_or_default();
-                        let log = a.log();
-                        let tail: Vec<&str> = log.lines().rev().take(8).collect();
                         why += &format!(
-                            "\n-- {}: routes:\n{routes}{routes6}-- the end of its log:\n{}",
+                            "\n-- {}: routes:\n{routes}{routes6}-- its log:\n{}",
                             n.spec.name,
-                            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                            a.log_digest(8)
                         );
                     }
                 }
@@ -734,13 +732,12 @@ fn wait_readyz(n: &mut LabNode) -> anyhow::Result<()> {
             }
         }
         if t0.elapsed() > Duration::from_secs(60) {
-            let log = n.agent.as_ref().map(Weftd::log).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(20).collect();
-            bail!(
-                "weftd on {} not ready after 60 s; the end of its log:\n{}",
-                n.spec.name,
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
+            let log = n
+                .agent
+                .as_ref()
+                .map(|a| a.log_digest(20))
+                .unwrap_or_default();
+            bail!("weftd on {} not ready after 60 s; its log:\n{log}", n.spec.name);
         }
         std::thread::sleep(Duration::from_millis(20));
     }
