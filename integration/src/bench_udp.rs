@@ -94,6 +94,7 @@ fn udp(
             bind: SocketAddr::new(IpAddr::V4(ip), weft_udp::DEFAULT_PORT),
             queues,
             offload,
+            share_port: false,
         };
         handles.push(ns.run(move || async move { Forwarder::start(cfg) })??);
     }

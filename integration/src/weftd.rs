@@ -299,7 +299,10 @@ fn digest(log: &str, tail: usize) -> String {
         .map(|w| (w[0].0, w[1].0, w[1].1 - w[0].1))
         .max_by(|a, b| a.2.total_cmp(&b.2));
     if let Some((a, b, gap)) = longest.filter(|g| g.2 >= 1.0) {
-        out += &format!("the longest pause, {gap:.1} s, between:\n{}\n{}\n", lines[a], lines[b]);
+        out += &format!(
+            "the longest pause, {gap:.1} s, between:\n{}\n{}\n",
+            lines[a], lines[b]
+        );
     }
     out += "the end:\n";
     let start = lines.len().saturating_sub(tail);
@@ -327,8 +330,14 @@ mod tests {
                    2026-12-07T06:42:38.300000Z  INFO c\n\
                    2026-12-07T06:42:38.400000Z  INFO d\n";
         let d = digest(log, 1);
-        assert!(d.contains("warnings and errors:\n2026-12-07T06:42:08.200000Z  WARN b\n"), "{d}");
+        assert!(
+            d.contains("warnings and errors:\n2026-12-07T06:42:08.200000Z  WARN b\n"),
+            "{d}"
+        );
         assert!(d.contains("the longest pause, 30.1 s, between:\n2026-12-07T06:42:08.200000Z  WARN b\n2026-12-07T06:42:38.300000Z  INFO c"), "{d}");
-        assert!(d.ends_with("the end:\n2026-12-07T06:42:38.400000Z  INFO d"), "{d}");
+        assert!(
+            d.ends_with("the end:\n2026-12-07T06:42:38.400000Z  INFO d"),
+            "{d}"
+        );
     }
 }

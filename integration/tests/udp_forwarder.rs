@@ -52,11 +52,16 @@ impl Node {
     }
 
     fn start(&self, offload: bool) -> Result<ForwarderHandle, UdpError> {
+        self.start_sharing(offload, false)
+    }
+
+    fn start_sharing(&self, offload: bool, share_port: bool) -> Result<ForwarderHandle, UdpError> {
         let cfg = ForwarderConfig {
             device: DEV.to_owned(),
             bind: SocketAddr::new(IpAddr::V4(self.ip), PORT),
             queues: 2,
             offload,
+            share_port,
         };
         self.ns
             .run(move || async move { Forwarder::start(cfg) })
@@ -485,6 +490,76 @@ fn port_in_use_is_reported() {
         other => panic!("a second forwarder: expected PortInUse(8285), got {other:?}"),
     }
     first.stop();
+}
+
+/// A successor forwarder (a restarted weftd taking over) joins the port's
+/// group and attaches queues of its own while the old one still runs; the
+/// old one then stops, forwarding what was queued to it first. Pings every
+/// 5 ms across both hand-overs (b's, then a's): not one is lost.
+#[test]
+fn a_successor_takes_over_without_losing_a_packet() {
+    require_netns!();
+    let p = Pair::new("handover", true);
+    let count = 400;
+    let target = p.b.tun_ip().to_string();
+    let ping =
+        p.a.ns
+            .command(&[
+                "ping",
+                "-n",
+                "-q",
+                "-c",
+                &count.to_string(),
+                "-i",
+                "0.005",
+                "-W",
+                "1",
+                &target,
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let Pair { fa, fb, a, b } = p;
+    let fb2 = b
+        .start_sharing(true, true)
+        .expect("the successor joins the port");
+    fb2.set_peers(&[(a.subnet(), a.ip.into())]);
+    let old_b = fb.stop();
+    fb2.took_over();
+    std::thread::sleep(Duration::from_millis(300));
+    let fa2 = a
+        .start_sharing(true, true)
+        .expect("the successor joins the port");
+    fa2.set_peers(&[(b.subnet(), b.ip.into())]);
+    let old_a = fa.stop();
+    fa2.took_over();
+    let out = ping.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let summary = text
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .unwrap_or_default()
+        .to_string();
+    println!("hand-over under 5 ms pings: {summary}");
+    println!("old a {old_a:?}\nold b {old_b:?}");
+    println!("fa2 {:?}\nfb2 {:?}", fa2.stats(), fb2.stats());
+    assert!(
+        summary.starts_with(&format!("{count} packets transmitted, {count} received")),
+        "pings were lost across the hand-over: {text}"
+    );
+    let (s2, sb) = (fb2.stats(), fa2.stats());
+    assert!(
+        s2.rx_packets > 0 && s2.tx_packets > 0,
+        "the successor forwarded nothing: {s2:?}"
+    );
+    assert!(
+        sb.rx_packets > 0 && sb.tx_packets > 0,
+        "the successor forwarded nothing: {sb:?}"
+    );
+    // Without share_port a held port is still refused.
+    assert!(matches!(b.start(true), Err(UdpError::PortInUse(PORT))));
+    drop((fa2, fb2));
 }
 
 /// `ensure_tun` creates once, then finds the device; the device (with its

@@ -57,6 +57,9 @@ pub struct Options {
     pub resync_every: Duration,
     /// First wait before retrying after a refused write (doubles up to 30 s).
     pub retry_after: Duration,
+    /// A predecessor agent's data plane still runs: share what it holds
+    /// (see [`Backend::data_plane`](crate::backend::Backend::data_plane)).
+    pub taking_over: bool,
 }
 
 impl Default for Options {
@@ -64,6 +67,7 @@ impl Default for Options {
         Options {
             resync_every: Duration::from_secs(30),
             retry_after: Duration::from_millis(200),
+            taking_over: false,
         }
     }
 }
@@ -221,7 +225,9 @@ pub struct Reconciler {
     /// The backend's userspace data plane, if it has one, and the table it
     /// was last given.
     data_plane: Option<Box<dyn DataPlane>>,
-    forwarded: BTreeMap<IpNet, Forward>,
+    /// `None` until the first table is given (also an empty one: the
+    /// forwarder waits for it).
+    forwarded: Option<BTreeMap<IpNet, Forward>>,
 }
 
 impl Reconciler {
@@ -233,11 +239,11 @@ impl Reconciler {
     ) -> Result<(Reconciler, ReconcilerHandle), KernelError> {
         let kernel = Kernel::connect()?;
         let events = kernel::monitor::subscribe(input.config.network)?;
-        let data_plane = input
-            .config
-            .backend
-            .backend()
-            .data_plane(&input.local, input.config.network)?;
+        let data_plane = input.config.backend.backend().data_plane(
+            &input.local,
+            input.config.network,
+            options.taking_over,
+        )?;
         let (inbox_tx, inbox_rx) = mpsc::unbounded_channel();
         // Generation 1: placed once the first pass knows the underlay.
         let mut peers = Peers::new(input.config, input.local, None);
@@ -273,7 +279,7 @@ impl Reconciler {
             peers,
             pending: Touched::everything(),
             data_plane,
-            forwarded: BTreeMap::new(),
+            forwarded: None,
         };
         Ok((reconciler, handle))
     }
@@ -575,10 +581,10 @@ impl Reconciler {
             return;
         };
         let want = &self.peers.entries().forwards;
-        if *want != self.forwarded {
+        if self.forwarded.as_ref() != Some(want) {
             let table: Vec<Forward> = want.values().copied().collect();
             dp.set_peers(&table);
-            self.forwarded = want.clone();
+            self.forwarded = Some(want.clone());
         }
     }
 }

@@ -36,13 +36,14 @@
 //! [`ensure_tun`] / [`Forwarder::start`] (the forwarder's threads inherit
 //! it).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use ipnet::IpNet;
+use nix::sys::eventfd::{EfdFlags, EventFd};
 use quinn_udp::UdpSocketState;
 
 pub mod packet;
@@ -124,6 +125,10 @@ pub struct ForwarderConfig {
     /// Use `IFF_VNET_HDR`/`TUNSETOFFLOAD` (TSO/USO) on the TUN and UDP
     /// GSO/GRO on the sockets where the kernel has them.
     pub offload: bool,
+    /// Join the port's `SO_REUSEPORT` group even though another socket holds
+    /// it: only while taking over from a predecessor's forwarder, which
+    /// stops once this one runs (else a taken port is [`UdpError::PortInUse`]).
+    pub share_port: bool,
 }
 
 impl ForwarderConfig {
@@ -135,6 +140,7 @@ impl ForwarderConfig {
             bind: SocketAddr::new(IpAddr::from([0, 0, 0, 0]), DEFAULT_PORT),
             queues: 0,
             offload: true,
+            share_port: false,
         }
     }
 }
@@ -145,7 +151,8 @@ pub struct Forwarder;
 
 impl Forwarder {
     /// Binds the sockets, attaches the queues and starts the threads, in the
-    /// calling thread's network namespace. The peer table starts empty.
+    /// calling thread's network namespace. Packets stay queued in the
+    /// kernel until the first [`ForwarderHandle::set_peers`].
     ///
     /// Errors: [`UdpError::PortInUse`] if the port is taken,
     /// [`UdpError::NoDevice`] if the device is missing, [`UdpError::Tun`] if
@@ -160,7 +167,7 @@ impl Forwarder {
         if !tun::exists(&cfg.device) {
             return Err(UdpError::NoDevice(cfg.device));
         }
-        let sockets = sock::bind_group(cfg.bind, queues)?;
+        let sockets = sock::bind_group(cfg.bind, queues, cfg.share_port)?;
         let port = sockets
             .first()
             .and_then(|s| s.local_addr().ok())
@@ -171,7 +178,10 @@ impl Forwarder {
         }
         let shared = Arc::new(Shared {
             table: ArcSwap::from_pointee(PeerTable::default()),
+            armed: Default::default(),
             stop: Default::default(),
+            stop_fd: EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
+                .map_err(|e| UdpError::Thread(e.into()))?,
             device: cfg.device.clone(),
             offload: cfg.offload,
             port,
@@ -182,6 +192,8 @@ impl Forwarder {
             shared: shared.clone(),
             threads: Vec::with_capacity(2 * queues),
             local: SocketAddr::new(cfg.bind.ip(), port),
+            first_socket: None,
+            sockets: sockets.len(),
         };
         for (index, (sock, dev)) in sockets.into_iter().zip(devices).enumerate() {
             let state = UdpSocketState::new((&sock).into()).map_err(|source| UdpError::Socket {
@@ -198,8 +210,12 @@ impl Forwarder {
             }
             let state = Arc::new(state);
             let sock = Arc::new(sock);
+            if handle.first_socket.is_none() {
+                handle.first_socket = Some(sock.clone());
+            }
             let queue = Arc::new(Queue {
                 dev: ArcSwapOption::from_pointee(dev),
+                tx_done: Default::default(),
             });
             for (slot, role) in [(2 * index, "tx"), (2 * index + 1, "rx")] {
                 let w = Worker {
@@ -240,6 +256,9 @@ pub struct ForwarderHandle {
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
     local: SocketAddr,
+    /// One of the sockets (for the group's steering program) and how many.
+    first_socket: Option<Arc<UdpSocket>>,
+    sockets: usize,
 }
 
 impl std::fmt::Debug for Shared {
@@ -259,6 +278,7 @@ impl ForwarderHandle {
         let table = PeerTable::new(peers);
         tracing::debug!(subnets = table.len(), "peer table replaced");
         self.shared.table.store(Arc::new(table));
+        self.shared.armed.store(true, Ordering::Release);
     }
 
     /// The table in use.
@@ -271,21 +291,46 @@ impl ForwarderHandle {
         stats::sum(&self.shared.counters)
     }
 
+    /// After a take-over ([`ForwarderConfig::share_port`]), once the
+    /// predecessor has stopped: the port's datagrams are spread over this
+    /// forwarder's sockets by the kernel's hash again (the predecessor
+    /// steered them all to one socket of its successor while it drained).
+    pub fn took_over(&self) {
+        if let Some(s) = &self.first_socket {
+            if let Err(error) = sock::steer_group_to(s, sock::NO_STEERING) {
+                tracing::warn!(%error, "cannot reset the port's reuse-port steering");
+            }
+        }
+    }
+
     /// The bound address (with the port actually bound).
     pub fn local_addr(&self) -> SocketAddr {
         self.local
     }
 
-    /// Stops the threads (within about 100 ms) and closes the queues and
-    /// sockets. The device stays (it is persistent).
-    pub fn stop(self) {
-        drop(self)
+    /// Stops the threads and closes the queues and sockets, once each
+    /// thread has forwarded what was queued to it. The device stays (it is
+    /// persistent). Returns the final counters.
+    pub fn stop(self) -> Stats {
+        let shared = self.shared.clone();
+        drop(self);
+        stats::sum(&shared.counters)
     }
 }
 
 impl Drop for ForwarderHandle {
     fn drop(&mut self) {
+        // A successor that joined the port's group sits right after this
+        // forwarder's sockets: from now on it gets every datagram, and ours
+        // are drained empty before they close. Without one, nothing changes.
+        if let Some(s) = self.first_socket.take() {
+            let index = u32::try_from(self.sockets).unwrap_or(sock::NO_STEERING);
+            if let Err(error) = sock::steer_group_to(&s, index) {
+                tracing::debug!(%error, "cannot steer the port's datagrams to a successor");
+            }
+        }
         self.shared.stop.store(true, Ordering::Relaxed);
+        let _ = self.shared.stop_fd.write(1);
         for t in self.threads.drain(..) {
             if t.join().is_err() {
                 tracing::error!("a UDP forwarder thread panicked");

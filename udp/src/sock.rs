@@ -54,11 +54,16 @@ fn buffers(s: &Socket) {
 
 /// Binds `n` non-blocking sockets to `addr` with `SO_REUSEPORT`.
 ///
-/// First a plain socket (no `SO_REUSEPORT`) is bound and closed, so that a
-/// port someone else holds — even in a reuse-port group of their own — is
-/// reported as [`UdpError::PortInUse`] instead of being silently shared.
-pub(crate) fn bind_group(addr: SocketAddr, n: usize) -> Result<Vec<UdpSocket>, UdpError> {
-    if addr.port() != 0 {
+/// First (unless `share`) a plain socket (no `SO_REUSEPORT`) is bound and
+/// closed, so that a port someone else holds — even in a reuse-port group
+/// of their own — is reported as [`UdpError::PortInUse`] instead of being
+/// silently shared.
+pub(crate) fn bind_group(
+    addr: SocketAddr,
+    n: usize,
+    share: bool,
+) -> Result<Vec<UdpSocket>, UdpError> {
+    if addr.port() != 0 && !share {
         let probe = socket(addr, false)?;
         bind(&probe, addr)?;
     }
@@ -79,3 +84,29 @@ pub(crate) fn bind_group(addr: SocketAddr, n: usize) -> Result<Vec<UdpSocket>, U
     }
     Ok(out)
 }
+
+/// Makes the reuse-port group of `sock` deliver every datagram to the group's
+/// socket number `index` (in the order they joined, holes filled by the
+/// last), or — when the group has no such socket — spread them by the
+/// kernel's hash as without a program. A forwarder that stops steers to
+/// the first socket of a successor that joined after its own `n` sockets,
+/// so that its own sockets get nothing more while they are drained.
+pub(crate) fn steer_group_to(sock: &UdpSocket, index: u32) -> io::Result<()> {
+    use nix::libc::{sock_filter, sock_fprog, BPF_K, BPF_RET};
+    use nix::sys::socket::{setsockopt, sockopt};
+    // One classic BPF instruction: return `index`.
+    let mut program = [sock_filter {
+        code: (BPF_RET | BPF_K) as u16,
+        jt: 0,
+        jf: 0,
+        k: index,
+    }];
+    let fprog = sock_fprog {
+        len: 1,
+        filter: program.as_mut_ptr(),
+    };
+    setsockopt(sock, sockopt::AttachReusePortCbpf, &fprog).map_err(io::Error::from)
+}
+
+/// No socket is number `u32::MAX`: the kernel's hash again.
+pub(crate) const NO_STEERING: u32 = u32::MAX;

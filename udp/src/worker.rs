@@ -1,7 +1,10 @@
 //! The packet-moving threads. Per queue: one TX thread (TUN queue → UDP)
 //! and one RX thread (UDP socket → TUN queue). Both use non-blocking
-//! descriptors and `poll(2)` with a 100 ms timeout, so they notice `stop`
-//! and a lost device without spinning.
+//! descriptors and `poll(2)` with a 100 ms timeout (for a lost device),
+//! woken at once by the stop eventfd. Stopping, a thread first reads its
+//! descriptor empty: what the kernel queued before the stop is forwarded,
+//! not dropped with the descriptor (a successor that took over already has
+//! queues and sockets of its own, see `ForwarderConfig::share_port`).
 //!
 //! All buffers are allocated when a thread starts; the packet path
 //! allocates nothing.
@@ -15,6 +18,7 @@ use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::eventfd::EventFd;
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use tun_rs::{GROTable, SyncDevice, VirtioNetHdr, VIRTIO_NET_HDR_LEN};
 
@@ -47,7 +51,13 @@ const NEEDS_CSUM: u8 = 1;
 /// State shared by every thread of a forwarder.
 pub(crate) struct Shared {
     pub table: ArcSwap<PeerTable>,
+    /// Set by the first peer table: until then the threads leave packets
+    /// queued in the kernel (a successor taking over must not drop what
+    /// it cannot yet route).
+    pub armed: AtomicBool,
     pub stop: AtomicBool,
+    /// Made readable (never read) when `stop` is set: every `poll` returns.
+    pub stop_fd: EventFd,
     pub device: String,
     pub offload: bool,
     pub port: u16,
@@ -58,6 +68,8 @@ pub(crate) struct Shared {
 /// One TUN queue, published by its TX thread for its RX thread.
 pub(crate) struct Queue {
     pub dev: ArcSwapOption<SyncDevice>,
+    /// The TX thread has left (stopping).
+    pub tx_done: AtomicBool,
 }
 
 /// What one thread works with.
@@ -81,9 +93,26 @@ impl Worker {
     }
 }
 
-/// Waits until `fd` has one of `events` (or an error), at most [`POLL`].
-fn wait(fd: BorrowedFd<'_>, events: PollFlags) -> io::Result<PollFlags> {
-    let mut fds = [PollFd::new(fd, events)];
+/// Waits for the first peer table (see [`Shared::armed`]); false if the
+/// forwarder was stopped first.
+fn wait_for_table(w: &Worker) -> bool {
+    while !w.shared.armed.load(Ordering::Acquire) {
+        if w.stopping() {
+            return false;
+        }
+        let mut fds = [PollFd::new(w.shared.stop_fd.as_fd(), PollFlags::POLLIN)];
+        let _ = poll(&mut fds, PollTimeout::from(1u8));
+    }
+    true
+}
+
+/// Waits until `fd` has one of `events` (or an error), at most [`POLL`],
+/// or until the forwarder is stopped.
+fn wait(w: &Worker, fd: BorrowedFd<'_>, events: PollFlags) -> io::Result<PollFlags> {
+    let mut fds = [
+        PollFd::new(fd, events),
+        PollFd::new(w.shared.stop_fd.as_fd(), PollFlags::POLLIN),
+    ];
     match poll(&mut fds, PollTimeout::from(POLL.as_millis() as u16)) {
         Ok(_) => Ok(fds[0].revents().unwrap_or(PollFlags::empty())),
         Err(nix::errno::Errno::EINTR) => Ok(PollFlags::empty()),
@@ -94,30 +123,64 @@ fn wait(fd: BorrowedFd<'_>, events: PollFlags) -> io::Result<PollFlags> {
 // ---------------------------------------------------------------------------
 // TX: TUN → UDP
 
+/// A TX thread's buffers, allocated once.
+struct TxBufs {
+    raw: Vec<u8>,
+    arena: Vec<u8>,
+    sizes: [usize; MAX_SEGS],
+}
+
+impl TxBufs {
+    fn new() -> TxBufs {
+        TxBufs {
+            raw: vec![0u8; VIRTIO_NET_HDR_LEN + 65_535],
+            arena: vec![0u8; ARENA],
+            sizes: [0usize; MAX_SEGS],
+        }
+    }
+}
+
 pub(crate) fn tx_loop(w: Worker) {
-    let mut raw = vec![0u8; VIRTIO_NET_HDR_LEN + 65_535];
-    let mut arena = vec![0u8; ARENA];
-    let mut sizes = [0usize; MAX_SEGS];
+    tx_run(&w);
+    // The RX thread drains both descriptors last (see `final_drain`).
+    w.queue.tx_done.store(true, Ordering::Release);
+}
+
+fn tx_run(w: &Worker) {
+    let TxBufs {
+        mut raw,
+        mut arena,
+        mut sizes,
+    } = TxBufs::new();
+    if !wait_for_table(w) {
+        return;
+    }
     let mut dev = w.queue.dev.load_full();
-    while !w.stopping() {
+    loop {
         let Some(d) = dev.clone() else {
-            dev = reattach(&w);
+            if w.stopping() {
+                break;
+            }
+            dev = reattach(w);
             continue;
         };
         match d.recv(&mut raw) {
-            Ok(n) => on_read(&w, &mut raw[..n], &mut arena, &mut sizes),
+            Ok(n) => on_read(w, &mut raw[..n], &mut arena, &mut sizes),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if w.stopping() {
+                    break;
+                }
                 let bad = PollFlags::POLLERR | PollFlags::POLLHUP | PollFlags::POLLNVAL;
-                match wait(d.as_fd(), PollFlags::POLLIN) {
+                match wait(w, d.as_fd(), PollFlags::POLLIN) {
                     Ok(rev) if rev.intersects(bad) => {
-                        dev = lost(&w, io::Error::other(format!("poll: {rev:?}")));
+                        dev = lost(w, io::Error::other(format!("poll: {rev:?}")));
                     }
                     Ok(_) => {}
-                    Err(e) => dev = lost(&w, e),
+                    Err(e) => dev = lost(w, e),
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => dev = lost(&w, e),
+            Err(e) => dev = lost(w, e),
         }
     }
 }
@@ -369,7 +432,7 @@ fn send(w: &Worker, peer: IpAddr, contents: &[u8], seg: usize, n: usize) {
                     w.c().add(C::SendError, n as u64);
                     return;
                 }
-                let _ = wait(w.sock.as_fd(), PollFlags::POLLOUT);
+                let _ = wait(w, w.sock.as_fd(), PollFlags::POLLOUT);
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(error) => {
@@ -384,96 +447,185 @@ fn send(w: &Worker, peer: IpAddr, contents: &[u8], seg: usize, n: usize) {
 // ---------------------------------------------------------------------------
 // RX: UDP → TUN
 
+/// An RX thread's buffers, allocated once.
+struct RxBufs {
+    bufs: Vec<Vec<u8>>,
+    metas: [RecvMeta; RX_BATCH],
+    gro_bufs: Vec<Vec<u8>>,
+    gro: GROTable,
+}
+
+impl RxBufs {
+    fn new() -> RxBufs {
+        RxBufs {
+            bufs: (0..RX_BATCH).map(|_| vec![0u8; RX_BUF]).collect(),
+            metas: [RecvMeta::default(); RX_BATCH],
+            gro_bufs: (0..GRO_BATCH)
+                .map(|_| Vec::with_capacity(VIRTIO_NET_HDR_LEN + 65_536))
+                .collect(),
+            gro: GROTable::default(),
+        }
+    }
+}
+
 pub(crate) fn rx_loop(w: Worker) {
-    let mut bufs: Vec<Vec<u8>> = (0..RX_BATCH).map(|_| vec![0u8; RX_BUF]).collect();
-    let mut metas = [RecvMeta::default(); RX_BATCH];
-    let mut gro_bufs: Vec<Vec<u8>> = (0..GRO_BATCH)
-        .map(|_| Vec::with_capacity(VIRTIO_NET_HDR_LEN + 65_536))
-        .collect();
-    let mut gro = GROTable::default();
-    while !w.stopping() {
-        let received = {
-            let mut it = bufs.iter_mut();
-            let mut iovs: [IoSliceMut<'_>; RX_BATCH] = std::array::from_fn(|_| {
-                IoSliceMut::new(it.next().map(Vec::as_mut_slice).unwrap_or_default())
-            });
-            w.state.recv((&*w.sock).into(), &mut iovs, &mut metas)
-        };
-        let n = match received {
-            Ok(n) => n,
+    let mut b = RxBufs::new();
+    if !wait_for_table(&w) {
+        return;
+    }
+    loop {
+        match rx_batch(&w, &mut b) {
+            Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                let _ = wait(w.sock.as_fd(), PollFlags::POLLIN);
-                continue;
+                if w.stopping() {
+                    break;
+                }
+                let _ = wait(&w, w.sock.as_fd(), PollFlags::POLLIN);
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) if w.stopping() => break,
             Err(error) => {
                 tracing::debug!(%error, "UDP receive failed");
                 std::thread::sleep(Duration::from_millis(1));
-                continue;
-            }
-        };
-        let table = w.shared.table.load();
-        let dev = w.queue.dev.load_full();
-        let mut pending = 0usize;
-        let mut pending_bytes = 0u64;
-        for (buf, meta) in bufs.iter_mut().zip(metas.iter()).take(n) {
-            let len = meta.len.min(buf.len());
-            let stride = if meta.stride == 0 { len } else { meta.stride }.max(1);
-            if !table.is_peer(meta.addr.ip()) {
-                w.c()
-                    .add(C::UnknownSender, len.div_ceil(stride).max(1) as u64);
-                tracing::trace!(sender = %meta.addr, "datagram from an unknown sender");
-                continue;
-            }
-            if len == 0 {
-                w.c().add(C::TooShort, 1);
-                continue;
-            }
-            for seg in buf[..len].chunks_mut(stride) {
-                if let Err(r) = destination(seg) {
-                    w.c().add_reject(r);
-                    continue;
-                }
-                if !decrement_ttl(seg) {
-                    w.c().add(C::TtlExpired, 1);
-                    continue;
-                }
-                let Some(d) = dev.as_deref() else {
-                    w.c().add(C::TunWriteError, 1);
-                    continue;
-                };
-                if w.shared.offload {
-                    let b = &mut gro_bufs[pending];
-                    b.clear();
-                    b.resize(VIRTIO_NET_HDR_LEN, 0);
-                    b.extend_from_slice(seg);
-                    pending += 1;
-                    pending_bytes += seg.len() as u64;
-                    if pending == GRO_BATCH {
-                        flush(&w, d, &mut gro, &mut gro_bufs[..pending], pending_bytes);
-                        pending = 0;
-                        pending_bytes = 0;
-                    }
-                } else {
-                    match d.send(seg) {
-                        Ok(_) => {
-                            w.c().add(C::RxPackets, 1);
-                            w.c().add(C::RxBytes, seg.len() as u64);
-                        }
-                        Err(error) => {
-                            w.c().add(C::TunWriteError, 1);
-                            tracing::debug!(%error, "TUN write failed");
-                        }
-                    }
-                }
-            }
-        }
-        if pending > 0 {
-            if let Some(d) = dev.as_deref() {
-                flush(&w, d, &mut gro, &mut gro_bufs[..pending], pending_bytes);
             }
         }
     }
+    let tx = final_drain(&w, &mut b);
+    // The descriptors close here, the moment the drain ends; the buffers
+    // (megabytes, slow to give back) only after.
+    drop(w);
+    drop((b, tx));
+}
+
+/// How long the last drain goes on after both descriptors were last found
+/// empty: a successor's first writes move the TUN's flows to its own queues
+/// (the kernel steers a flow to the queue that last wrote it) and the
+/// port's datagrams go to its sockets (see `sock::steer_group_to`), so by
+/// then nothing new arrives here.
+const DRAIN_QUIET: Duration = Duration::from_millis(20);
+/// The longest last drain.
+const DRAIN_MAX: Duration = Duration::from_millis(500);
+
+/// Stopping, once the TX thread has left: this thread alone reads both the
+/// TUN queue and the socket until both stayed empty for [`DRAIN_QUIET`],
+/// and the two descriptors close right after (when this thread's `Worker`
+/// goes), so what the kernel queued to either before the stop is forwarded.
+fn final_drain(w: &Worker, b: &mut RxBufs) -> TxBufs {
+    while !w.queue.tx_done.load(Ordering::Acquire) {
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let mut tx = TxBufs::new();
+    let start = std::time::Instant::now();
+    let mut last_moved = start;
+    let dev = w.queue.dev.load_full();
+    loop {
+        let mut moved = 0;
+        if let Some(d) = dev.as_deref() {
+            while let Ok(n) = d.recv(&mut tx.raw) {
+                on_read(w, &mut tx.raw[..n], &mut tx.arena, &mut tx.sizes);
+                moved += 1;
+            }
+        }
+        while let Ok(n) = rx_batch(w, b) {
+            moved += n;
+        }
+        let now = std::time::Instant::now();
+        if moved > 0 {
+            last_moved = now;
+        }
+        if now - last_moved >= DRAIN_QUIET || now - start >= DRAIN_MAX {
+            break;
+        }
+        let sock = PollFd::new(w.sock.as_fd(), PollFlags::POLLIN);
+        let _ = match dev.as_deref() {
+            Some(d) => poll(
+                &mut [sock, PollFd::new(d.as_fd(), PollFlags::POLLIN)],
+                PollTimeout::from(1u8),
+            ),
+            None => poll(&mut [sock], PollTimeout::from(1u8)),
+        };
+    }
+    tx
+}
+
+/// One `recvmmsg` batch from the socket, forwarded to the TUN queue: the
+/// number of datagrams, or the receive's error (`WouldBlock` when empty).
+fn rx_batch(w: &Worker, b: &mut RxBufs) -> io::Result<usize> {
+    let RxBufs {
+        bufs,
+        metas,
+        gro_bufs,
+        gro,
+    } = b;
+    let n = {
+        let mut it = bufs.iter_mut();
+        let mut iovs: [IoSliceMut<'_>; RX_BATCH] = std::array::from_fn(|_| {
+            IoSliceMut::new(it.next().map(Vec::as_mut_slice).unwrap_or_default())
+        });
+        w.state.recv((&*w.sock).into(), &mut iovs, metas)?
+    };
+    let table = w.shared.table.load();
+    let dev = w.queue.dev.load_full();
+    let mut pending = 0usize;
+    let mut pending_bytes = 0u64;
+    for (buf, meta) in bufs.iter_mut().zip(metas.iter()).take(n) {
+        let len = meta.len.min(buf.len());
+        let stride = if meta.stride == 0 { len } else { meta.stride }.max(1);
+        if !table.is_peer(meta.addr.ip()) {
+            w.c()
+                .add(C::UnknownSender, len.div_ceil(stride).max(1) as u64);
+            tracing::trace!(sender = %meta.addr, "datagram from an unknown sender");
+            continue;
+        }
+        if len == 0 {
+            w.c().add(C::TooShort, 1);
+            continue;
+        }
+        for seg in buf[..len].chunks_mut(stride) {
+            if let Err(r) = destination(seg) {
+                w.c().add_reject(r);
+                continue;
+            }
+            if !decrement_ttl(seg) {
+                w.c().add(C::TtlExpired, 1);
+                continue;
+            }
+            let Some(d) = dev.as_deref() else {
+                w.c().add(C::TunWriteError, 1);
+                continue;
+            };
+            if w.shared.offload {
+                let b = &mut gro_bufs[pending];
+                b.clear();
+                b.resize(VIRTIO_NET_HDR_LEN, 0);
+                b.extend_from_slice(seg);
+                pending += 1;
+                pending_bytes += seg.len() as u64;
+                if pending == GRO_BATCH {
+                    flush(w, d, gro, &mut gro_bufs[..pending], pending_bytes);
+                    pending = 0;
+                    pending_bytes = 0;
+                }
+            } else {
+                match d.send(seg) {
+                    Ok(_) => {
+                        w.c().add(C::RxPackets, 1);
+                        w.c().add(C::RxBytes, seg.len() as u64);
+                    }
+                    Err(error) => {
+                        w.c().add(C::TunWriteError, 1);
+                        tracing::debug!(%error, "TUN write failed");
+                    }
+                }
+            }
+        }
+    }
+    if pending > 0 {
+        if let Some(d) = dev.as_deref() {
+            flush(w, d, gro, &mut gro_bufs[..pending], pending_bytes);
+        }
+    }
+    Ok(n)
 }
 
 /// Writes packets (each behind a virtio-net header's room) to the TUN,

@@ -737,7 +737,10 @@ fn wait_readyz(n: &mut LabNode) -> anyhow::Result<()> {
                 .as_ref()
                 .map(|a| a.log_digest(20))
                 .unwrap_or_default();
-            bail!("weftd on {} not ready after 60 s; its log:\n{log}", n.spec.name);
+            bail!(
+                "weftd on {} not ready after 60 s; its log:\n{log}",
+                n.spec.name
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     }

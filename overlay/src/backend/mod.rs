@@ -81,11 +81,14 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
 
     /// A userspace data plane to run beside the kernel's, fed the
     /// peers' [`Forward`] entries (the UDP backend's forwarder); `None` for
-    /// backends the kernel carries alone.
+    /// backends the kernel carries alone. `taking_over`: a predecessor's
+    /// data plane still runs (it stops once this agent is ready), so what
+    /// it holds (a port) is shared, not refused.
     fn data_plane(
         &self,
         _local: &LocalNode,
         _network: IpNet,
+        _taking_over: bool,
     ) -> Result<Option<Box<dyn DataPlane>>, crate::error::KernelError> {
         Ok(None)
     }

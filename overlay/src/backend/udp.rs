@@ -124,12 +124,14 @@ impl Backend for UdpConfig {
         &self,
         local: &LocalNode,
         _network: IpNet,
+        taking_over: bool,
     ) -> Result<Option<Box<dyn DataPlane>>, KernelError> {
         let config = weft_udp::ForwarderConfig {
             device: TUN_DEVICE.to_string(),
             bind: SocketAddr::new(local.public_ip, self.port),
             queues: 0,
             offload: true,
+            share_port: taking_over,
         };
         let tun_error = |e: weft_udp::UdpError| KernelError::Tun {
             device: TUN_DEVICE.to_string(),
