@@ -43,9 +43,24 @@ pub fn router(ready: Readiness) -> Router {
         .with_state(ready)
 }
 
+/// How long [`serve`] retries a port still in use (a predecessor handing
+/// the node over lets it go when it falls quiet).
+const BIND_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Serves until the process ends.
 pub async fn serve(addr: SocketAddr, ready: Readiness) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let deadline = tokio::time::Instant::now() + BIND_WAIT;
+    let listener = loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            other => break other?,
+        }
+    };
     tracing::info!(%addr, "health server listening");
     axum::serve(listener, router(ready)).await
 }

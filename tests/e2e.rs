@@ -835,6 +835,52 @@ fn udp_repairs_itself_restarts_without_writes_and_follows_nodes() {
     );
     assert_full_matrix(&lab, "udp after a restart");
 
+    // A rolling restart with maxSurge (--take-over), of this node and of
+    // node 0, under 10 ms pings from a pod on node 0 to one here: each old
+    // forwarder drains into its successor, not one ping is lost, and
+    // neither node's addresses or routes are written.
+    let witnesses: Vec<KernelWitness> = [0, node]
+        .iter()
+        .map(|&i| {
+            KernelWitness::start_with_args(&lab.nodes[i].ns, &["-4", "monitor", "address", "route"])
+                .unwrap()
+        })
+        .collect();
+    let mut ping =
+        Pinger::start(&lab.nodes[0].pods[0].ns, lab.nodes[node].pods[0].ip, 400).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let took_here = lab.restart_agent_handing_over(node).unwrap();
+    let took_0 = lab.restart_agent_handing_over(0).unwrap();
+    assert!(
+        ping.running(),
+        "the ping ended before the hand-overs were done: the test proves nothing"
+    );
+    let summary = ping.finish().unwrap();
+    eprintln!(
+        "udp hand-over restarts ({:.0} ms, {:.0} ms) under 10 ms pings: {}",
+        took_here.as_secs_f64() * 1e3,
+        took_0.as_secs_f64() * 1e3,
+        summary
+            .text
+            .lines()
+            .find(|l| l.contains("transmitted"))
+            .unwrap_or_default()
+    );
+    assert_eq!(
+        summary.lost(),
+        0,
+        "pings lost across the hand-overs: {}",
+        summary.text
+    );
+    for w in witnesses {
+        let seen = w.changes().unwrap();
+        assert!(
+            seen.is_empty(),
+            "the kernel changed during a hand-over:\n{seen}"
+        );
+    }
+    assert_full_matrix(&lab, "udp after the hand-overs");
+
     // A node joining: every forwarder learns its subnet.
     let worker3 = NodeSpec {
         name: "worker3".into(),

@@ -149,6 +149,28 @@ fn check(variant: &str, nftables: bool) {
     argv.extend(agent.args.clone().unwrap());
     let flags = Flags::parse_with_env(argv, Vec::new()).unwrap();
     assert!(flags.kube_subnet_mgr && flags.ip_masq);
+    // Updates start the new pod beside the old one, which hands over.
+    assert!(flags.take_over, "--take-over");
+    let rolling =
+        p.ds.spec
+            .as_ref()
+            .unwrap()
+            .update_strategy
+            .as_ref()
+            .unwrap()
+            .rolling_update
+            .as_ref()
+            .unwrap();
+    assert_eq!(
+        serde_json::to_value(&rolling.max_surge).unwrap(),
+        Value::from(1),
+        "maxSurge"
+    );
+    assert_eq!(
+        serde_json::to_value(&rolling.max_unavailable).unwrap(),
+        Value::from(0),
+        "maxUnavailable"
+    );
     assert_eq!(agent.command.as_ref().unwrap()[0], "/usr/local/bin/weftd");
     for (probe, path) in [
         (agent.liveness_probe.as_ref(), "/healthz"),

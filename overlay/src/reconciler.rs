@@ -108,6 +108,13 @@ pub struct Stats {
 
 enum Command {
     ReconcileNow(oneshot::Sender<Report>),
+    /// Stop reading and writing the kernel; keep the data plane running
+    /// (see [`ReconcilerHandle::quiesce`]).
+    Quiesce(oneshot::Sender<()>),
+    /// Stop the data plane and end (see [`ReconcilerHandle::release`]).
+    Release(oneshot::Sender<()>),
+    /// See [`ReconcilerHandle::predecessor_gone`].
+    PredecessorGone,
 }
 
 /// A change of the input.
@@ -149,6 +156,34 @@ impl ReconcilerHandle {
         // A stopped reconciler drops the change; `wait_applied` then says so.
         let _ = inbox.tx.send((generation, change));
         generation
+    }
+
+    /// Handing the node over to a successor, step one: this reconciler
+    /// stops reading and writing the kernel for good (the successor does
+    /// both now); its data plane, if any, keeps forwarding until
+    /// [`release`](Self::release). False if it had ended already.
+    pub async fn quiesce(&self) -> bool {
+        self.ask(Command::Quiesce).await
+    }
+
+    /// Handing over, step two: the data plane stops (forwarding what was
+    /// queued to it first) and the reconciler ends.
+    pub async fn release(&self) -> bool {
+        self.ask(Command::Release).await
+    }
+
+    /// Taking over (started with [`Options::taking_over`]): the
+    /// predecessor has released its data plane.
+    pub async fn predecessor_gone(&self) {
+        let _ = self.commands.send(Command::PredecessorGone).await;
+    }
+
+    async fn ask(&self, command: fn(oneshot::Sender<()>) -> Command) -> bool {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(command(tx)).await.is_err() {
+            return false;
+        }
+        rx.await.is_ok()
     }
 
     /// Replaces the whole input; returns its generation number.
@@ -323,6 +358,21 @@ impl Reconciler {
                         let report = self.reconcile().await;
                         let _ = reply.send(report);
                     }
+                    Command::Quiesce(reply) => {
+                        tracing::info!("quiet: no more kernel reads or writes; the data plane runs on until released");
+                        let _ = reply.send(());
+                        return self.quiet().await;
+                    }
+                    Command::Release(reply) => {
+                        self.data_plane = None;
+                        let _ = reply.send(());
+                        return;
+                    }
+                    Command::PredecessorGone => {
+                        if let Some(dp) = &self.data_plane {
+                            dp.predecessor_gone();
+                        }
+                    }
                 },
                 event = self.events.next() => {
                     let Some((msg, _)) = event else { return };
@@ -337,6 +387,31 @@ impl Reconciler {
                     self.invalidate();
                     dirty = true;
                 }
+            }
+        }
+    }
+
+    /// After [`ReconcilerHandle::quiesce`]: only the data plane runs, until
+    /// released or every handle is dropped.
+    async fn quiet(mut self) {
+        // The kernel's news is not read any more.
+        drop(self.events);
+        while let Some(cmd) = self.commands.recv().await {
+            match cmd {
+                Command::Release(reply) => {
+                    self.data_plane = None;
+                    let _ = reply.send(());
+                    return;
+                }
+                Command::Quiesce(reply) => {
+                    let _ = reply.send(());
+                }
+                // Nothing is reconciled any more: the last report.
+                Command::ReconcileNow(reply) => {
+                    let last = self.last.lock().map(|r| r.clone()).unwrap_or_default();
+                    let _ = reply.send(last);
+                }
+                Command::PredecessorGone => {}
             }
         }
     }

@@ -10,7 +10,11 @@
 //! 3. Put the NAT rules in place, write `subnet.env`, report ready, set
 //!    `NetworkUnavailable=False`; then follow the Nodes until told to stop.
 //!    Stopping leaves the data plane as it is.
+//!
+//! With `--take-over` a weftd already running on the node hands it over
+//! (see [`instance`] and [`handover`]).
 
+mod handover;
 pub mod host;
 pub mod iface;
 pub mod instance;
@@ -158,14 +162,17 @@ async fn agent(
     env: HashMap<String, String>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
-    // 0. One agent per node: before anything is read or changed.
-    let instance = instance::Instance::acquire()?;
-    let instance_task = tokio::task::spawn_local(instance.serve());
+    // 0. One agent per node: before anything is read or changed. With
+    //    --take-over, the running one falls quiet and hands the node over
+    //    once this one is ready.
+    let (take_over_tx, mut take_over_rx) = mpsc::channel(1);
+    let (mut instance_task, mut predecessor) =
+        handover::claim(flags.take_over, take_over_tx.clone()).await?;
 
     // 1. Configuration and the cluster.
     let settings = Settings::load(&flags)?;
     let ready = Readiness::default();
-    serve_health(&flags, &ready);
+    let health_task = serve_health(&flags, &ready);
     let mut cluster = Cluster::join(&client, &env, &settings).await?;
 
     // 2. The underlay, one overlay per family from the whole cluster at
@@ -176,7 +183,11 @@ async fn agent(
     let mut overlay_tasks = Vec::new();
     for (family, _) in cluster.subnets.iter() {
         let input = overlay_input(&settings, &cluster, &underlay, family)?;
-        let (reconciler, handle) = Reconciler::start(input, OverlayOptions::default())?;
+        let options = OverlayOptions {
+            taking_over: predecessor.is_some(),
+            ..OverlayOptions::default()
+        };
+        let (reconciler, handle) = Reconciler::start(input, options)?;
         overlay_tasks.push(tokio::task::spawn_local(reconciler.run()));
         overlays.set(family, Some(handle));
     }
@@ -218,6 +229,9 @@ async fn agent(
     if flags.set_node_network_unavailable {
         jobs.available.record(set_available(&cluster).await);
     }
+    if let Some(p) = predecessor.take() {
+        instance_task = Some(handover::complete(p, &overlays, take_over_tx).await?);
+    }
 
     // Follow the cluster until told to stop: each Node event costs work for
     // that Node only.
@@ -226,6 +240,16 @@ async fn agent(
         let retry_at = retry::next_due(jobs.all());
         tokio::select! {
             _ = &mut shutdown => break,
+            Some(request) = take_over_rx.recv() => {
+                let running = handover::Running {
+                    overlays,
+                    overlay_tasks,
+                    nat,
+                    health: health_task,
+                    instance: instance_task,
+                };
+                return handover::hand_over(request, running, shutdown).await;
+            }
             event = cluster.events.recv() => {
                 let Some(event) = event else {
                     return Err(AgentError::WatchStopped);
@@ -272,6 +296,10 @@ async fn agent(
         }
     }
     tracing::info!("stopping; routes, neighbours, FDB entries and NAT rules stay in place");
+    // A successor asking now finds no one to ask, and the name soon free.
+    if let Some(t) = instance_task.take() {
+        t.abort();
+    }
     drop(overlays);
     for task in overlay_tasks {
         let _ = task.await;
@@ -279,7 +307,6 @@ async fn agent(
     for n in nat {
         n.stop();
     }
-    instance_task.abort();
     Ok(())
 }
 
@@ -319,17 +346,17 @@ impl Settings {
 }
 
 /// `/healthz` and `/readyz` on `--healthz-ip:--healthz-port` (off with port 0).
-fn serve_health(flags: &Flags, ready: &Readiness) {
+fn serve_health(flags: &Flags, ready: &Readiness) -> Option<tokio::task::JoinHandle<()>> {
     if flags.healthz_port == 0 {
-        return;
+        return None;
     }
     let addr = SocketAddr::new(flags.healthz_ip, flags.healthz_port);
     let r = ready.clone();
-    tokio::spawn(async move {
+    Some(tokio::spawn(async move {
         if let Err(e) = health::serve(addr, r).await {
             tracing::error!(%addr, error = %e, "health server failed");
         }
-    });
+    }))
 }
 
 /// This node in the cluster: its Node, its subnet, and the followed index

@@ -111,6 +111,15 @@ pub struct Flags {
     #[arg(long, env = "WEFT_NAT_MODE", default_value = "auto", value_parser = parse_nat_mode)]
     pub nat_mode: NatModeChoice,
 
+    /// If another weftd runs on this node, take the node over from it instead
+    /// of refusing to start (weft's own flag, for rolling updates with
+    /// `maxSurge`): it stops writing, this one starts beside its data plane,
+    /// and once this one is ready the other stops its data plane (the UDP
+    /// backend's forwarder drains into this one's: nothing is lost).
+    #[arg(long, env = "WEFT_TAKE_OVER", action = ArgAction::Set, num_args = 0..=1,
+          require_equals = true, default_missing_value = "true", default_value_t = false)]
+    pub take_over: bool,
+
     /// Log verbosity as flanneld's -v (0 info, 1–2 debug, 3+ trace); RUST_LOG overrides.
     #[arg(short = 'v', long = "v", env = "FLANNELD_V", default_value_t = 0)]
     pub verbosity: u8,
@@ -310,6 +319,7 @@ mod tests {
         );
         assert_eq!(f.iptables_resync, 5);
         assert_eq!(f.nat_mode, NatModeChoice::Auto);
+        assert!(!f.take_over);
     }
 
     #[test]

@@ -108,7 +108,8 @@ pub struct WeftPod {
     pub image: String,
 }
 
-/// The DaemonSet's pods.
+/// The DaemonSet's pods, but for those being deleted (with the manifests'
+/// `maxSurge` an old pod terminates beside its successor for a while).
 pub fn weft_pods(kubectl: &Kubectl) -> anyhow::Result<Vec<WeftPod>> {
     let pods = kubectl.json(&["-n", NAMESPACE, "get", "pods", "-l", "app=flannel"])?;
     Ok(pods["items"]
@@ -116,6 +117,7 @@ pub fn weft_pods(kubectl: &Kubectl) -> anyhow::Result<Vec<WeftPod>> {
         .cloned()
         .unwrap_or_default()
         .iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
         .map(|p| WeftPod {
             name: p["metadata"]["name"].as_str().unwrap_or_default().into(),
             node: p["spec"]["nodeName"].as_str().unwrap_or_default().into(),

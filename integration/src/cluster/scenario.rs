@@ -75,11 +75,34 @@ pub fn rolling_update(
     args.extend(set.iter().map(String::as_str));
     kubectl.run(&args)?;
     deploy::wait_rollout(kubectl, Duration::from_secs(240))?;
-    let images = images_by_node(cluster)?;
-    if images.values().any(|i| i != reference) || images.len() != cluster.nodes().len() {
-        bail!("after the rollout weft's pods run {images:?}, not {reference} everywhere");
+    let took = began.elapsed();
+    // The rollout is done once every new pod is available; the old ones
+    // are deleted right after.
+    let t0 = Instant::now();
+    loop {
+        let pods = deploy::weft_pods(kubectl)?;
+        let new = pods.iter().filter(|p| p.image == reference).count();
+        if new == pods.len() && new == cluster.nodes().len() {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(60) {
+            let images = images_by_node(cluster)?;
+            bail!("after the rollout weft's pods run {images:?}, not {reference} everywhere");
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
-    Ok(began.elapsed())
+    // The manifests' maxSurge and --take-over: each new weftd took its node
+    // over from the old one, which was still running.
+    for pod in deploy::weft_pods(kubectl)? {
+        let log = kubectl.run(&["-n", NAMESPACE, "logs", &pod.name, "-c", "kube-flannel"])?;
+        if !log.contains("took the node over") {
+            bail!(
+                "weft's new pod on {} did not take the node over from the old one:\n{log}",
+                pod.node
+            );
+        }
+    }
+    Ok(took)
 }
 
 /// Deletes weft's pod on `node` and waits until the DaemonSet's new pod

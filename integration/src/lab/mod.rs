@@ -377,18 +377,26 @@ impl Lab {
     /// Starts weftd on node `i` with the lab's net-conf.json and NAT mode,
     /// its files under `<lab>/<node name>/` (without waiting for it).
     fn launch_agent(&mut self, i: usize) -> anyhow::Result<()> {
+        let agent = self.start_agent(i, &[])?;
         let n = self.nodes.get_mut(i).context("no such node")?;
+        n.agent = Some(agent);
+        Ok(())
+    }
+
+    fn start_agent(&self, i: usize, extra: &[&str]) -> anyhow::Result<Weftd> {
+        let n = self.nodes.get(i).context("no such node")?;
         let mode = format!("--nat-mode={}", self.nat);
-        n.agent = Some(Weftd::start(
+        let mut args = vec![mode.as_str(), "--healthz-port=8081"];
+        args.extend_from_slice(extra);
+        Weftd::start(
             &self.weftd,
             &n.ns,
             &n.spec.name,
             &self.api.kubeconfig(),
             &self.net_conf,
             &self.dir.path().join(&n.spec.name),
-            &[&mode, "--healthz-port=8081"],
-        )?);
-        Ok(())
+            &args,
+        )
     }
 
     /// A node as flanneld leaves it: its Node annotated as flannel does,
@@ -567,6 +575,48 @@ impl Lab {
         }
         self.launch_agent(node)?;
         wait_readyz(&mut self.nodes[node])
+    }
+
+    /// A rolling restart with `maxSurge`: a new weftd with `--take-over`
+    /// starts beside the running one, which falls quiet, and hands the node
+    /// over once the new one is ready; then the old one is stopped (it must
+    /// exit cleanly). Returns how long the hand-over took.
+    pub fn restart_agent_handing_over(&mut self, node: usize) -> anyhow::Result<Duration> {
+        const TOOK: &str = "took the node over";
+        let t0 = std::time::Instant::now();
+        let before = {
+            let n = self.nodes.get(node).context("no such node")?;
+            let old = n.agent.as_ref().context("no weftd runs there")?;
+            old.log().matches(TOOK).count()
+        };
+        let mut new = self.start_agent(node, &["--take-over"])?;
+        let n = self.nodes.get_mut(node).context("no such node")?;
+        // Both write to the node's log: the new one says when it has the node.
+        while new.log().matches(TOOK).count() == before {
+            if !new.is_running() {
+                bail!(
+                    "the new weftd on {} exited:\n{}",
+                    n.spec.name,
+                    new.log_digest(20)
+                );
+            }
+            if t0.elapsed() > Duration::from_secs(60) {
+                bail!(
+                    "the new weftd on {} did not take the node over in 60 s:\n{}",
+                    n.spec.name,
+                    new.log_digest(20)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let took = t0.elapsed();
+        let old = n.agent.replace(new).context("no weftd runs there")?;
+        let status = old.stop()?;
+        if !status.success() {
+            bail!("the old weftd on {} exited with {status}", n.spec.name);
+        }
+        wait_readyz(n)?;
+        Ok(took)
     }
 
     /// Waits until every node routes to every other node's pod subnet.

@@ -112,6 +112,10 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
 pub trait DataPlane: Send {
     /// The whole table of peers, replacing the last one.
     fn set_peers(&self, peers: &[Forward]);
+
+    /// Started `taking_over`: the predecessor's data plane has stopped now,
+    /// whatever was shared with it is this one's alone.
+    fn predecessor_gone(&self) {}
 }
 
 /// `same` for a backend whose configuration is its value.

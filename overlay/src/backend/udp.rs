@@ -180,6 +180,12 @@ impl DataPlane for Forwarder {
             f.set_peers(&table);
         }
     }
+
+    fn predecessor_gone(&self) {
+        if let Some(f) = &self.0 {
+            f.took_over();
+        }
+    }
 }
 
 impl Drop for Forwarder {
