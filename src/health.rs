@@ -1,14 +1,17 @@
 //! `/healthz` (the process runs) and `/readyz` (device, rules and subnet.env
-//! are in place), as flanneld serves them.
+//! are in place), as flanneld serves them, and `/metrics` (weft's own,
+//! Prometheus text, see [`crate::metrics`]).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::routing::get;
 use axum::Router;
+
+use crate::metrics::Metrics;
 
 /// Readiness, shared between the agent and the server.
 #[derive(Debug, Clone, Default)]
@@ -26,9 +29,18 @@ impl Readiness {
     }
 }
 
-/// The router: `/healthz` always 200, `/readyz` 200 once ready, else 503.
-pub fn router(ready: Readiness) -> Router {
+/// The media type of `/metrics`: Prometheus text format 0.0.4.
+pub const METRICS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The router: `/healthz` always 200, `/readyz` 200 once ready, else 503,
+/// `/metrics`.
+pub fn router(ready: Readiness, metrics: Metrics) -> Router {
+    let metrics_route = get(move || {
+        let m = metrics.clone();
+        async move { ([(header::CONTENT_TYPE, METRICS_TEXT)], m.encode()) }
+    });
     Router::new()
+        .route("/metrics", metrics_route)
         .route("/healthz", get(|| async { "weftd is running\n" }))
         .route(
             "/readyz",
@@ -48,7 +60,7 @@ pub fn router(ready: Readiness) -> Router {
 const BIND_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Serves until the process ends.
-pub async fn serve(addr: SocketAddr, ready: Readiness) -> std::io::Result<()> {
+pub async fn serve(addr: SocketAddr, ready: Readiness, metrics: Metrics) -> std::io::Result<()> {
     let deadline = tokio::time::Instant::now() + BIND_WAIT;
     let listener = loop {
         match tokio::net::TcpListener::bind(addr).await {
@@ -62,5 +74,5 @@ pub async fn serve(addr: SocketAddr, ready: Readiness) -> std::io::Result<()> {
         }
     };
     tracing::info!(%addr, "health server listening");
-    axum::serve(listener, router(ready)).await
+    axum::serve(listener, router(ready, metrics)).await
 }

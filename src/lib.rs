@@ -7,5 +7,6 @@ pub mod agent;
 pub mod cni;
 pub mod config;
 pub mod health;
+pub mod metrics;
 pub mod subnet;
 pub mod subnet_env;

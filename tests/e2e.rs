@@ -13,6 +13,7 @@ use weft_integration::lab::{ApiChoice, Backend, Binaries, IpFamily, Lab, LabSpec
 use weft_integration::pinger::Pinger;
 use weft_integration::seed_nodes;
 use weft_integration::topology::{cluster_network, NodeSpec};
+use weft_integration::weftd::scrape;
 use weft_integration::witness::KernelWitness;
 use weft_nat::NatMode;
 use weft_netns::{require_netns, Netns};
@@ -763,6 +764,100 @@ fn repaired(what: &str, mut ok: impl FnMut() -> bool) -> Duration {
         std::thread::sleep(Duration::from_millis(5));
     }
     t0.elapsed()
+}
+
+/// `/metrics` parses as Prometheus text and tells what weftd does: the
+/// objects it holds, its reconciles, the NAT mode's applies; a route and a
+/// NAT rule deleted by hand show up as drift repairs once put back.
+#[test]
+fn metrics_parse_and_count_what_weftd_repairs() {
+    require_netns!();
+    let lab = seed_lab(&[], Backend::Vxlan, NatMode::IptablesNft, "m");
+    let ns = &lab.nodes[2].ns;
+    let labels4 = [("family", "ipv4")];
+    let before = scrape(ns, 8081).unwrap();
+    let m = &before;
+    assert_eq!(m.value("weft_ready", &[]), Some(1.0), "{}", m.text);
+    assert_eq!(
+        m.value("weft_build_info", &[("backend", "vxlan")]),
+        Some(1.0),
+        "{}",
+        m.text
+    );
+    for kind in ["route", "neighbour", "fdb"] {
+        assert_eq!(
+            m.value(
+                "weft_overlay_objects",
+                &[("family", "ipv4"), ("kind", kind)]
+            ),
+            Some(2.0),
+            "{kind}: two peers\n{}",
+            m.text
+        );
+    }
+    assert!(
+        m.histogram_count("weft_overlay_reconcile_duration_seconds", &labels4) >= Some(1.0),
+        "{}",
+        m.text
+    );
+    assert!(
+        m.value(
+            "weft_overlay_reconciles_total",
+            &[("family", "ipv4"), ("result", "ok")]
+        ) >= Some(1.0)
+    );
+    let nat = [("family", "ipv4"), ("mode", "iptables-nft")];
+    assert!(
+        m.value("weft_nat_applies_total", &nat) >= Some(1.0),
+        "{}",
+        m.text
+    );
+    assert!(m.value("weft_nat_last_success_timestamp_seconds", &nat) > Some(1.7e9));
+    assert_eq!(m.value("weft_nodes_skipped", &labels4), Some(0.0));
+    let drift = |m: &weft_integration::weftd::Metrics, kind: &str| {
+        m.value(
+            "weft_overlay_drift_repairs_total",
+            &[("family", "ipv4"), ("kind", kind)],
+        )
+        .unwrap_or(0.0)
+    };
+
+    // A route deleted by hand, put back: one drift repair of a route.
+    let peer = lab.nodes[0].spec.subnet.to_string();
+    ns.ip(&["route", "del", &peer]).unwrap();
+    repaired("the route", || {
+        ns.ip(&["route", "show", &peer])
+            .unwrap_or_default()
+            .contains("flannel.1")
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    let after = scrape(ns, 8081).unwrap();
+    assert_eq!(
+        drift(&after, "route") - drift(&before, "route"),
+        1.0,
+        "{}",
+        after.text
+    );
+    assert_eq!(drift(&after, "fdb"), drift(&before, "fdb"));
+    // The NAT rules flushed by hand, put back.
+    ns.exec(&["iptables-nft", "-t", "nat", "-F", "FLANNEL-POSTRTG"])
+        .unwrap();
+    let nat_drift = |m: &weft_integration::weftd::Metrics| {
+        m.value("weft_nat_drift_repairs_total", &nat).unwrap_or(0.0)
+    };
+    let t0 = std::time::Instant::now();
+    loop {
+        let now = scrape(ns, 8081).unwrap();
+        if nat_drift(&now) > nat_drift(&after) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "no NAT drift repair counted:\n{}",
+            now.text
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// udp: flannel0, its address, its state and the network's route are put

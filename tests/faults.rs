@@ -18,6 +18,7 @@ use serde_json::Value;
 use weft_integration::kube_api::ApiOptions;
 use weft_integration::pinger::Pinger;
 use weft_integration::topology::CLUSTER;
+use weft_integration::weftd::scrape;
 use weft_integration::weftd::{health_status, net_conf, Weftd};
 use weft_integration::witness::KernelWitness;
 use weft_netns::{require_netns, Netns};
@@ -538,6 +539,12 @@ fn the_real_api_server_restarting_on_the_same_etcd_costs_one_list_per_agent() {
     let to = lab.cluster.node("worker2").unwrap().spec.pod_ip();
     let pinger = Pinger::start(from, to, 2500).unwrap();
     let before = real.agent_requests().unwrap();
+    let worker_ns = &lab.cluster.node("worker").unwrap().ns;
+    let watch_errors = |m: &weft_integration::weftd::Metrics| {
+        m.value("weft_api_errors_total", &[("operation", "watch")])
+            .unwrap_or(0.0)
+    };
+    let metrics_before = scrape(worker_ns, 8471).unwrap();
     let t0 = Instant::now();
     real.restart_apiserver(&lab.cluster.switch, Duration::from_secs(2))
         .unwrap();
@@ -562,6 +569,18 @@ fn the_real_api_server_restarting_on_the_same_etcd_costs_one_list_per_agent() {
             tail.into_iter().rev().collect::<Vec<_>>().join("\n")
         );
     }
+    // The outage is in weftd's metrics: failed watch requests; the watch
+    // resumed (at most one list, as the audit log says below).
+    let metrics_after = scrape(worker_ns, 8471).unwrap();
+    assert!(
+        watch_errors(&metrics_after) > watch_errors(&metrics_before),
+        "{}",
+        metrics_after.text
+    );
+    let restarts = |m: &weft_integration::weftd::Metrics| {
+        m.value("weft_api_watch_restarts_total", &[]).unwrap_or(0.0)
+    };
+    assert!(restarts(&metrics_after) - restarts(&metrics_before) <= 1.0);
     let delta = |k: &str| after.get(k).unwrap_or(&0) - before.get(k).unwrap_or(&0);
     eprintln!(
         "the agents' requests since the restart: list nodes ×{}, watch nodes ×{}",

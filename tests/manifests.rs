@@ -149,6 +149,25 @@ fn check(variant: &str, nftables: bool) {
     argv.extend(agent.args.clone().unwrap());
     let flags = Flags::parse_with_env(argv, Vec::new()).unwrap();
     assert!(flags.kube_subnet_mgr && flags.ip_masq);
+    // Prometheus scrapes /metrics on weftd's health port.
+    let annotations = p
+        .ds
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .annotations
+        .clone()
+        .unwrap();
+    assert_eq!(annotations["prometheus.io/scrape"], "true");
+    assert_eq!(
+        annotations["prometheus.io/port"],
+        flags.healthz_port.to_string()
+    );
+    assert_eq!(annotations["prometheus.io/path"], "/metrics");
     // Updates start the new pod beside the old one, which hands over.
     assert!(flags.take_over, "--take-over");
     let rolling =

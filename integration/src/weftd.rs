@@ -271,6 +271,81 @@ pub fn health_status(ns: &Netns, port: u16, path: &str) -> String {
     .unwrap_or_default()
 }
 
+/// weftd's `/metrics` in `ns` on `port`, parsed as Prometheus text (by
+/// prometheus-parse: a line it cannot read is an error here).
+pub fn scrape(ns: &Netns, port: u16) -> anyhow::Result<Metrics> {
+    let text = ns.exec(&[
+        "curl",
+        "-sf",
+        "-m",
+        "2",
+        &format!("http://127.0.0.1:{port}/metrics"),
+    ])?;
+    let lines: Vec<std::io::Result<String>> = text.lines().map(|l| Ok(l.to_string())).collect();
+    let scrape = prometheus_parse::Scrape::parse(lines.into_iter())?;
+    // Every non-comment line must have become a sample (or a bucket).
+    let samples = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .count();
+    let parsed: usize = scrape
+        .samples
+        .iter()
+        .map(|s| match &s.value {
+            // Buckets, _sum and _count of a histogram.
+            prometheus_parse::Value::Histogram(b) => b.len(),
+            _ => 1,
+        })
+        .sum::<usize>();
+    anyhow::ensure!(
+        parsed == samples,
+        "{parsed} of {samples} sample lines parsed:\n{text}"
+    );
+    Ok(Metrics { scrape, text })
+}
+
+/// A parsed scrape.
+pub struct Metrics {
+    /// The samples.
+    pub scrape: prometheus_parse::Scrape,
+    /// The text as served.
+    pub text: String,
+}
+
+impl Metrics {
+    /// The value of the sample `name` whose labels include `labels`
+    /// (counters, gauges and untyped alike); `None` if there is none.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name)
+            .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .find_map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => Some(v),
+                _ => None,
+            })
+    }
+
+    /// The observations of histogram `name` with `labels` (its `+Inf` bucket).
+    pub fn histogram_count(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name)
+            .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .find_map(|s| match &s.value {
+                prometheus_parse::Value::Histogram(b) => b
+                    .iter()
+                    .find(|c| c.less_than.is_infinite())
+                    .map(|c| c.count),
+                _ => None,
+            })
+    }
+}
+
 /// See [`Weftd::log_digest`].
 fn digest(log: &str, tail: usize) -> String {
     let lines: Vec<&str> = log.lines().collect();

@@ -25,6 +25,7 @@ pub mod error;
 pub mod family;
 pub mod iptables;
 pub mod masq_flags;
+pub mod metrics;
 pub mod nfnl;
 mod nft_dump;
 pub mod nftables;

@@ -27,18 +27,21 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use crate::error::NatError;
 use crate::family::Family;
+use crate::metrics::{NatMetrics, Outcome};
 use crate::rules::RuleSet;
 use crate::signal::{self, ChangeSignal, Ready};
 use crate::{NatBackend, NatMode};
 
 /// Loop timing.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct LoopOptions {
     /// How often the rules are re-read where the backend's change signal
     /// cannot be had (a fallback; every mode normally has one).
     pub poll: Duration,
     /// Full re-check in every mode (flanneld's `--iptables-resync`).
     pub resync: Duration,
+    /// Where to count (the agent registers them).
+    pub metrics: NatMetrics,
 }
 
 impl Default for LoopOptions {
@@ -46,6 +49,7 @@ impl Default for LoopOptions {
         LoopOptions {
             poll: Duration::from_millis(200),
             resync: Duration::from_secs(5),
+            metrics: NatMetrics::default(),
         }
     }
 }
@@ -233,7 +237,12 @@ fn run(
     let family = rules.family;
     let mut backend = mode.backend(family);
     remove_other_modes(mode, family);
-    let first_result = reconcile(backend.as_mut(), &rules, &stats);
+    let counting = |repair| Counting {
+        stats: &stats,
+        metrics: &options.metrics,
+        repair,
+    };
+    let first_result = reconcile(backend.as_mut(), &rules, counting(false));
     let _ = first.send(first_result.map(|_| ()));
     // Opened after the first write: iptables' lock file exists by then.
     let mut signal: Option<Box<dyn ChangeSignal>> = match backend.change_signal() {
@@ -245,6 +254,8 @@ fn run(
     };
     let mut next_resync = Instant::now() + options.resync;
     let mut broken = 0;
+    // New rules to put in place: the write that follows is no repair.
+    let mut updated = false;
     loop {
         let left = next_resync.saturating_duration_since(Instant::now());
         let timeout = match &signal {
@@ -284,9 +295,11 @@ fn run(
                     Ok(Command::Update(r)) => {
                         rules = r;
                         dirty = true;
+                        updated = true;
                     }
                     Ok(Command::ReconcileNow(reply)) => {
-                        let r = reconcile(backend.as_mut(), &rules, &stats);
+                        let r = reconcile(backend.as_mut(), &rules, counting(!updated));
+                        updated = false;
                         refresh(&mut signal);
                         next_resync = Instant::now() + options.resync;
                         let _ = reply.send(r);
@@ -304,7 +317,8 @@ fn run(
             dirty = true;
         }
         if dirty {
-            let _ = reconcile(backend.as_mut(), &rules, &stats);
+            let _ = reconcile(backend.as_mut(), &rules, counting(!updated));
+            updated = false;
             refresh(&mut signal);
             next_resync = Instant::now() + options.resync;
         }
@@ -322,13 +336,31 @@ fn refresh(signal: &mut Option<Box<dyn ChangeSignal>>) {
     }
 }
 
+/// Where a reconcile reports to, and whether a write now is a repair.
+struct Counting<'a> {
+    stats: &'a NatStats,
+    metrics: &'a NatMetrics,
+    repair: bool,
+}
+
 fn reconcile(
     backend: &mut dyn NatBackend,
     rules: &RuleSet,
-    stats: &NatStats,
+    counting: Counting<'_>,
 ) -> Result<bool, NatError> {
+    let stats = counting.stats;
     stats.observes.fetch_add(1, Ordering::Relaxed);
+    let began = Instant::now();
     let result = backend.reconcile(rules);
+    counting.metrics.record(
+        backend.family(),
+        backend.mode(),
+        Outcome {
+            took: began.elapsed(),
+            wrote: result.as_ref().ok().copied(),
+            repair: counting.repair,
+        },
+    );
     let Ok(mut last) = stats.last_error.lock() else {
         return result;
     };

@@ -85,6 +85,24 @@ pub enum LeaseFault {
     NotOnLink(IpAddr),
 }
 
+impl LeaseFault {
+    /// A short, stable name of the fault (a metric label).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LeaseFault::OutsideNetwork { .. } => "outside_network",
+            LeaseFault::OverlapsOwn { .. } => "overlaps_own_subnet",
+            LeaseFault::OverlapsPeer { .. } => "overlaps_peer_subnet",
+            LeaseFault::DuplicateMac { .. } => "duplicate_mac",
+            LeaseFault::BackendMismatch { .. } => "backend_mismatch",
+            LeaseFault::NotANetwork(_) => "not_a_network",
+            LeaseFault::BadPublicIp(_) => "bad_public_ip",
+            LeaseFault::BadBackendData(_) => "bad_backend_data",
+            LeaseFault::VniMismatch { .. } => "vni_mismatch",
+            LeaseFault::NotOnLink(_) => "not_on_link",
+        }
+    }
+}
+
 /// A kernel request that failed, with what it was for.
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {

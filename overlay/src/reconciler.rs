@@ -32,9 +32,11 @@ use tokio::time::Instant;
 use crate::backend::DataPlane;
 use crate::diff::plan;
 use crate::error::{KernelError, LeaseError};
+use crate::family::Family;
 use crate::kernel::monitor::Events;
 use crate::kernel::{self, Kernel, Scope};
 use crate::mac::MacAddr;
+use crate::metrics::{plan_counts, Outcome, OverlayMetrics, SkipLabels};
 use crate::model::{Lease, LocalNode, OverlayConfig};
 use crate::peers::{Peers, Touched};
 use crate::state::{Forward, Observed};
@@ -51,7 +53,7 @@ pub struct Input {
 }
 
 /// Loop timing.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Options {
     /// Full re-read of the kernel, whatever the events said.
     pub resync_every: Duration,
@@ -60,6 +62,8 @@ pub struct Options {
     /// A predecessor agent's data plane still runs: share what it holds
     /// (see [`Backend::data_plane`](crate::backend::Backend::data_plane)).
     pub taking_over: bool,
+    /// Where to count (the agent registers them; by default nobody reads them).
+    pub metrics: OverlayMetrics,
 }
 
 impl Default for Options {
@@ -68,6 +72,7 @@ impl Default for Options {
             resync_every: Duration::from_secs(30),
             retry_after: Duration::from_millis(200),
             taking_over: false,
+            metrics: OverlayMetrics::default(),
         }
     }
 }
@@ -263,6 +268,12 @@ pub struct Reconciler {
     /// `None` until the first table is given (also an empty one: the
     /// forwarder waits for it).
     forwarded: Option<BTreeMap<IpNet, Forward>>,
+    /// An input change came since the last reconcile (else the kernel, a
+    /// resync or a retry woke it: what it writes is a drift repair).
+    input_changed: bool,
+    /// What the last pass wrote, by kind.
+    written: Option<[(&'static str, usize); 4]>,
+    skipped_series: Vec<SkipLabels>,
 }
 
 impl Reconciler {
@@ -315,6 +326,9 @@ impl Reconciler {
             pending: Touched::everything(),
             data_plane,
             forwarded: None,
+            input_changed: true,
+            written: None,
+            skipped_series: Vec::new(),
         };
         Ok((reconciler, handle))
     }
@@ -435,6 +449,7 @@ impl Reconciler {
     /// Folds one input change into the desired state.
     fn fold(&mut self, (generation, change): (u64, Change)) {
         self.generation = self.generation.max(generation);
+        self.input_changed = true;
         let touched = match change {
             Change::Replace(input) => {
                 let mut t = self.peers.set_node(input.config, input.local);
@@ -540,6 +555,8 @@ impl Reconciler {
     async fn reconcile(&mut self) -> Report {
         self.stats.reconciles.fetch_add(1, Ordering::Relaxed);
         let generation = self.generation;
+        let began = Instant::now();
+        self.written = None;
         let mut report = match self.pass().await {
             Ok(r) => r,
             Err(e) => Report {
@@ -571,6 +588,22 @@ impl Reconciler {
         }
         if let Ok(mut last) = self.last.lock() {
             *last = report.clone();
+        }
+        let family = Family::of_net(&self.peers.config().network);
+        self.options.metrics.record(
+            family,
+            Outcome {
+                took: began.elapsed(),
+                clean: report.errors.is_empty(),
+                applied: self.written,
+                drift: !self.input_changed,
+                held: &self.observed.entries,
+                rejected: &report.rejected,
+                skipped_before: &mut self.skipped_series,
+            },
+        );
+        if report.errors.is_empty() {
+            self.input_changed = false;
         }
         report
     }
@@ -624,6 +657,7 @@ impl Reconciler {
         }
         let (after, applied) = self.kernel.apply(&plan, &scope).await;
         report.writes = applied.writes;
+        self.written = Some(plan_counts(&plan));
         self.stats
             .writes
             .fetch_add(applied.writes as u64, Ordering::Relaxed);

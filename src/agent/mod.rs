@@ -40,11 +40,13 @@ use weft_overlay::{Family, LocalNode, PerFamily, Reconciler, ReconcilerHandle};
 
 use crate::config::{Flags, NatModeChoice, NetConf};
 use crate::health::{self, Readiness};
+use crate::metrics::Metrics;
 use crate::subnet::annotations::{pod_cidr, Published};
 use crate::subnet::index::{NodeIndex, PeerChange};
 use crate::subnet::kube::{self as kube_sm, NodeClient};
 use crate::subnet::Annotations;
 use crate::subnet_env::{FamilyLines, SubnetEnv};
+use weft_overlay::metrics::{family_label, FamilyLabel};
 
 /// Why the agent stopped (or did not start). Each variant names what is
 /// at fault; nothing is folded into text on the way up.
@@ -171,9 +173,11 @@ async fn agent(
 
     // 1. Configuration and the cluster.
     let settings = Settings::load(&flags)?;
+    let metrics = Metrics::new(settings.conf.backend.kind());
     let ready = Readiness::default();
-    let health_task = serve_health(&flags, &ready);
-    let mut cluster = Cluster::join(&client, &env, &settings).await?;
+    let health_task = serve_health(&flags, &ready, &metrics);
+    let mut cluster = Cluster::join(&client, &env, &settings, &metrics).await?;
+    cluster.count_skipped(&metrics);
 
     // 2. The underlay, one overlay per family from the whole cluster at
     //    once, and what the other nodes need to reach this one.
@@ -185,6 +189,7 @@ async fn agent(
         let input = overlay_input(&settings, &cluster, &underlay, family)?;
         let options = OverlayOptions {
             taking_over: predecessor.is_some(),
+            metrics: metrics.overlay.clone(),
             ..OverlayOptions::default()
         };
         let (reconciler, handle) = Reconciler::start(input, options)?;
@@ -213,21 +218,28 @@ async fn agent(
         .annotations
         .published(settings.conf.backend.kind(), &published);
     let mut jobs = Jobs::default();
-    jobs.publish
-        .record(publish(&cluster, &cluster.own, &wanted).await);
+    jobs.publish.record(counted(
+        &metrics,
+        "publish",
+        publish(&cluster, &cluster.own, &wanted).await,
+    ));
 
     // 3. NAT, then the subnet file, then ready. Writes to the API and the
     //    subnet file are retried until they succeed; the data plane stays.
-    let nat = start_nat(&flags, &settings.conf, &cluster.subnets)?;
+    let nat = start_nat(&flags, &settings.conf, &cluster.subnets, &metrics)?;
     let subnet_env = subnet_env(&flags, &settings.conf, &cluster.subnets, underlay.mtu);
     if jobs
         .subnet_env
         .record(write_subnet_env(&flags, &subnet_env))
     {
-        become_ready(&ready, &flags, &subnet_env, &nat);
+        become_ready(&ready, &flags, &subnet_env, &nat, &metrics);
     }
     if flags.set_node_network_unavailable {
-        jobs.available.record(set_available(&cluster).await);
+        jobs.available.record(counted(
+            &metrics,
+            "set_network_available",
+            set_available(&cluster).await,
+        ));
     }
     if let Some(p) = predecessor.take() {
         instance_task = Some(handover::complete(p, &overlays, take_over_tx).await?);
@@ -255,7 +267,9 @@ async fn agent(
                     return Err(AgentError::WatchStopped);
                 };
                 let own_before = cluster.index.own();
-                for change in cluster.fold(event) {
+                let changes = cluster.fold(event);
+                cluster.count_skipped(&metrics);
+                for change in changes {
                     let family = change.family();
                     let Some(overlay) = overlays.get(family) else {
                         continue;
@@ -275,22 +289,34 @@ async fn agent(
                 };
                 if let (true, Some(own)) = (own_changed, own_now) {
                     // Restores the annotations if someone removed them.
-                    jobs.publish.record(publish(&cluster, &own, &wanted).await);
+                    jobs.publish.record(counted(
+                        &metrics,
+                        "publish",
+                        publish(&cluster, &own, &wanted).await,
+                    ));
                 }
             }
             _ = sleep_until(retry_at), if retry_at.is_some() => {
                 let now = tokio::time::Instant::now();
                 if jobs.publish.is_due(now) {
                     let own = cluster.own_now();
-                    jobs.publish.record(publish(&cluster, &own, &wanted).await);
+                    jobs.publish.record(counted(
+                        &metrics,
+                        "publish",
+                        publish(&cluster, &own, &wanted).await,
+                    ));
                 }
                 if jobs.subnet_env.is_due(now)
                     && jobs.subnet_env.record(write_subnet_env(&flags, &subnet_env))
                 {
-                    become_ready(&ready, &flags, &subnet_env, &nat);
+                    become_ready(&ready, &flags, &subnet_env, &nat, &metrics);
                 }
                 if jobs.available.is_due(now) {
-                    jobs.available.record(set_available(&cluster).await);
+                    jobs.available.record(counted(
+                        &metrics,
+                        "set_network_available",
+                        set_available(&cluster).await,
+                    ));
                 }
             }
         }
@@ -346,14 +372,18 @@ impl Settings {
 }
 
 /// `/healthz` and `/readyz` on `--healthz-ip:--healthz-port` (off with port 0).
-fn serve_health(flags: &Flags, ready: &Readiness) -> Option<tokio::task::JoinHandle<()>> {
+fn serve_health(
+    flags: &Flags,
+    ready: &Readiness,
+    metrics: &Metrics,
+) -> Option<tokio::task::JoinHandle<()>> {
     if flags.healthz_port == 0 {
         return None;
     }
     let addr = SocketAddr::new(flags.healthz_ip, flags.healthz_port);
-    let r = ready.clone();
+    let (r, m) = (ready.clone(), metrics.clone());
     Some(tokio::spawn(async move {
-        if let Err(e) = health::serve(addr, r).await {
+        if let Err(e) = health::serve(addr, r, m).await {
             tracing::error!(%addr, error = %e, "health server failed");
         }
     }))
@@ -379,6 +409,7 @@ impl Cluster {
         client: &Client,
         env: &HashMap<String, String>,
         settings: &Settings,
+        metrics: &Metrics,
     ) -> Result<Cluster, AgentError> {
         let conf = &settings.conf;
         let name = kube_sm::node_name(client, env).await?;
@@ -390,6 +421,7 @@ impl Cluster {
             nodes.api().clone(),
             tx,
             settings.annotations.clone(),
+            metrics.clone(),
         ));
         let families: Vec<Family> = conf.networks().map(|n| Family::of_net(&n)).collect();
         let mut index = NodeIndex::new(&name, settings.annotations.clone(), &families);
@@ -408,6 +440,19 @@ impl Cluster {
     /// This Node as last seen (as at start while the watch has it not).
     fn own_now(&self) -> Arc<Node> {
         self.index.own().unwrap_or_else(|| self.own.clone())
+    }
+
+    /// `weft_nodes_skipped`, per family, as the index has it now.
+    fn count_skipped(&self, metrics: &Metrics) {
+        for family in self.subnets.iter().map(|(f, _)| f) {
+            let n = self.index.skipped(family);
+            metrics
+                .nodes_skipped
+                .get_or_create(&FamilyLabel {
+                    family: family_label(family),
+                })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
     }
 
     /// Folds one watch event into the index: what the overlay must hear.
@@ -635,8 +680,10 @@ fn become_ready(
     flags: &Flags,
     env: &SubnetEnv,
     nat: &[weft_nat::ReconcilerHandle],
+    metrics: &Metrics,
 ) {
     ready.set_ready();
+    metrics.ready.set(1);
     let subnets: Vec<String> = env.families.iter().map(|l| l.subnet.to_string()).collect();
     let nat: Vec<String> = nat.iter().map(|n| n.mode().to_string()).collect();
     tracing::info!(subnet_file = %flags.subnet_file.display(), ?subnets, mtu = env.mtu, ?nat, "ready");
@@ -648,6 +695,7 @@ fn start_nat(
     flags: &Flags,
     conf: &NetConf,
     subnets: &PerFamily<IpNet>,
+    metrics: &Metrics,
 ) -> Result<Vec<weft_nat::ReconcilerHandle>, AgentError> {
     let mut loops = Vec::new();
     for family in Family::ALL {
@@ -681,6 +729,7 @@ fn start_nat(
             rules,
             LoopOptions {
                 resync: Duration::from_secs(flags.iptables_resync.max(1)),
+                metrics: metrics.nat.clone(),
                 ..LoopOptions::default()
             },
         )?);
@@ -744,6 +793,7 @@ async fn follow_nodes(
     api: kube::Api<Node>,
     tx: mpsc::UnboundedSender<NodeEvent>,
     annotations: Annotations,
+    metrics: Metrics,
 ) {
     let nodes = watcher(api, watcher::Config::default())
         .modify(move |node| crate::subnet::projection::project(node, &annotations));
@@ -751,10 +801,12 @@ async fn follow_nodes(
     let mut backoff = ApiBackoff::default();
     let mut failing = false;
     let mut listing: Vec<Node> = Vec::new();
+    let mut lists = 0u64;
     while let Some(event) = nodes.next().await {
         let event = match event {
             Ok(event) => event,
             Err(e) => {
+                metrics.api_error("watch");
                 if !failing {
                     tracing::warn!(error = %e, "Node watch failed; keeping the last known peers and retrying");
                     failing = true;
@@ -775,6 +827,10 @@ async fn follow_nodes(
         }
         let sent = match event {
             watcher::Event::Init => {
+                lists += 1;
+                if lists > 1 {
+                    metrics.watch_restarts.inc();
+                }
                 listing.clear();
                 Ok(())
             }
@@ -790,6 +846,14 @@ async fn follow_nodes(
             return;
         }
     }
+}
+
+/// `result`, a failed API request of `operation` counted.
+fn counted<T, E>(metrics: &Metrics, operation: &'static str, result: Result<T, E>) -> Result<T, E> {
+    if result.is_err() {
+        metrics.api_error(operation);
+    }
+    result
 }
 
 /// `410 Gone` in the watch: the resourceVersion is too old to resume from.

@@ -88,6 +88,11 @@ impl NodeIndex {
         self.own.clone()
     }
 
+    /// How many Nodes are skipped for `family` now.
+    pub fn skipped(&self, family: Family) -> usize {
+        self.skipped.keys().filter(|(_, f)| *f == family).count()
+    }
+
     /// Number of peers with a usable lease (of any family).
     pub fn peers(&self) -> usize {
         self.leases.len()
