@@ -976,6 +976,46 @@ fn udp_repairs_itself_restarts_without_writes_and_follows_nodes() {
     }
     assert_full_matrix(&lab, "udp after the hand-overs");
 
+    // The forwarder's counters in /metrics: what it carried, and a datagram
+    // from the outside host (no peer) dropped as from an unknown sender.
+    let ns = &lab.nodes[node].ns;
+    let m = scrape(ns, 8081).unwrap();
+    let packets = |m: &weft_integration::weftd::Metrics, direction: &str| {
+        m.value(
+            "weft_forwarder_packets_total",
+            &[("family", "ipv4"), ("direction", direction)],
+        )
+        .unwrap_or(0.0)
+    };
+    assert!(
+        packets(&m, "tx") > 0.0 && packets(&m, "rx") > 0.0,
+        "{}",
+        m.text
+    );
+    let unknown = |m: &weft_integration::weftd::Metrics| {
+        m.value(
+            "weft_forwarder_drops_total",
+            &[("family", "ipv4"), ("reason", "unknown_sender")],
+        )
+    };
+    let before = unknown(&m).expect("every drop reason is exported");
+    let node_ip = lab.nodes[node].spec.ip.to_string();
+    lab.outside
+        .exec(&[
+            "bash",
+            "-c",
+            &format!("printf 'not from a peer' > /dev/udp/{node_ip}/8285"),
+        ])
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while unknown(&scrape(ns, 8081).unwrap()) <= Some(before) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the datagram from the outside host was not counted as dropped"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
     // A node joining: every forwarder learns its subnet.
     let worker3 = NodeSpec {
         name: "worker3".into(),

@@ -150,18 +150,17 @@ fn check(variant: &str, nftables: bool) {
     let flags = Flags::parse_with_env(argv, Vec::new()).unwrap();
     assert!(flags.kube_subnet_mgr && flags.ip_masq);
     // Prometheus scrapes /metrics on weftd's health port.
-    let annotations = p
-        .ds
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .metadata
-        .as_ref()
-        .unwrap()
-        .annotations
-        .clone()
-        .unwrap();
+    let annotations =
+        p.ds.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .annotations
+            .clone()
+            .unwrap();
     assert_eq!(annotations["prometheus.io/scrape"], "true");
     assert_eq!(
         annotations["prometheus.io/port"],

@@ -14,9 +14,19 @@
 //! - `weft_overlay_peers_skipped{field,reason}`: leases the reconciler
 //!   refuses, by the field at fault and why
 //! - `weft_overlay_last_success_timestamp_seconds`
+//! - a userspace data plane's counters (the UDP backend's forwarder), read
+//!   at each scrape: `weft_forwarder_packets_total{direction}`,
+//!   `weft_forwarder_bytes_total{direction}` (`tx`: to peers, `rx`: from
+//!   them), `weft_forwarder_drops_total{reason}`
 
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::MetricType;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -25,6 +35,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::backend::DataPlaneCounters;
 use crate::diff::Plan;
 use crate::error::LeaseError;
 use crate::family::Family;
@@ -84,6 +95,63 @@ pub struct OverlayMetrics {
     drift_repairs: Metric<KindLabels, Counter>,
     skipped: Metric<SkipLabels, Gauge>,
     last_success: Metric<FamilyLabel, Gauge<f64, AtomicU64>>,
+    data_planes: DataPlanes,
+}
+
+/// The data planes' counters, read at each scrape.
+#[derive(Clone, Default)]
+struct DataPlanes(Arc<Mutex<Vec<(&'static str, DataPlaneCounters)>>>);
+
+impl std::fmt::Debug for DataPlanes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DataPlanes")
+    }
+}
+
+impl Collector for DataPlanes {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let planes = match self.0.lock() {
+            Ok(p) => p.clone(),
+            Err(_) => return Ok(()),
+        };
+        if planes.is_empty() {
+            return Ok(());
+        }
+        let stats: Vec<_> = planes.iter().map(|(f, read)| (*f, read())).collect();
+        for (name, help, pick) in [
+            (
+                "weft_forwarder_packets",
+                "Packets the userspace data plane carried: tx to peers, rx from them",
+                (|s: &crate::backend::DataPlaneStats| (s.tx_packets, s.rx_packets))
+                    as fn(&crate::backend::DataPlaneStats) -> (u64, u64),
+            ),
+            ("weft_forwarder_bytes", "Bytes of those packets", |s| {
+                (s.tx_bytes, s.rx_bytes)
+            }),
+        ] {
+            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (family, s) in &stats {
+                let (tx, rx) = pick(s);
+                for (direction, v) in [("tx", tx), ("rx", rx)] {
+                    let labels = [("family", *family), ("direction", direction)];
+                    ConstCounter::new(v).encode(metric.encode_family(&labels)?)?;
+                }
+            }
+        }
+        let mut metric = encoder.encode_descriptor(
+            "weft_forwarder_drops",
+            "Packets the userspace data plane dropped, by reason",
+            None,
+            MetricType::Counter,
+        )?;
+        for (family, s) in &stats {
+            for (reason, v) in &s.drops {
+                let labels = [("family", *family), ("reason", *reason)];
+                ConstCounter::new(*v).encode(metric.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for OverlayMetrics {
@@ -96,6 +164,7 @@ impl Default for OverlayMetrics {
             drift_repairs: Metric::default(),
             skipped: Metric::default(),
             last_success: Metric::default(),
+            data_planes: DataPlanes::default(),
         }
     }
 }
@@ -149,6 +218,17 @@ impl OverlayMetrics {
             Unit::Seconds,
             self.last_success.clone(),
         );
+        registry.register_collector(Box::new(self.data_planes.clone()));
+    }
+
+    /// A data plane of `family` to read at each scrape (replacing the one
+    /// of that family before, if any).
+    pub(crate) fn add_data_plane(&self, family: Family, counters: DataPlaneCounters) {
+        if let Ok(mut planes) = self.data_planes.0.lock() {
+            let f = family_label(family);
+            planes.retain(|(g, _)| *g != f);
+            planes.push((f, counters));
+        }
     }
 
     /// One reconcile of `family`: how long, whether clean, what it

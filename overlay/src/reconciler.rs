@@ -290,6 +290,10 @@ impl Reconciler {
             input.config.network,
             options.taking_over,
         )?;
+        if let Some(counters) = data_plane.as_ref().and_then(|dp| dp.counters()) {
+            let family = Family::of_net(&input.config.network);
+            options.metrics.add_data_plane(family, counters);
+        }
         let (inbox_tx, inbox_rx) = mpsc::unbounded_channel();
         // Generation 1: placed once the first pass knows the underlay.
         let mut peers = Peers::new(input.config, input.local, None);

@@ -250,6 +250,24 @@ impl Forwarder {
     }
 }
 
+/// See [`ForwarderHandle::stats_reader`]; after the forwarder stopped it
+/// keeps giving the final counters.
+#[derive(Clone)]
+pub struct StatsReader(Arc<Shared>);
+
+impl StatsReader {
+    /// Counters since the start.
+    pub fn read(&self) -> Stats {
+        stats::sum(&self.0.counters)
+    }
+}
+
+impl std::fmt::Debug for StatsReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("StatsReader").field(&self.0.device).finish()
+    }
+}
+
 /// A running forwarder. Dropping it stops it too.
 #[derive(Debug)]
 pub struct ForwarderHandle {
@@ -289,6 +307,12 @@ impl ForwarderHandle {
     /// Counters since the start.
     pub fn stats(&self) -> Stats {
         stats::sum(&self.shared.counters)
+    }
+
+    /// A reader of the counters that can be kept (and read from any
+    /// thread) apart from the handle, e.g. by a metrics scrape.
+    pub fn stats_reader(&self) -> StatsReader {
+        StatsReader(self.shared.clone())
     }
 
     /// After a take-over ([`ForwarderConfig::share_port`]), once the

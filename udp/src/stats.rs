@@ -44,6 +44,20 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// Each drop counter with a short name of its reason (a metric label).
+    pub fn drops_by_reason(&self) -> [(&'static str, u64); 8] {
+        [
+            ("unknown_subnet", self.drop_unknown_subnet),
+            ("too_short", self.drop_too_short),
+            ("not_ip", self.drop_not_ip),
+            ("unknown_sender", self.drop_unknown_sender),
+            ("send_error", self.drop_send_error),
+            ("ttl_expired", self.drop_ttl_expired),
+            ("tun_write_error", self.drop_tun_write_error),
+            ("bad_offload", self.drop_bad_offload),
+        ]
+    }
+
     /// Every drop counter summed.
     pub fn drops(&self) -> u64 {
         self.drop_unknown_subnet

@@ -116,6 +116,29 @@ pub trait DataPlane: Send {
     /// Started `taking_over`: the predecessor's data plane has stopped now,
     /// whatever was shared with it is this one's alone.
     fn predecessor_gone(&self) {}
+
+    /// Its counters, readable from any thread for as long as wanted.
+    fn counters(&self) -> Option<DataPlaneCounters> {
+        None
+    }
+}
+
+/// Reads a data plane's counters (see [`DataPlane::counters`]).
+pub type DataPlaneCounters = std::sync::Arc<dyn Fn() -> DataPlaneStats + Send + Sync>;
+
+/// What a userspace data plane has done since it started.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DataPlaneStats {
+    /// Packets sent to peers.
+    pub tx_packets: u64,
+    /// Their bytes.
+    pub tx_bytes: u64,
+    /// Packets received from peers and delivered.
+    pub rx_packets: u64,
+    /// Their bytes.
+    pub rx_bytes: u64,
+    /// Packets dropped, by reason.
+    pub drops: Vec<(&'static str, u64)>,
 }
 
 /// `same` for a backend whose configuration is its value.

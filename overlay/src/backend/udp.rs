@@ -13,8 +13,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use ipnet::IpNet;
 
 use super::{
-    report_unknown, same_as, Backend, BackendConfig, DataPlane, PeerEntries, Registration, Section,
-    SectionError,
+    report_unknown, same_as, Backend, BackendConfig, DataPlane, DataPlaneCounters, DataPlaneStats,
+    PeerEntries, Registration, Section, SectionError,
 };
 use crate::error::{KernelError, LeaseFault};
 use crate::family::Family;
@@ -185,6 +185,20 @@ impl DataPlane for Forwarder {
         if let Some(f) = &self.0 {
             f.took_over();
         }
+    }
+
+    fn counters(&self) -> Option<DataPlaneCounters> {
+        let reader = self.0.as_ref()?.stats_reader();
+        Some(std::sync::Arc::new(move || {
+            let s = reader.read();
+            DataPlaneStats {
+                tx_packets: s.tx_packets,
+                tx_bytes: s.tx_bytes,
+                rx_packets: s.rx_packets,
+                rx_bytes: s.rx_bytes,
+                drops: s.drops_by_reason().to_vec(),
+            }
+        }))
     }
 }
 
