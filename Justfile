@@ -10,19 +10,19 @@ default:
 
 # The lab: three nodes in network namespaces running weftd against a Kubernetes API, pods made through weft-cni, an outside host; prints the seed's tables, a connectivity matrix and a packet walk, then cleans up. Options: --backend vxlan|host-gw|vxlan-direct|udp, --nat iptables-legacy|iptables-nft|nftables, --ip-family ipv4|ipv6|dual (IPv6-only or dual-stack pods; the tables and the matrix per family), --flannel-node NODE (a flannel-made node, then taken over by weftd); `just lab up` keeps it, `just lab down` removes it.
 lab *args: deps
-    cargo build --release -q -p weft --bin weftd --bin weft-cni
+    cargo build --release -q -p weft --bin weftd --bin weft --bin weft-cni
     cargo build --release -q -p weft-integration --bin weft-lab
     target/release/weft-lab {{args}}
 
 # A real Kubernetes cluster in network namespaces (kube-apiserver, controller-manager, scheduler; nodes with containerd, kubelet, kube-proxy; an outside host), weft deployed from its image and manifest; prints the nodes, weft's pods and the connectivity matrix (Services included), then removes everything. Options: --nodes N, --manifest legacy|nftables, --kube-dir DIR; `just cluster up` keeps it, `just cluster down` removes it.
 cluster *args: deps
-    cargo build --release -q -p weft --bin weftd --bin weft-cni
+    cargo build --release -q -p weft --bin weftd --bin weft --bin weft-cni
     cargo build --release -q -p weft-integration --bin weft-cluster
     target/release/weft-cluster {{args}}
 
 # weft's image as an OCI archive (manifests/Containerfile's runtime stage over binaries built here, on a Debian base made with debootstrap; no registry needed), for `ctr -n k8s.io images import` or `podman load`.
 image: deps
-    cargo build --release -q -p weft --bin weftd --bin weft-cni
+    cargo build --release -q -p weft --bin weftd --bin weft --bin weft-cni
     cargo build --release -q -p weft-integration --bin weft-cluster
     target/release/weft-cluster image
 

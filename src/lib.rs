@@ -8,5 +8,6 @@ pub mod cni;
 pub mod config;
 pub mod health;
 pub mod metrics;
+pub mod status;
 pub mod subnet;
 pub mod subnet_env;

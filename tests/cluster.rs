@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use weft_integration::cluster::deploy::Manifest;
+use weft_integration::cluster::deploy::{self, Manifest};
 use weft_integration::cluster::{
     self, checks, default_nodes, image, node_ip, scenario, workload, Cluster, ClusterSpec,
     Firewall, NodeSpec, ProxyMode, MANIFEST_IMAGE,
@@ -33,6 +33,7 @@ fn bin_dir() -> PathBuf {
         image::without_debug_info(
             &[
                 ("weftd", env!("CARGO_BIN_EXE_weftd").as_ref()),
+                ("weft", env!("CARGO_BIN_EXE_weft").as_ref()),
                 ("weft-cni", env!("CARGO_BIN_EXE_weft-cni").as_ref()),
             ],
             &PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cluster-bins"),
@@ -155,6 +156,27 @@ fn legacy_manifest_on_a_real_cluster() {
         assert_eq!(p.lost(), 0, "pod deletion: {label}: {}", p.text);
     }
     assert_matrix(&cluster, "after the rolling update and the deletion");
+
+    // `kubectl exec … -- weft status` in every weft pod: weftd answers, and
+    // its node's kernel holds exactly what it wants (exit 0, no drift).
+    let kubectl = cluster.kubectl().unwrap();
+    for pod in deploy::weft_pods(kubectl).unwrap() {
+        let out = kubectl
+            .run(&[
+                "-n",
+                "kube-flannel",
+                "exec",
+                &pod.name,
+                "-c",
+                "kube-flannel",
+                "--",
+                "weft",
+                "status",
+            ])
+            .unwrap_or_else(|e| panic!("weft status in {} ({}): {e:#}", pod.name, pod.node));
+        assert!(out.contains("drift: none"), "{}: {out}", pod.node);
+        assert!(out.contains(&format!("node {}", pod.node)), "{out}");
+    }
 
     let churn = scenario::churn(&cluster, 50).unwrap();
     println!(

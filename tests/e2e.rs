@@ -8,6 +8,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use serde_json::Value;
 use weft_integration::flannel_node::device;
 use weft_integration::lab::{ApiChoice, Backend, Binaries, IpFamily, Lab, LabSpec};
 use weft_integration::pinger::Pinger;
@@ -764,6 +765,126 @@ fn repaired(what: &str, mut ok: impl FnMut() -> bool) -> Duration {
         std::thread::sleep(Duration::from_millis(5));
     }
     t0.elapsed()
+}
+
+/// `weft status` (the CLI, in the node's namespace, talking to weftd over
+/// its agent socket and reading the kernel itself): agrees with the kernel;
+/// with repairs paused, a neighbour deleted and an FDB entry pointed
+/// elsewhere are named as drift with their peer; resumed, both are put
+/// back and the status is clean again.
+#[test]
+fn weft_status_agrees_with_the_kernel_and_names_drift() {
+    require_netns!();
+    let lab = seed_lab(&[], Backend::Vxlan, NatMode::IptablesNft, "s");
+    let node = &lab.nodes[2];
+    let weft = env!("CARGO_BIN_EXE_weft");
+    let status = || -> (i32, Value) {
+        let out = node.ns.exec_status(&[weft, "status", "--json"]).unwrap();
+        let json: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "weft status --json: {e}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (out.status.code().unwrap_or(-1), json)
+    };
+    let findings = |j: &Value| -> Vec<Value> {
+        j["kernel"][0]["findings"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let (code, j) = status();
+    assert_eq!(code, 0, "{j:#}");
+    assert_eq!(j["drift"], false);
+    assert_eq!(j["status"]["node"], "worker2");
+    assert_eq!(j["status"]["families"][0]["nat_mode"], "iptables-nft");
+    assert_eq!(
+        j["status"]["families"][0]["peers"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    let all = findings(&j);
+    assert_eq!(all.len(), 6, "2 peers × route, neighbour, FDB entry: {j:#}");
+    assert!(all.iter().all(|f| f["state"] == "ok"), "{j:#}");
+    let text = node.ns.exec(&[weft, "status"]).unwrap();
+    println!("{text}");
+    assert!(text.contains("drift: none (6 objects as wanted)"), "{text}");
+    assert!(text.contains("NAT: iptables-nft"), "{text}");
+
+    // Repairs paused: the drift stays, and is named.
+    node.ns.exec(&[weft, "debug", "pause"]).unwrap();
+    let peer = &lab.nodes[0];
+    let gw = peer.spec.subnet.network().to_string();
+    node.ns
+        .ip(&["neigh", "del", &gw, "dev", "flannel.1"])
+        .unwrap();
+    let mac = j["status"]["families"][0]["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["node"] == "control-plane")
+        .and_then(|p| p["vtep_mac"].as_str())
+        .unwrap()
+        .to_string();
+    node.ns
+        .exec(&[
+            "bridge",
+            "fdb",
+            "replace",
+            &mac,
+            "dev",
+            "flannel.1",
+            "dst",
+            "172.18.0.99",
+            "self",
+            "permanent",
+        ])
+        .unwrap();
+    let (code, j) = status();
+    assert_eq!(code, 2, "drift exits 2: {j:#}");
+    let bad: Vec<Value> = findings(&j)
+        .into_iter()
+        .filter(|f| f["state"] != "ok")
+        .collect();
+    assert_eq!(bad.len(), 2, "{j:#}");
+    let neigh = bad.iter().find(|f| f["kind"] == "neighbour").unwrap();
+    assert_eq!(neigh["state"], "missing");
+    assert_eq!(neigh["node"], "control-plane");
+    let fdb = bad.iter().find(|f| f["kind"] == "fdb").unwrap();
+    assert_eq!(fdb["state"], "differs");
+    assert_eq!(fdb["node"], "control-plane");
+    assert!(
+        fdb["kernel"].as_str().unwrap().contains("dst 172.18.0.99"),
+        "{fdb}"
+    );
+    let text = node.ns.exec_status(&[weft, "status"]).unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    println!("{text}");
+    assert!(text.contains("REPAIRS PAUSED"), "{text}");
+    assert!(
+        text.contains(&format!("neighbour {gw} on flannel.1 missing")),
+        "{text}"
+    );
+
+    // Resumed: put back, clean again.
+    node.ns.exec(&[weft, "debug", "resume"]).unwrap();
+    let t0 = std::time::Instant::now();
+    loop {
+        let (code, j) = status();
+        if code == 0 {
+            assert!(findings(&j).iter().all(|f| f["state"] == "ok"));
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "not repaired after resuming: {j:#}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// `/metrics` parses as Prometheus text and tells what weftd does: the

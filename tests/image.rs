@@ -109,6 +109,7 @@ fn weft_image_runs_weft_and_both_iptables_flavors() {
     let bin_dir = without_debug_info(
         &[
             ("weftd", env!("CARGO_BIN_EXE_weftd").as_ref()),
+            ("weft", env!("CARGO_BIN_EXE_weft").as_ref()),
             ("weft-cni", env!("CARGO_BIN_EXE_weft-cni").as_ref()),
         ],
         &PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("image-bins"),

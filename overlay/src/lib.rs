@@ -40,7 +40,7 @@ pub use mac::MacAddr;
 pub use metrics::OverlayMetrics;
 pub use model::{Lease, LocalNode, OverlayConfig, UnderlayFacts};
 pub use peers::{Peers, Touched};
-pub use reconciler::{Input, Options, Reconciler, ReconcilerHandle, Report, Stats};
+pub use reconciler::{Input, Options, Reconciler, ReconcilerHandle, Report, Snapshot, Stats};
 pub use state::{
     Dev, DeviceSpec, Entries, FdbEntry, Forward, LinkSpec, Neighbour, Observed, ObservedDevice,
     ObservedKind, OverlayState, Route, TunDevice, VxlanDevice, VxlanParams, ROUTE_PROTOCOL,

@@ -74,8 +74,30 @@ impl fmt::Debug for MacAddr {
     }
 }
 
+impl serde::Serialize for MacAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for MacAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<MacAddr, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn json_is_the_colon_form_both_ways() {
+        let mac: super::MacAddr = "0e:2d:50:56:3e:97".parse().unwrap();
+        let json = serde_json::to_string(&mac).unwrap();
+        assert_eq!(json, "\"0e:2d:50:56:3e:97\"");
+        assert_eq!(serde_json::from_str::<super::MacAddr>(&json).unwrap(), mac);
+        assert!(serde_json::from_str::<super::MacAddr>("\"nope\"").is_err());
+    }
+
     use super::*;
 
     #[test]

@@ -120,6 +120,29 @@ enum Command {
     Release(oneshot::Sender<()>),
     /// See [`ReconcilerHandle::predecessor_gone`].
     PredecessorGone,
+    /// See [`ReconcilerHandle::snapshot`].
+    Snapshot(oneshot::Sender<Snapshot>),
+    /// See [`ReconcilerHandle::pause`].
+    Pause(bool, oneshot::Sender<()>),
+}
+
+/// What the reconciler wants, for `weft status` to hold against the kernel.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Snapshot {
+    /// The cluster network of this family.
+    pub network: IpNet,
+    /// The underlay interface.
+    pub underlay: String,
+    /// The overlay device, if the backend has one.
+    pub device: Option<String>,
+    /// The device's MAC (the VTEP MAC), as last seen.
+    pub vtep_mac: Option<MacAddr>,
+    /// Every peer's desired routes, neighbours, FDB entries and forwarder lines.
+    pub desired: crate::state::Entries,
+    /// Leases refused, each naming node and field.
+    pub rejected: Vec<String>,
+    /// Repairs paused ([`ReconcilerHandle::pause`]).
+    pub paused: bool,
 }
 
 /// A change of the input.
@@ -181,6 +204,30 @@ impl ReconcilerHandle {
     /// predecessor has released its data plane.
     pub async fn predecessor_gone(&self) {
         let _ = self.commands.send(Command::PredecessorGone).await;
+    }
+
+    /// The desired state as it is now (`None` if the reconciler ended).
+    pub async fn snapshot(&self) -> Option<Snapshot> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::Snapshot(tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Pauses (`true`) or resumes reconciling: while paused nothing is
+    /// written, whatever the kernel or the leases say; what changed
+    /// meanwhile is reconciled on resuming. For looking at drift (`weft
+    /// debug pause`), never for normal operation.
+    pub async fn pause(&self, paused: bool) -> bool {
+        let (tx, rx) = oneshot::channel();
+        if self
+            .commands
+            .send(Command::Pause(paused, tx))
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        rx.await.is_ok()
     }
 
     async fn ask(&self, command: fn(oneshot::Sender<()>) -> Command) -> bool {
@@ -274,6 +321,8 @@ pub struct Reconciler {
     /// What the last pass wrote, by kind.
     written: Option<[(&'static str, usize); 4]>,
     skipped_series: Vec<SkipLabels>,
+    /// Repairs paused ([`ReconcilerHandle::pause`]).
+    paused: bool,
 }
 
 impl Reconciler {
@@ -333,6 +382,7 @@ impl Reconciler {
             input_changed: true,
             written: None,
             skipped_series: Vec::new(),
+            paused: false,
         };
         Ok((reconciler, handle))
     }
@@ -345,7 +395,7 @@ impl Reconciler {
         let mut resync = tokio::time::interval(self.options.resync_every);
         resync.tick().await;
         loop {
-            if dirty {
+            if dirty && !self.paused {
                 dirty = false;
                 let report = self.reconcile().await;
                 if report.errors.is_empty() {
@@ -391,6 +441,21 @@ impl Reconciler {
                             dp.predecessor_gone();
                         }
                     }
+                    Command::Snapshot(reply) => {
+                        let _ = reply.send(self.snapshot());
+                    }
+                    Command::Pause(paused, reply) => {
+                        if self.paused != paused {
+                            tracing::warn!(paused, "overlay repairs {}", if paused { "paused" } else { "resumed" });
+                        }
+                        self.paused = paused;
+                        // Resuming: whatever was missed is looked at anew.
+                        if !paused {
+                            self.invalidate();
+                            dirty = true;
+                        }
+                        let _ = reply.send(());
+                    }
                 },
                 event = self.events.next() => {
                     let Some((msg, _)) = event else { return };
@@ -413,7 +478,7 @@ impl Reconciler {
     /// released or every handle is dropped.
     async fn quiet(mut self) {
         // The kernel's news is not read any more.
-        drop(self.events);
+        self.events = futures::channel::mpsc::unbounded().1;
         while let Some(cmd) = self.commands.recv().await {
             match cmd {
                 Command::Release(reply) => {
@@ -429,8 +494,29 @@ impl Reconciler {
                     let last = self.last.lock().map(|r| r.clone()).unwrap_or_default();
                     let _ = reply.send(last);
                 }
-                Command::PredecessorGone => {}
+                Command::PredecessorGone | Command::Pause(..) => {}
+                Command::Snapshot(reply) => {
+                    let _ = reply.send(self.snapshot());
+                }
             }
+        }
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let config = self.peers.config();
+        Snapshot {
+            network: config.network,
+            underlay: self.peers.local().underlay.clone(),
+            device: config.backend.device_name(config.network),
+            vtep_mac: self.observed.device.as_ref().and_then(|d| d.mac),
+            desired: self.peers.entries().clone(),
+            rejected: self
+                .peers
+                .rejected()
+                .iter()
+                .map(|e| e.to_string())
+                .collect(),
+            paused: self.paused,
         }
     }
 

@@ -17,7 +17,9 @@ pub const ROUTE_PROTOCOL: u8 = 119;
 pub const RTPROT_KERNEL: u8 = 2;
 
 /// The device a route leaves through, relative to the overlay.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum Dev {
     /// The VXLAN device `flannel.<VNI>`.
     Overlay,
@@ -28,7 +30,9 @@ pub enum Dev {
 }
 
 /// A route to another node's pod subnet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct Route {
     /// The remote pod subnet.
     pub dst: IpNet,
@@ -43,7 +47,9 @@ pub struct Route {
 }
 
 /// A PERMANENT neighbour on the overlay device: remote subnet's network address → VTEP MAC.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct Neighbour {
     /// The remote subnet's network address (the route's gateway).
     pub ip: IpAddr,
@@ -52,7 +58,9 @@ pub struct Neighbour {
 }
 
 /// A VXLAN forwarding entry on the overlay device: VTEP MAC → node IP (`self permanent`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct FdbEntry {
     /// The remote VTEP MAC.
     pub mac: MacAddr,
@@ -62,7 +70,9 @@ pub struct FdbEntry {
 
 /// A peer subnet a userspace forwarder sends to the peer's node (the UDP
 /// backend): not a kernel object, the forwarder's table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct Forward {
     /// The peer's pod subnet.
     pub subnet: IpNet,
@@ -72,7 +82,7 @@ pub struct Forward {
 
 /// Per-peer kernel objects, keyed the way the kernel keys them (and the
 /// forwarder's table, keyed by subnet).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Entries {
     /// Routes by destination.
     pub routes: BTreeMap<IpNet, Route>,

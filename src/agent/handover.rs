@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use weft_overlay::{PerFamily, ReconcilerHandle};
 
-use super::instance::{Instance, InstanceError, Predecessor, TakeOverRequest};
+use super::instance::{AgentRequest, Instance, InstanceError, Predecessor, TakeOverRequest};
 use super::AgentError;
 
 /// How long the successor tries to take the name once the holder let it go.
@@ -30,7 +30,7 @@ const LEAVING_WAIT: Duration = Duration::from_secs(30);
 /// held) and the quiet predecessor (if any).
 pub(super) async fn claim(
     take_over: bool,
-    requests: mpsc::Sender<TakeOverRequest>,
+    requests: mpsc::Sender<AgentRequest>,
 ) -> Result<(Option<JoinHandle<()>>, Option<Predecessor>), AgentError> {
     match Instance::acquire() {
         Ok(instance) => Ok((
@@ -68,7 +68,7 @@ pub(super) async fn claim(
 pub(super) async fn complete(
     predecessor: Predecessor,
     overlays: &PerFamily<ReconcilerHandle>,
-    requests: mpsc::Sender<TakeOverRequest>,
+    requests: mpsc::Sender<AgentRequest>,
 ) -> Result<JoinHandle<()>, AgentError> {
     let pid = predecessor.pid;
     match predecessor.release().await {

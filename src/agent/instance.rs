@@ -76,6 +76,21 @@ pub struct TakeOverRequest {
     stream: BufReader<tokio::net::UnixStream>,
 }
 
+/// What a client of the agent socket asks the running agent.
+pub enum AgentRequest {
+    /// A successor (`--take-over`).
+    TakeOver(TakeOverRequest),
+    /// `weft status`: the status as JSON.
+    Status(tokio::sync::oneshot::Sender<String>),
+    /// `weft debug pause|resume`: repairs paused (true) or resumed.
+    Pause(bool, tokio::sync::oneshot::Sender<()>),
+}
+
+/// `weft status`'s request.
+pub const STATUS: &str = "status";
+/// How long a local client waits for the agent's answer.
+const ANSWER_WAIT: Duration = Duration::from_secs(5);
+
 impl Instance {
     /// Takes the name, or says who has it.
     pub fn acquire() -> Result<Instance, InstanceError> {
@@ -111,8 +126,9 @@ impl Instance {
     }
 
     /// Answers every connection with this process's pid, until dropped; a
-    /// successor's take-over request goes to `requests`.
-    pub async fn serve(self, requests: mpsc::Sender<TakeOverRequest>) {
+    /// successor's take-over request, `status`, `pause` and `resume` go to
+    /// `requests`.
+    pub async fn serve(self, requests: mpsc::Sender<AgentRequest>) {
         let pid = format!("{}\n", std::process::id());
         loop {
             let Ok((mut stream, _)) = self.listener.accept().await else {
@@ -128,8 +144,36 @@ impl Instance {
                 let mut line = String::new();
                 let asked =
                     tokio::time::timeout(Duration::from_secs(2), stream.read_line(&mut line)).await;
-                if matches!(asked, Ok(Ok(_))) && line.trim() == TAKE_OVER {
-                    let _ = requests.send(TakeOverRequest { stream }).await;
+                if !matches!(asked, Ok(Ok(_))) {
+                    return;
+                }
+                match line.trim() {
+                    TAKE_OVER => {
+                        let _ = requests
+                            .send(AgentRequest::TakeOver(TakeOverRequest { stream }))
+                            .await;
+                    }
+                    STATUS => {
+                        let (tx, rx) = tokio::sync::oneshot::channel();
+                        if requests.send(AgentRequest::Status(tx)).await.is_ok() {
+                            if let Ok(Ok(json)) = tokio::time::timeout(ANSWER_WAIT, rx).await {
+                                let _ = stream
+                                    .get_mut()
+                                    .write_all(format!("{json}\n").as_bytes())
+                                    .await;
+                            }
+                        }
+                    }
+                    word @ ("pause" | "resume") => {
+                        let (tx, rx) = tokio::sync::oneshot::channel();
+                        let paused = word == "pause";
+                        if requests.send(AgentRequest::Pause(paused, tx)).await.is_ok()
+                            && matches!(tokio::time::timeout(ANSWER_WAIT, rx).await, Ok(Ok(())))
+                        {
+                            let _ = stream.get_mut().write_all(b"ok\n").await;
+                        }
+                    }
+                    _ => {}
                 }
             });
         }
@@ -226,6 +270,32 @@ impl Predecessor {
             ))
         }
     }
+}
+
+/// Asks the agent of this network namespace `word` (a line) and returns
+/// its one-line answer; `Ok(None)` when no agent runs here.
+pub fn ask(word: &str) -> std::io::Result<Option<String>> {
+    use std::io::Write;
+    let addr = SocketAddr::from_abstract_name(NAME)?;
+    let mut stream = match UnixStream::connect_addr(&addr) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    stream.set_read_timeout(Some(ANSWER_WAIT + Duration::from_secs(1)))?;
+    let mut reader = std::io::BufReader::new(stream.try_clone()?);
+    let mut pid = String::new();
+    reader.read_line(&mut pid)?;
+    stream.write_all(format!("{word}\n").as_bytes())?;
+    let mut answer = String::new();
+    reader.read_line(&mut answer)?;
+    if answer.is_empty() {
+        return Err(std::io::Error::other(format!(
+            "weftd (pid {}) gave no answer to {word:?}",
+            pid.trim()
+        )));
+    }
+    Ok(Some(answer.trim_end().to_string()))
 }
 
 fn address() -> Result<SocketAddr, InstanceError> {

@@ -46,6 +46,7 @@ use crate::subnet::index::{NodeIndex, PeerChange};
 use crate::subnet::kube::{self as kube_sm, NodeClient};
 use crate::subnet::Annotations;
 use crate::subnet_env::{FamilyLines, SubnetEnv};
+use instance::AgentRequest;
 use weft_overlay::metrics::{family_label, FamilyLabel};
 
 /// Why the agent stopped (or did not start). Each variant names what is
@@ -226,7 +227,7 @@ async fn agent(
 
     // 3. NAT, then the subnet file, then ready. Writes to the API and the
     //    subnet file are retried until they succeed; the data plane stays.
-    let nat = start_nat(&flags, &settings.conf, &cluster.subnets, &metrics)?;
+    let (nat, nat_reasons) = start_nat(&flags, &settings.conf, &cluster.subnets, &metrics)?;
     let subnet_env = subnet_env(&flags, &settings.conf, &cluster.subnets, underlay.mtu);
     if jobs
         .subnet_env
@@ -252,16 +253,36 @@ async fn agent(
         let retry_at = retry::next_due(jobs.all());
         tokio::select! {
             _ = &mut shutdown => break,
-            Some(request) = take_over_rx.recv() => {
-                let running = handover::Running {
-                    overlays,
-                    overlay_tasks,
-                    nat,
-                    health: health_task,
-                    instance: instance_task,
-                };
-                return handover::hand_over(request, running, shutdown).await;
-            }
+            Some(request) = take_over_rx.recv() => match request {
+                AgentRequest::TakeOver(request) => {
+                    let running = handover::Running {
+                        overlays,
+                        overlay_tasks,
+                        nat,
+                        health: health_task,
+                        instance: instance_task,
+                    };
+                    return handover::hand_over(request, running, shutdown).await;
+                }
+                AgentRequest::Status(reply) => {
+                    let here = StatusSources {
+                        settings: &settings,
+                        cluster: &cluster,
+                        underlay: &underlay,
+                        nat: &nat,
+                        nat_reasons: &nat_reasons,
+                        ready: ready.is_ready(),
+                    };
+                    let status = here.status(&overlays).await;
+                    let _ = reply.send(serde_json::to_string(&status).unwrap_or_default());
+                }
+                AgentRequest::Pause(paused, reply) => {
+                    for (_, overlay) in overlays.iter() {
+                        overlay.pause(paused).await;
+                    }
+                    let _ = reply.send(());
+                }
+            },
             event = cluster.events.recv() => {
                 let Some(event) = event else {
                     return Err(AgentError::WatchStopped);
@@ -334,6 +355,85 @@ async fn agent(
         n.stop();
     }
     Ok(())
+}
+
+/// What `weft status` is told, from where the agent keeps it.
+struct StatusSources<'a> {
+    settings: &'a Settings,
+    cluster: &'a Cluster,
+    underlay: &'a iface::Underlay,
+    nat: &'a [weft_nat::ReconcilerHandle],
+    nat_reasons: &'a PerFamily<String>,
+    ready: bool,
+}
+
+impl StatusSources<'_> {
+    async fn status(&self, overlays: &PerFamily<ReconcilerHandle>) -> crate::status::Status {
+        use crate::status::{vtep_mac_of, FamilyStatus, Peer, SkippedNode, Status};
+        let own = self.cluster.own_now();
+        let mut families = Vec::new();
+        for (family, overlay) in overlays.iter() {
+            let (Some(subnet), Some(snapshot)) =
+                (self.cluster.subnets.get(family), overlay.snapshot().await)
+            else {
+                continue;
+            };
+            let public_ip = self
+                .underlay
+                .ips
+                .get(family)
+                .map(|ip| kube_sm::advertised_ip(&own, &self.settings.annotations, *ip));
+            let Some(public_ip) = public_ip else {
+                continue;
+            };
+            let nat_mode = self
+                .nat
+                .iter()
+                .find(|n| n.family().name() == family.to_string())
+                .map(|n| n.mode().to_string())
+                .unwrap_or_default();
+            let peers = self
+                .cluster
+                .index
+                .leases(family)
+                .into_iter()
+                .map(|l| Peer {
+                    vtep_mac: vtep_mac_of(&l.backend_data),
+                    node: l.node,
+                    subnet: l.subnet,
+                    public_ip: l.public_ip,
+                })
+                .collect();
+            families.push(FamilyStatus {
+                family: family.to_string(),
+                subnet: *subnet,
+                public_ip,
+                nat_mode,
+                nat_reason: self.nat_reasons.get(family).cloned().unwrap_or_default(),
+                peers,
+                overlay: snapshot,
+            });
+        }
+        Status {
+            node: self.cluster.name.clone(),
+            backend: self.settings.conf.backend.kind().to_string(),
+            pid: std::process::id(),
+            ready: self.ready,
+            families,
+            skipped: self
+                .cluster
+                .index
+                .skipped_nodes()
+                .into_iter()
+                .map(|(node, family, reason)| SkippedNode {
+                    node,
+                    family: family.to_string(),
+                    reason,
+                })
+                .collect(),
+            waiting: self.cluster.index.waiting().cloned().collect(),
+        }
+    }
 }
 
 /// What the flags and `net-conf.json` say, checked.
@@ -696,8 +796,9 @@ fn start_nat(
     conf: &NetConf,
     subnets: &PerFamily<IpNet>,
     metrics: &Metrics,
-) -> Result<Vec<weft_nat::ReconcilerHandle>, AgentError> {
+) -> Result<(Vec<weft_nat::ReconcilerHandle>, PerFamily<String>), AgentError> {
     let mut loops = Vec::new();
+    let mut reasons = PerFamily::default();
     for family in Family::ALL {
         let nat_family = match family {
             Family::V4 => weft_nat::Family::V4,
@@ -715,6 +816,7 @@ fn start_nat(
         };
         let mode = weft_nat::detect(nat_family, conf.enable_nftables, forced);
         tracing::info!(%family, mode = %mode.mode, reason = %mode.reason, "NAT mode");
+        reasons.set(family, Some(mode.reason.clone()));
         let rules = SnatRules::build(
             network,
             *subnet,
@@ -734,7 +836,7 @@ fn start_nat(
             },
         )?);
     }
-    Ok(loops)
+    Ok((loops, reasons))
 }
 
 /// What `subnet.env` says: each family's network and subnet, and the

@@ -55,6 +55,9 @@ pub struct NodeIndex {
     /// Nodes (and families) skipped for bad data, with the reason (logged
     /// once per reason).
     skipped: HashMap<(String, Family), String>,
+    /// Nodes without flannel's annotations (weft or flanneld has not
+    /// started there yet).
+    waiting: BTreeSet<String>,
 }
 
 impl NodeIndex {
@@ -68,6 +71,7 @@ impl NodeIndex {
             leases: HashMap::new(),
             next_seq: 0,
             skipped: HashMap::new(),
+            waiting: BTreeSet::new(),
         }
     }
 
@@ -88,6 +92,22 @@ impl NodeIndex {
         self.own.clone()
     }
 
+    /// Every skipped Node with its family and the reason, sorted.
+    pub fn skipped_nodes(&self) -> Vec<(String, Family, String)> {
+        let mut out: Vec<_> = self
+            .skipped
+            .iter()
+            .map(|((n, f), why)| (n.clone(), *f, why.clone()))
+            .collect();
+        out.sort_by(|a, b| (&a.0, a.1.to_string()).cmp(&(&b.0, b.1.to_string())));
+        out
+    }
+
+    /// Nodes without flannel's annotations yet.
+    pub fn waiting(&self) -> impl Iterator<Item = &String> {
+        self.waiting.iter()
+    }
+
     /// How many Nodes are skipped for `family` now.
     pub fn skipped(&self, family: Family) -> usize {
         self.skipped.keys().filter(|(_, f)| *f == family).count()
@@ -104,6 +124,11 @@ impl NodeIndex {
         if name == self.own_name {
             self.own = Some(Arc::new(node));
             return Vec::new();
+        }
+        if self.annotations.is_managed(&node) {
+            self.waiting.remove(&name);
+        } else {
+            self.waiting.insert(name.clone());
         }
         let mut wanted = PerFamily::default();
         for family in Family::ALL {
@@ -188,6 +213,7 @@ impl NodeIndex {
             self.own = None;
             return Vec::new();
         }
+        self.waiting.remove(&name);
         let before = self.skipped.len();
         self.skipped.retain(|(n, _), _| *n != name);
         if self.skipped.len() != before {
@@ -211,6 +237,7 @@ impl NodeIndex {
             .cloned()
             .collect();
         self.skipped.retain(|(n, _), _| present.contains(n));
+        self.waiting.retain(|n| present.contains(n));
         if !present.contains(&self.own_name) {
             self.own = None;
         }

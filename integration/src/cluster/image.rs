@@ -213,7 +213,7 @@ struct LayerFile {
 
 /// weft's image as `reference` (e.g. `localhost/weft:0.1.0`), built from
 /// manifests/Containerfile's runtime (last) stage over binaries built on
-/// the host (`bin_dir` holds weftd and weft-cni, e.g. target/release).
+/// the host (`bin_dir` holds weftd, weft and weft-cni, e.g. target/release).
 ///
 /// The stage's Debian base is made with debootstrap (needs root, 1–3
 /// minutes) and cached apart from the image; the image is cached by that
@@ -269,7 +269,7 @@ fn layer_files(stage: &RuntimeStage, root: &Path, bin_dir: &Path) -> Result<Vec<
             };
             let metadata = fs::metadata(&source).with_context(|| match &copy.source {
                 CopySource::BuildOutput(_) => format!(
-                    "{} is missing (cargo build --release -p weft --bin weftd --bin weft-cni)",
+                    "{} is missing (cargo build --release -p weft --bin weftd --bin weft --bin weft-cni)",
                     source.display()
                 ),
                 CopySource::Context(_) => format!("{} is missing", source.display()),

@@ -291,6 +291,10 @@ mod tests {
                         dest: "/usr/local/bin/weftd".into(),
                     },
                     CopyFile {
+                        source: CopySource::BuildOutput("weft".into()),
+                        dest: "/usr/local/bin/weft".into(),
+                    },
+                    CopyFile {
                         source: CopySource::BuildOutput("weft-cni".into()),
                         dest: "/usr/local/bin/weft-cni".into(),
                     },
