@@ -141,9 +141,17 @@ impl TxBufs {
 }
 
 pub(crate) fn tx_loop(w: Worker) {
+    // The RX thread drains both descriptors last (see `final_drain`) once
+    // this thread has left — also if it left by a panic, or the RX thread
+    // (and with it the forwarder's stop) would wait forever.
+    struct Done<'a>(&'a Queue);
+    impl Drop for Done<'_> {
+        fn drop(&mut self) {
+            self.0.tx_done.store(true, Ordering::Release);
+        }
+    }
+    let _done = Done(&w.queue);
     tx_run(&w);
-    // The RX thread drains both descriptors last (see `final_drain`).
-    w.queue.tx_done.store(true, Ordering::Release);
 }
 
 fn tx_run(w: &Worker) {

@@ -31,9 +31,19 @@ pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> Result<()> {
 }
 
 impl Netns {
-    /// Creates a bridge `name` and sets it up.
+    /// Creates a bridge `name` and sets it up, with a MAC address of its
+    /// own (locally administered, from the name). A bridge left to choose
+    /// takes the lowest MAC of its ports, so it changes when a port with a
+    /// lower one joins: whoever cached the old one in its ARP table (a lab
+    /// node talking to an API server on the bridge) then loses the bridge's
+    /// address for up to half a minute.
     pub fn add_bridge(&self, name: &str) -> Result<()> {
-        self.ip(&["link", "add", name, "type", "bridge"])?;
+        let h = name.bytes().fold(0x811c_9dc5_u32, |h, b| {
+            (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+        });
+        let [a, b, c, d] = h.to_be_bytes();
+        let mac = format!("02:77:{a:02x}:{b:02x}:{c:02x}:{d:02x}");
+        self.ip(&["link", "add", name, "address", &mac, "type", "bridge"])?;
         self.link_up(name)
     }
 

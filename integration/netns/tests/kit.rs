@@ -98,6 +98,25 @@ fn switch_bridges_nodes() {
     assert_eq!(sw.netns().name(), sw.name());
 }
 
+/// The switch's bridge keeps its MAC address while ports join (a bridge
+/// left to choose takes its lowest port's, which left lab nodes with a
+/// stale ARP entry for an API server on the bridge).
+#[test]
+fn the_switch_keeps_its_mac_as_ports_join() {
+    require_netns!();
+    let sw = Switch::new("macsw").unwrap();
+    let mac = |ns: &Netns| ns.ip_json(&["link", "show", "br0"]).unwrap()[0]["address"].clone();
+    let before = mac(sw.netns());
+    let nodes: Vec<Netns> = (0..6)
+        .map(|i| Netns::new(&format!("macn{i}")).unwrap())
+        .collect();
+    for (i, n) in nodes.iter().enumerate() {
+        sw.attach(n, "eth0", &format!("10.9.0.{}/24", i + 2))
+            .unwrap();
+        assert_eq!(mac(sw.netns()), before, "after port {i}");
+    }
+}
+
 #[test]
 fn manual_topology() {
     require_netns!();
