@@ -30,7 +30,7 @@ image: deps
 test: deps lint
     cargo test --workspace --all-targets -- --nocapture
 
-# The end-to-end suite alone (also part of `just test`): every backend × NAT mode through the lab (IPv4, dual-stack and IPv6-only), mixed flannel/weft clusters, takeover of a flannel node under traffic (also dual-stack, pings in both families), nodes added/removed, weftd restarted under traffic, weftd against both API servers, the fault tests (SIGKILL while programming 5,000 peers, a second weftd, the underlay recreated, nodes deleted while down, a peer's IP changed, the API down 60 s or restarted under ping), and weft's manifests on a real cluster (both manifests × three host/kube-proxy kinds, rolling update and pod deletion under ping, a node joining and leaving, pod churn).
+# The end-to-end suite alone (also part of `just test`): every backend × NAT mode through the lab (IPv4, dual-stack and IPv6-only), mixed flannel/weft clusters, takeover of a flannel node under traffic (also dual-stack, pings in both families), nodes added/removed, weftd restarted under traffic (udp with --take-over: 0 lost), weft status and /metrics against the kernel, weftd against both API servers, the fault tests (SIGKILL while programming 5,000 peers, a second weftd, the underlay recreated, nodes deleted while down, a peer's IP changed, the API down 60 s or restarted under ping), and weft's manifests on a real cluster (both manifests × three host/kube-proxy kinds, rolling update (each new pod taking its node over) and pod deletion under ping, kubectl exec -- weft status, a node joining and leaving, pod churn).
 integration: deps
     cargo test -p weft --test e2e --test weftd --test faults --test cluster -- --nocapture
 
