@@ -15,7 +15,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use weft_overlay::kernel::Scope;
 use weft_overlay::state::{Dev, Entries};
-use weft_overlay::{Kernel, MacAddr, Snapshot};
+use weft_overlay::{Kernel, Snapshot};
 
 /// What weftd says of itself and its node.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -185,93 +185,77 @@ fn compare(want: &Entries, have: &Entries, peers: &[Peer], s: &Snapshot) -> Vec<
                 .map(|m| (m.to_lowercase(), p.node.as_str()))
         })
         .collect();
-    let dev = s.device.clone().unwrap_or_default();
-    let mut out = Vec::new();
-    let mut push =
-        |kind: &str, object: String, w: Option<String>, h: Option<String>, node: Option<&str>| {
-            let state = match (&w, &h) {
-                (Some(a), Some(b)) if a == b => "ok",
-                (Some(_), Some(_)) => "differs",
-                (Some(_), None) => "missing",
-                _ => "extra",
-            };
-            out.push(Finding {
-                kind: kind.into(),
-                object,
-                state: state.into(),
-                kernel: if state == "ok" { None } else { h },
-                node: node.map(str::to_owned),
-            });
-        };
-    for (dst, r) in &want.routes {
-        let h = have.routes.get(dst).map(|x| route_text(x, s));
-        push(
-            "route",
-            dst.to_string(),
-            Some(route_text(r, s)),
-            h,
-            by_subnet.get(dst).copied(),
-        );
-    }
-    for (dst, r) in have
-        .routes
-        .iter()
-        .filter(|(d, _)| !want.routes.contains_key(d))
-    {
-        push("route", dst.to_string(), None, Some(route_text(r, s)), None);
-    }
     let owner_of_ip = |ip: &IpAddr| {
         by_subnet
             .iter()
             .find(|(n, _)| n.contains(ip))
             .map(|(_, node)| *node)
     };
-    for (ip, n) in &want.neighbours {
-        let text = |m: &MacAddr| format!("{ip} lladdr {m} dev {dev} PERMANENT");
-        let h = have.neighbours.get(ip).map(|x| text(&x.mac));
-        push(
-            "neighbour",
-            format!("{ip} on {dev}"),
-            Some(text(&n.mac)),
-            h,
-            owner_of_ip(ip),
-        );
-    }
-    for (ip, n) in have
-        .neighbours
-        .iter()
-        .filter(|(i, _)| !want.neighbours.contains_key(i))
-    {
-        push(
-            "neighbour",
-            format!("{ip} on {dev}"),
-            None,
-            Some(format!("{ip} lladdr {} dev {dev}", n.mac)),
-            None,
-        );
-    }
-    for (mac, e) in &want.fdb {
-        let text = |d: &IpAddr| format!("{mac} dev {dev} dst {d} self permanent");
-        let h = have.fdb.get(mac).map(|x| text(&x.dst));
-        let owner = mac_owner.get(&mac.to_string().to_lowercase()).copied();
-        push(
-            "fdb",
-            format!("{mac} on {dev}"),
-            Some(text(&e.dst)),
-            h,
-            owner,
-        );
-    }
-    for (mac, e) in have.fdb.iter().filter(|(m, _)| !want.fdb.contains_key(m)) {
-        push(
-            "fdb",
-            format!("{mac} on {dev}"),
-            None,
-            Some(format!("{mac} dev {dev} dst {}", e.dst)),
-            None,
-        );
-    }
+    let dev = s.device.clone().unwrap_or_default();
+    let mut out = Vec::new();
+    table(
+        &mut out,
+        "route",
+        (&want.routes, &have.routes),
+        |dst| dst.to_string(),
+        |r| route_text(r, s),
+        |dst| by_subnet.get(dst).copied(),
+    );
+    table(
+        &mut out,
+        "neighbour",
+        (&want.neighbours, &have.neighbours),
+        |ip| format!("{ip} on {dev}"),
+        |n| format!("{} lladdr {} dev {dev} PERMANENT", n.ip, n.mac),
+        owner_of_ip,
+    );
+    table(
+        &mut out,
+        "fdb",
+        (&want.fdb, &have.fdb),
+        |mac| format!("{mac} on {dev}"),
+        |e| format!("{} dev {dev} dst {} self permanent", e.mac, e.dst),
+        |mac| mac_owner.get(&mac.to_string().to_lowercase()).copied(),
+    );
     out
+}
+
+/// One kernel table: each wanted object (`ok`, `missing` or `differs`, with
+/// what the kernel holds), then each the kernel holds that nobody wants
+/// (`extra`). `name` names an object by its key, `text` renders it as
+/// `ip`/`bridge` would, `owner` finds the peer a wanted one belongs to.
+fn table<'a, K: Ord, V>(
+    out: &mut Vec<Finding>,
+    kind: &str,
+    (want, have): (&BTreeMap<K, V>, &BTreeMap<K, V>),
+    name: impl Fn(&K) -> String,
+    text: impl Fn(&V) -> String,
+    owner: impl Fn(&K) -> Option<&'a str>,
+) {
+    for (key, w) in want {
+        let (w, h) = (text(w), have.get(key).map(&text));
+        let state = match &h {
+            Some(h) if *h == w => "ok",
+            Some(_) => "differs",
+            None => "missing",
+        };
+        out.push(Finding {
+            kind: kind.into(),
+            object: name(key),
+            state: state.into(),
+            kernel: h.filter(|_| state != "ok"),
+            node: owner(key).map(str::to_owned),
+        });
+    }
+    for (key, h) in have.iter().filter(|(k, _)| !want.contains_key(k)) {
+        out.push(Finding {
+            kind: kind.into(),
+            object: name(key),
+            state: "extra".into(),
+            kernel: Some(text(h)),
+            node: None,
+        });
+    }
 }
 
 /// The human form of a status and its check.
@@ -464,6 +448,7 @@ pub fn vtep_mac_of(backend_data: &str) -> Option<String> {
 mod tests {
     use super::*;
     use weft_overlay::state::{FdbEntry, Neighbour, Route};
+    use weft_overlay::MacAddr;
 
     fn snap() -> Snapshot {
         Snapshot {

@@ -313,36 +313,39 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// The value of the sample `name` whose labels include `labels`
-    /// (counters, gauges and untyped alike); `None` if there is none.
-    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    /// The samples `name` whose labels include `labels`.
+    fn samples<'a>(
+        &'a self,
+        name: &'a str,
+        labels: &'a [(&str, &str)],
+    ) -> impl Iterator<Item = &'a prometheus_parse::Sample> {
         self.scrape
             .samples
             .iter()
-            .filter(|s| s.metric == name)
-            .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-            .find_map(|s| match s.value {
-                prometheus_parse::Value::Counter(v)
-                | prometheus_parse::Value::Gauge(v)
-                | prometheus_parse::Value::Untyped(v) => Some(v),
-                _ => None,
-            })
+            .filter(move |s| s.metric == name)
+            .filter(move |s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+    }
+
+    /// The value of the sample `name` whose labels include `labels`
+    /// (counters, gauges and untyped alike); `None` if there is none.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.samples(name, labels).find_map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => Some(v),
+            _ => None,
+        })
     }
 
     /// The observations of histogram `name` with `labels` (its `+Inf` bucket).
     pub fn histogram_count(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        self.scrape
-            .samples
-            .iter()
-            .filter(|s| s.metric == name)
-            .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-            .find_map(|s| match &s.value {
-                prometheus_parse::Value::Histogram(b) => b
-                    .iter()
-                    .find(|c| c.less_than.is_infinite())
-                    .map(|c| c.count),
-                _ => None,
-            })
+        self.samples(name, labels).find_map(|s| match &s.value {
+            prometheus_parse::Value::Histogram(b) => b
+                .iter()
+                .find(|c| c.less_than.is_infinite())
+                .map(|c| c.count),
+            _ => None,
+        })
     }
 }
 

@@ -19,6 +19,7 @@
 //!   `weft_forwarder_bytes_total{direction}` (`tx`: to peers, `rx`: from
 //!   them), `weft_forwarder_drops_total{reason}`
 
+use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -67,7 +68,7 @@ pub struct KindLabels {
 }
 
 /// `family`, `field`, `reason`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 pub struct SkipLabels {
     /// `ipv4` or `ipv6`.
     pub family: &'static str,
@@ -273,32 +274,28 @@ impl OverlayMetrics {
                 .get_or_create(&FamilyLabel { family: f })
                 .set(now);
         }
-        // The refused leases as they are now (a fixed one disappears).
-        let mut now: Vec<SkipLabels> = Vec::new();
+        // The refused leases as they are now, counted by series (a fixed
+        // one's series disappears).
+        let mut now: BTreeMap<SkipLabels, i64> = BTreeMap::new();
         for e in outcome.rejected {
             let labels = SkipLabels {
                 family: f,
                 field: e.field,
                 reason: e.reason.kind(),
             };
-            if !now.contains(&labels) {
-                now.push(labels);
-            }
+            *now.entry(labels).or_default() += 1;
         }
-        for gone in outcome.skipped_before.iter().filter(|l| !now.contains(l)) {
+        for gone in outcome
+            .skipped_before
+            .iter()
+            .filter(|l| !now.contains_key(l))
+        {
             self.skipped.remove(gone);
         }
-        for labels in &now {
-            let n = outcome
-                .rejected
-                .iter()
-                .filter(|e| e.field == labels.field && e.reason.kind() == labels.reason)
-                .count();
-            self.skipped
-                .get_or_create(labels)
-                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        for (labels, n) in &now {
+            self.skipped.get_or_create(labels).set(*n);
         }
-        *outcome.skipped_before = now;
+        *outcome.skipped_before = now.into_keys().collect();
     }
 }
 

@@ -33,10 +33,7 @@ pub(super) async fn claim(
     requests: mpsc::Sender<AgentRequest>,
 ) -> Result<(Option<JoinHandle<()>>, Option<Predecessor>), AgentError> {
     match Instance::acquire() {
-        Ok(instance) => Ok((
-            Some(tokio::task::spawn_local(instance.serve(requests))),
-            None,
-        )),
+        Ok(instance) => Ok((Some(serve(instance, requests)), None)),
         Err(InstanceError::Taken { .. }) if take_over => match Predecessor::ask().await {
             Ok(Some(p)) => {
                 tracing::info!(
@@ -52,10 +49,7 @@ pub(super) async fn claim(
                     tracing::info!(%error, "the running weftd does not hand over; waiting for it to go");
                 }
                 let instance = Instance::acquire_within(LEAVING_WAIT).await?;
-                Ok((
-                    Some(tokio::task::spawn_local(instance.serve(requests))),
-                    None,
-                ))
+                Ok((Some(serve(instance, requests)), None))
             }
         },
         Err(e) => Err(e.into()),
@@ -83,7 +77,13 @@ pub(super) async fn complete(
         overlay.predecessor_gone().await;
     }
     let instance = Instance::acquire_within(NAME_WAIT).await?;
-    Ok(tokio::task::spawn_local(instance.serve(requests)))
+    Ok(serve(instance, requests))
+}
+
+/// Answers the agent socket from a task of its own (the name is held until
+/// the task ends).
+fn serve(instance: Instance, requests: mpsc::Sender<AgentRequest>) -> JoinHandle<()> {
+    tokio::task::spawn_local(instance.serve(requests))
 }
 
 /// What a running agent hands over.

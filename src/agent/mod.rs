@@ -389,7 +389,7 @@ impl StatusSources<'_> {
             let nat_mode = self
                 .nat
                 .iter()
-                .find(|n| n.family().name() == family.to_string())
+                .find(|n| n.family() == nat_family(family))
                 .map(|n| n.mode().to_string())
                 .unwrap_or_default();
             let peers = self
@@ -789,6 +789,14 @@ fn become_ready(
     tracing::info!(subnet_file = %flags.subnet_file.display(), ?subnets, mtu = env.mtu, ?nat, "ready");
 }
 
+/// The NAT crate's name for `family`.
+fn nat_family(family: Family) -> weft_nat::Family {
+    match family {
+        Family::V4 => weft_nat::Family::V4,
+        Family::V6 => weft_nat::Family::V6,
+    }
+}
+
 /// Detects (or takes the forced) NAT mode and starts the NAT loop of each
 /// enabled family, which returns once flannel's rules are in place.
 fn start_nat(
@@ -800,10 +808,7 @@ fn start_nat(
     let mut loops = Vec::new();
     let mut reasons = PerFamily::default();
     for family in Family::ALL {
-        let nat_family = match family {
-            Family::V4 => weft_nat::Family::V4,
-            Family::V6 => weft_nat::Family::V6,
-        };
+        let nat_family = nat_family(family);
         let (Some(network), Some(subnet)) = (conf.network(family), subnets.get(family)) else {
             // A family this node does not run: flannel's rules of it, left
             // from before, go.
