@@ -2,12 +2,15 @@
 //! give a destination or a reject (counted by the forwarder), never a
 //! panic; a packet whose TTL is decremented keeps a valid IPv4 header
 //! checksum when it had one; the peer table's longest-prefix lookup agrees
-//! with a plain search over the same peers.
+//! with a plain search over the same peers; two packets cut from the bytes
+//! go through the receive side's coalescing (segment, join, header)
+//! without a panic, and a joined pair's header carries their lengths.
 #![no_main]
 use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::{IpNet, Ipv4Net};
 use libfuzzer_sys::fuzz_target;
+use weft_udp::coalesce::{header, segment, Train, MAX_HEADER, VNET_HDR_LEN};
 use weft_udp::packet::{decrement_ttl, destination, ipv4_header_checksum};
 use weft_udp::PeerTable;
 
@@ -63,6 +66,26 @@ fuzz_target!(|data: &[u8]| {
                     .any(|(n, t)| *t == to && n.contains(&dst) && Some(n.prefix_len()) == best),
                 "lookup of {dst} gave {to}, not a longest match in {peers:?}"
             );
+        }
+    }
+
+    // Coalescing: the bytes cut in two packets.
+    if let Some((&cut, rest)) = data.split_first() {
+        let (a, b) = rest.split_at(usize::from(cut).min(rest.len()));
+        if let Some(sa) = segment(a) {
+            let mut train = Train::start(sa);
+            if let Some(sb) = segment(b) {
+                if train.accepts(a, &sb, b) {
+                    train.push(&sb);
+                }
+            }
+            let mut out = [0u8; MAX_HEADER];
+            let n = header(a, &train, &mut out);
+            assert_eq!(n, VNET_HDR_LEN + sa.header_len());
+            if train.count == 2 && !sa.v6 {
+                let total = usize::from(u16::from_be_bytes([out[VNET_HDR_LEN + 2], out[VNET_HDR_LEN + 3]]));
+                assert_eq!(total, sa.header_len() + train.bytes);
+            }
         }
     }
 });

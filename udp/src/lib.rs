@@ -15,9 +15,10 @@
 //!   hands over up to 64 KiB TCP super-packets, split here into MTU-sized IP
 //!   packets (each its own datagram, flannel's framing) and sent with one
 //!   `sendmsg` using UDP GSO (`UDP_SEGMENT`); received datagrams come in
-//!   `recvmmsg` batches with UDP GRO, and TCP segments are coalesced into
-//!   GRO super-packets for the TUN (tun-rs' offload module, the way
-//!   wireguard-go does it);
+//!   `recvmmsg` batches with UDP GRO, and each run of consecutive segments
+//!   of one TCP flow is written to the TUN as one GSO super-packet with a
+//!   single `writev` gathering the payloads where they were received (no
+//!   copy; see [`coalesce`], the kernel's GRO rules);
 //! - preallocated buffers per thread, no allocation per packet;
 //! - the peer table is an immutable [`PeerTable`] behind an `ArcSwap`:
 //!   [`ForwarderHandle::set_peers`] swaps it whole, readers never block.
@@ -46,6 +47,7 @@ use ipnet::IpNet;
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use quinn_udp::UdpSocketState;
 
+pub mod coalesce;
 pub mod packet;
 mod sock;
 mod stats;

@@ -19,6 +19,9 @@ pub struct Stats {
     pub rx_packets: u64,
     /// Bytes of those packets.
     pub rx_bytes: u64,
+    /// TUN writes that carried them (fewer than packets when segments of a
+    /// flow are coalesced into one super-packet).
+    pub rx_writes: u64,
     /// Dropped: read from the TUN, destination in no peer's subnet.
     pub drop_unknown_subnet: u64,
     /// Dropped: shorter than the IP header it announces (or 20 bytes).
@@ -79,6 +82,7 @@ pub(crate) enum C {
     TxSends,
     RxPackets,
     RxBytes,
+    RxWrites,
     UnknownSubnet,
     TooShort,
     NotIp,
@@ -125,6 +129,7 @@ pub(crate) fn sum<'a>(all: impl IntoIterator<Item = &'a Counters>) -> Stats {
         s.tx_sends += c.get(C::TxSends);
         s.rx_packets += c.get(C::RxPackets);
         s.rx_bytes += c.get(C::RxBytes);
+        s.rx_writes += c.get(C::RxWrites);
         s.drop_unknown_subnet += c.get(C::UnknownSubnet);
         s.drop_too_short += c.get(C::TooShort);
         s.drop_not_ip += c.get(C::NotIp);

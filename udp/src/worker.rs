@@ -9,7 +9,7 @@
 //! All buffers are allocated when a thread starts; the packet path
 //! allocates nothing.
 
-use std::io::{self, IoSliceMut};
+use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,8 +20,9 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::EventFd;
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
-use tun_rs::{GROTable, SyncDevice, VirtioNetHdr, VIRTIO_NET_HDR_LEN};
+use tun_rs::{SyncDevice, VirtioNetHdr, VIRTIO_NET_HDR_LEN};
 
+use crate::coalesce::{self, Train, MAX_HEADER, MAX_SEGMENTS};
 use crate::packet::{decrement_ttl, destination, IPV4_HEADER_LEN};
 use crate::stats::{Counters, C};
 use crate::table::PeerTable;
@@ -41,8 +42,9 @@ const GSO_MAX_SEGS: usize = 64;
 const RX_BUF: usize = 96 * 1024;
 /// Datagrams per `recvmmsg`.
 const RX_BATCH: usize = quinn_udp::BATCH_SIZE;
-/// Packets handed to the TUN's GRO coalescer at once.
-const GRO_BATCH: usize = tun_rs::IDEAL_BATCH_SIZE;
+/// Packets one receive batch is expected to hold at most (the list of
+/// them grows past it only once, if ever).
+const RX_PACKETS: usize = RX_BATCH * 64;
 
 const GSO_NONE: u8 = 0;
 const GSO_ECN: u8 = 0x80;
@@ -459,8 +461,8 @@ fn send(w: &Worker, peer: IpAddr, contents: &[u8], seg: usize, n: usize) {
 struct RxBufs {
     bufs: Vec<Vec<u8>>,
     metas: [RecvMeta; RX_BATCH],
-    gro_bufs: Vec<Vec<u8>>,
-    gro: GROTable,
+    /// The packets of one batch to write: (buffer, offset, length).
+    spans: Vec<(usize, usize, usize)>,
 }
 
 impl RxBufs {
@@ -468,10 +470,7 @@ impl RxBufs {
         RxBufs {
             bufs: (0..RX_BATCH).map(|_| vec![0u8; RX_BUF]).collect(),
             metas: [RecvMeta::default(); RX_BATCH],
-            gro_bufs: (0..GRO_BATCH)
-                .map(|_| Vec::with_capacity(VIRTIO_NET_HDR_LEN + 65_536))
-                .collect(),
-            gro: GROTable::default(),
+            spans: Vec::with_capacity(RX_PACKETS),
         }
     }
 }
@@ -559,12 +558,7 @@ fn final_drain(w: &Worker, b: &mut RxBufs) -> TxBufs {
 /// One `recvmmsg` batch from the socket, forwarded to the TUN queue: the
 /// number of datagrams, or the receive's error (`WouldBlock` when empty).
 fn rx_batch(w: &Worker, b: &mut RxBufs) -> io::Result<usize> {
-    let RxBufs {
-        bufs,
-        metas,
-        gro_bufs,
-        gro,
-    } = b;
+    let RxBufs { bufs, metas, spans } = b;
     let n = {
         let mut it = bufs.iter_mut();
         let mut iovs: [IoSliceMut<'_>; RX_BATCH] = std::array::from_fn(|_| {
@@ -574,9 +568,8 @@ fn rx_batch(w: &Worker, b: &mut RxBufs) -> io::Result<usize> {
     };
     let table = w.shared.table.load();
     let dev = w.queue.dev.load_full();
-    let mut pending = 0usize;
-    let mut pending_bytes = 0u64;
-    for (buf, meta) in bufs.iter_mut().zip(metas.iter()).take(n) {
+    spans.clear();
+    for (i, (buf, meta)) in bufs.iter_mut().zip(metas.iter()).take(n).enumerate() {
         let len = meta.len.min(buf.len());
         let stride = if meta.stride == 0 { len } else { meta.stride }.max(1);
         if !table.is_peer(meta.addr.ip()) {
@@ -589,7 +582,7 @@ fn rx_batch(w: &Worker, b: &mut RxBufs) -> io::Result<usize> {
             w.c().add(C::TooShort, 1);
             continue;
         }
-        for seg in buf[..len].chunks_mut(stride) {
+        for (k, seg) in buf[..len].chunks_mut(stride).enumerate() {
             if let Err(r) = destination(seg) {
                 w.c().add_reject(r);
                 continue;
@@ -598,55 +591,95 @@ fn rx_batch(w: &Worker, b: &mut RxBufs) -> io::Result<usize> {
                 w.c().add(C::TtlExpired, 1);
                 continue;
             }
-            let Some(d) = dev.as_deref() else {
-                w.c().add(C::TunWriteError, 1);
-                continue;
-            };
-            if w.shared.offload {
-                let b = &mut gro_bufs[pending];
-                b.clear();
-                b.resize(VIRTIO_NET_HDR_LEN, 0);
-                b.extend_from_slice(seg);
-                pending += 1;
-                pending_bytes += seg.len() as u64;
-                if pending == GRO_BATCH {
-                    flush(w, d, gro, &mut gro_bufs[..pending], pending_bytes);
-                    pending = 0;
-                    pending_bytes = 0;
-                }
-            } else {
-                match d.send(seg) {
-                    Ok(_) => {
-                        w.c().add(C::RxPackets, 1);
-                        w.c().add(C::RxBytes, seg.len() as u64);
-                    }
-                    Err(error) => {
-                        w.c().add(C::TunWriteError, 1);
-                        tracing::debug!(%error, "TUN write failed");
-                    }
-                }
-            }
+            spans.push((i, k * stride, seg.len()));
         }
     }
-    if pending > 0 {
-        if let Some(d) = dev.as_deref() {
-            flush(w, d, gro, &mut gro_bufs[..pending], pending_bytes);
+    let Some(d) = dev.as_deref() else {
+        w.c().add(C::TunWriteError, spans.len() as u64);
+        return Ok(n);
+    };
+    if w.shared.offload {
+        write_trains(w, d, bufs, spans);
+    } else {
+        for &(i, off, len) in spans.iter() {
+            let pkt = &bufs[i][off..off + len];
+            match d.send(pkt) {
+                Ok(_) => {
+                    w.c().add(C::RxPackets, 1);
+                    w.c().add(C::RxBytes, len as u64);
+                    w.c().add(C::RxWrites, 1);
+                }
+                Err(error) => {
+                    w.c().add(C::TunWriteError, 1);
+                    tracing::debug!(%error, "TUN write failed");
+                }
+            }
         }
     }
     Ok(n)
 }
 
-/// Writes packets (each behind a virtio-net header's room) to the TUN,
-/// coalescing TCP/UDP segments of a flow into GRO super-packets.
-fn flush(w: &Worker, d: &SyncDevice, gro: &mut GROTable, bufs: &mut [Vec<u8>], bytes: u64) {
-    let n = bufs.len() as u64;
-    match d.send_multiple(gro, bufs, VIRTIO_NET_HDR_LEN) {
+/// Writes a batch's packets to the TUN (with its virtio-net header), each
+/// run of consecutive segments of one TCP flow as one GSO super-packet
+/// gathered from where the segments lie (see [`coalesce`]): one `writev`
+/// per run, no copy.
+fn write_trains(w: &Worker, d: &SyncDevice, bufs: &[Vec<u8>], spans: &[(usize, usize, usize)]) {
+    let at = |k: usize| {
+        let (i, off, len) = spans[k];
+        &bufs[i][off..off + len]
+    };
+    let mut header = [0u8; MAX_HEADER];
+    let mut k = 0;
+    while k < spans.len() {
+        let head = at(k);
+        let Some(first) = coalesce::segment(head) else {
+            header[..VIRTIO_NET_HDR_LEN].fill(0);
+            let iov = [
+                IoSlice::new(&header[..VIRTIO_NET_HDR_LEN]),
+                IoSlice::new(head),
+            ];
+            tun_write(w, d, &iov, 1, head.len());
+            k += 1;
+            continue;
+        };
+        let mut train = Train::start(first);
+        let mut end = k + 1;
+        while end < spans.len() {
+            let p = at(end);
+            match coalesce::segment(p) {
+                Some(s) if train.accepts(head, &s, p) => train.push(&s),
+                _ => break,
+            }
+            end += 1;
+        }
+        let h = coalesce::header(head, &train, &mut header);
+        let hl = first.header_len();
+        let mut iov: [IoSlice<'_>; MAX_SEGMENTS + 1] = std::array::from_fn(|_| IoSlice::new(&[]));
+        iov[0] = IoSlice::new(&header[..h]);
+        for (slot, m) in iov[1..].iter_mut().zip(k..end) {
+            *slot = IoSlice::new(&at(m)[hl..]);
+        }
+        tun_write(
+            w,
+            d,
+            &iov[..=end - k],
+            end - k,
+            train.count * hl + train.bytes,
+        );
+        k = end;
+    }
+}
+
+/// One `writev` of `packets` packets (`bytes` bytes as received) to the TUN.
+fn tun_write(w: &Worker, d: &SyncDevice, iov: &[IoSlice<'_>], packets: usize, bytes: usize) {
+    match nix::sys::uio::writev(d.as_fd(), iov) {
         Ok(_) => {
-            w.c().add(C::RxPackets, n);
-            w.c().add(C::RxBytes, bytes);
+            w.c().add(C::RxPackets, packets as u64);
+            w.c().add(C::RxBytes, bytes as u64);
+            w.c().add(C::RxWrites, 1);
         }
         Err(error) => {
-            w.c().add(C::TunWriteError, n);
+            w.c().add(C::TunWriteError, packets as u64);
             tracing::debug!(%error, "TUN write failed");
         }
     }
