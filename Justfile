@@ -8,7 +8,7 @@ export PATH := justfile_directory() + "/.tools/just/bin:" + env_var("PATH")
 default:
     @just --list --unsorted
 
-# The lab: three nodes in network namespaces running weftd against a Kubernetes API, pods made through weft-cni, an outside host; prints the seed's tables, a connectivity matrix and a packet walk, then cleans up. Options: --backend vxlan|host-gw|vxlan-direct|udp, --nat iptables-legacy|iptables-nft|nftables, --ip-family ipv4|ipv6|dual (IPv6-only or dual-stack pods; the tables and the matrix per family), --flannel-node NODE (a flannel-made node, then taken over by weftd); `just lab up` keeps it, `just lab down` removes it.
+# The lab: three nodes in network namespaces running weftd against a Kubernetes API, pods made through weft-cni, an outside host; prints the seed's tables, a connectivity matrix and two packet walks printed by `weft trace` (pod to pod across nodes, pod to the outside host), then cleans up. Options: --backend vxlan|host-gw|vxlan-direct|udp, --nat iptables-legacy|iptables-nft|nftables, --ip-family ipv4|ipv6|dual (IPv6-only or dual-stack pods; the tables and the matrix per family), --flannel-node NODE (a flannel-made node, then taken over by weftd); `just lab up` keeps it, `just lab down` removes it.
 lab *args: deps
     cargo build --release -q -p weft --bin weftd --bin weft --bin weft-cni
     cargo build --release -q -p weft-integration --bin weft-lab

@@ -11,3 +11,4 @@ pub mod metrics;
 pub mod status;
 pub mod subnet;
 pub mod subnet_env;
+pub mod trace;

@@ -350,16 +350,11 @@ pub fn render(status: &Status, checks: &[FamilyCheck]) -> String {
     o
 }
 
-/// Without weftd: the flannel devices, and weft's routes, neighbours and
-/// FDB entries the kernel holds for the cluster networks `subnet_file`
-/// names (the underlay taken as the default route's interface).
-pub async fn kernel_view(subnet_file: &std::path::Path) -> String {
-    use crate::agent::host::Host;
-    use weft_overlay::Family;
-    let mut o = String::new();
+/// The cluster networks a subnet file names (`FLANNEL_NETWORK`,
+/// `FLANNEL_IPV6_NETWORK`); none if it cannot be read.
+pub fn networks_in(subnet_file: &std::path::Path) -> Vec<IpNet> {
     let text = std::fs::read_to_string(subnet_file).unwrap_or_default();
-    let networks: Vec<IpNet> = text
-        .lines()
+    text.lines()
         .filter_map(|l| l.split_once('='))
         .filter(|(k, _)| *k == "FLANNEL_NETWORK" || *k == "FLANNEL_IPV6_NETWORK")
         .flat_map(|(_, v)| {
@@ -367,7 +362,17 @@ pub async fn kernel_view(subnet_file: &std::path::Path) -> String {
                 .filter_map(|n| n.trim().parse().ok())
                 .collect::<Vec<IpNet>>()
         })
-        .collect();
+        .collect()
+}
+
+/// Without weftd: the flannel devices, and weft's routes, neighbours and
+/// FDB entries the kernel holds for the cluster networks `subnet_file`
+/// names (the underlay taken as the default route's interface).
+pub async fn kernel_view(subnet_file: &std::path::Path) -> String {
+    use crate::agent::host::Host;
+    use weft_overlay::Family;
+    let mut o = String::new();
+    let networks = networks_in(subnet_file);
     let (host, kernel) = match (Host::connect(), Kernel::connect()) {
         (Ok(h), Ok(k)) => (h, k),
         (Err(e), _) | (_, Err(e)) => return format!("cannot read the kernel: {e}\n"),

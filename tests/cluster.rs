@@ -177,6 +177,7 @@ fn legacy_manifest_on_a_real_cluster() {
         assert!(out.contains("drift: none"), "{}: {out}", pod.node);
         assert!(out.contains(&format!("node {}", pod.node)), "{out}");
     }
+    trace_between_web_pods(&cluster);
 
     let churn = scenario::churn(&cluster, 50).unwrap();
     println!(
@@ -192,6 +193,60 @@ fn legacy_manifest_on_a_real_cluster() {
     let t = Instant::now();
     cluster.down();
     println!("cluster removed in {:.1?}", t.elapsed());
+}
+
+/// `kubectl exec … -- weft trace <a> <b>` between web pods of two nodes:
+/// on a's node it follows the packet to where it leaves for b's node; on
+/// b's node it starts where the packet arrives and ends at the pod.
+fn trace_between_web_pods(cluster: &Cluster) {
+    let kubectl = cluster.kubectl().unwrap();
+    let web = workload::pods(kubectl, "app=web").unwrap();
+    let (Some(a), Some(b)) = (web.first(), web.iter().find(|p| p.node != web[0].node)) else {
+        panic!("no web pods on two nodes: {web:?}");
+    };
+    let weft_pods = deploy::weft_pods(kubectl).unwrap();
+    let on = |node: &str| {
+        weft_pods
+            .iter()
+            .find(|p| p.node == node)
+            .unwrap_or_else(|| panic!("no weft pod on {node}"))
+            .name
+            .clone()
+    };
+    let trace = |node: &str| {
+        let pod = on(node);
+        let out = kubectl
+            .run(&[
+                "-n",
+                "kube-flannel",
+                "exec",
+                &pod,
+                "-c",
+                "kube-flannel",
+                "--",
+                "weft",
+                "trace",
+                &a.ip.to_string(),
+                &b.ip.to_string(),
+            ])
+            .unwrap_or_else(|e| panic!("weft trace on {node}: {e:#}"));
+        println!("weft trace {} {} on {node}:\n{out}", a.ip, b.ip);
+        out
+    };
+    let out = trace(&a.node);
+    assert!(
+        out.contains(&format!(
+            "leaves this node for {} ({})",
+            cluster.node(&b.node).unwrap().spec.ip,
+            b.node
+        )),
+        "{out}"
+    );
+    let out = trace(&b.node);
+    assert!(
+        out.contains(&format!("=> delivered: {} on {}", b.ip, b.node)),
+        "{out}"
+    );
 }
 
 /// manifests/nftables on the same three kinds of node: native nftables

@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used)] // tests may unwrap
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -201,6 +202,188 @@ fn combination_with(backend: Backend, nat: NatMode, api: ApiChoice, ip_family: I
         assert!(c.masqueraded(), "{what}: {c:?}");
         assert!(c.kept_source(), "{what}: {c:?}");
     }
+    for &family in ip_family.families() {
+        assert_trace(&lab, backend, family, &what);
+    }
+}
+
+/// `weft trace --json` over the lab's namespaces, as JSON, asserting it
+/// exits 0 (no fault).
+fn trace_json(lab: &Lab, src: IpAddr, dst: IpAddr, want_code: i32) -> Value {
+    let out = lab.trace(src, dst, &["--json"]).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(want_code),
+        "weft trace {src} {dst}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("weft trace --json: {e}: {text}"))
+}
+
+/// The hops' steps, and each step's output joined.
+fn hops(j: &Value) -> (Vec<String>, Vec<String>) {
+    let hops = j["hops"].as_array().cloned().unwrap_or_default();
+    let steps = hops
+        .iter()
+        .map(|h| h["step"].as_str().unwrap_or("").to_string())
+        .collect();
+    let outputs = hops
+        .iter()
+        .map(|h| {
+            h["output"]
+                .as_array()
+                .map(|o| {
+                    o.iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                })
+                .unwrap_or_default()
+        })
+        .collect();
+    (steps, outputs)
+}
+
+/// `weft trace` from the first pod of node 1 to the first pod of node 3
+/// lists the seed's hops with the values the kernel holds: the pod's route
+/// via its gateway, the node's lookup, the VTEP's neighbour and FDB entry
+/// (VXLAN), the node as next hop (host-gw, DirectRouting) or both
+/// forwarders (udp), the destination's lookup into cni0, the pod's veth,
+/// the pod; and to the outside host, flannel's SNAT rule.
+fn assert_trace(lab: &Lab, backend: Backend, family: Family, what: &str) {
+    let (a, c) = (&lab.nodes[0], &lab.nodes[2]);
+    let src = a.pods[0].ip_of(family).unwrap();
+    let dst = c.pods[0].ip_of(family).unwrap();
+    let j = trace_json(lab, src, dst, 0);
+    let (steps, out) = hops(&j);
+    let at = |step: &str| -> &str {
+        let i = steps.iter().position(|s| s == step);
+        i.map_or("", |i| out[i].as_str())
+    };
+    let want: &[&str] = match backend {
+        Backend::Vxlan => &[
+            "pod-route",
+            "bridge",
+            "node-route",
+            "neighbour",
+            "fdb",
+            "encapsulation",
+            "vtep",
+            "decap-route",
+            "pod-neighbour",
+            "pod-port",
+            "arrival",
+        ],
+        Backend::HostGw | Backend::VxlanDirect => &[
+            "pod-route",
+            "bridge",
+            "node-route",
+            "neighbour",
+            "decap-route",
+            "pod-neighbour",
+            "pod-port",
+            "arrival",
+        ],
+        Backend::Udp => &[
+            "pod-route",
+            "bridge",
+            "node-route",
+            "encapsulation",
+            "forwarder",
+            "forwarder-peer",
+            "decap-route",
+            "pod-neighbour",
+            "pod-port",
+            "arrival",
+        ],
+    };
+    assert_eq!(steps, want, "{what}: {j:#}");
+    let (a_net, c_net) = (a.spec.subnet_of(family), c.spec.subnet_of(family));
+    assert_eq!(
+        at("pod-route"),
+        format!("{dst} via {} dev eth0 src {src}", a.spec.gateway_of(family)),
+        "{what}"
+    );
+    let device = match family {
+        Family::V4 => "flannel.1",
+        Family::V6 => "flannel-v6.1",
+    };
+    match backend {
+        Backend::Vxlan => {
+            let (_, mac) = vtep(&c.ns, device).unwrap();
+            assert_eq!(
+                at("node-route"),
+                format!(
+                    "{dst} via {} dev {device} src {}",
+                    c_net.network(),
+                    a_net.network()
+                ),
+                "{what}"
+            );
+            assert_eq!(
+                at("neighbour"),
+                format!("{} dev {device} lladdr {mac} PERMANENT", c_net.network()),
+                "{what}"
+            );
+            assert_eq!(
+                at("fdb"),
+                format!(
+                    "{mac} dev {device} dst {} self permanent",
+                    c.spec.ip_of(family)
+                ),
+                "{what}"
+            );
+            assert!(
+                at("vtep").contains(&format!("link/ether {mac}")),
+                "{what}: {j:#}"
+            );
+        }
+        Backend::HostGw | Backend::VxlanDirect => {
+            assert!(
+                at("node-route").starts_with(&format!("{dst} via {} dev ", c.spec.ip_of(family))),
+                "{what}: {j:#}"
+            );
+        }
+        Backend::Udp => {
+            assert_eq!(
+                at("node-route"),
+                format!("{dst} dev flannel0 src {}", a_net.network()),
+                "{what}"
+            );
+            assert!(at("forwarder").ends_with(&format!("public-ip {}", c.spec.ip_of(family))));
+            assert!(at("forwarder-peer").ends_with(&format!("public-ip {}", a.spec.ip_of(family))));
+        }
+    }
+    assert_eq!(
+        at("decap-route"),
+        format!("{dst} dev cni0 src {}", c.spec.gateway_of(family)),
+        "{what}"
+    );
+    assert!(at("pod-port").ends_with(" master cni0"), "{what}: {j:#}");
+    assert_eq!(
+        at("arrival"),
+        format!("local {dst} dev lo src {dst}"),
+        "{what}"
+    );
+    assert_eq!(j["end"]["end"], "delivered", "{what}: {j:#}");
+
+    // To the outside host: flannel's masquerade rule, leaving with node 1's address.
+    let outside = weft_integration::lab::outside_ip(family);
+    let j = trace_json(lab, src, outside, 0);
+    let (steps, out) = hops(&j);
+    assert_eq!(
+        &steps[steps.len() - 2..],
+        ["snat", "arrival"],
+        "{what}: {j:#}"
+    );
+    let snat = &out[steps.len() - 2];
+    assert!(snat.to_lowercase().contains("masquerade"), "{what}: {snat}");
+    let says = j["hops"][steps.len() - 2]["says"].as_str().unwrap_or("");
+    assert!(
+        says.contains(&format!("masqueraded to {}", a.spec.ip_of(family))),
+        "{what}: {says}"
+    );
 }
 
 fn all_backends(nat: NatMode) {
@@ -819,9 +1002,6 @@ fn weft_status_agrees_with_the_kernel_and_names_drift() {
     node.ns.exec(&[weft, "debug", "pause"]).unwrap();
     let peer = &lab.nodes[0];
     let gw = peer.spec.subnet.network().to_string();
-    node.ns
-        .ip(&["neigh", "del", &gw, "dev", "flannel.1"])
-        .unwrap();
     let mac = j["status"]["families"][0]["peers"]
         .as_array()
         .unwrap()
@@ -830,6 +1010,33 @@ fn weft_status_agrees_with_the_kernel_and_names_drift() {
         .and_then(|p| p["vtep_mac"].as_str())
         .unwrap()
         .to_string();
+    // weft trace from this node's pod to the peer's names the broken hop.
+    let (src, dst) = (node.pods[0].ip, peer.pods[0].ip);
+    let fault_of = |j: &Value| -> (String, String) {
+        let hops = j["hops"].as_array().unwrap();
+        let last = hops.last().unwrap();
+        assert_eq!(j["end"]["end"], "dropped", "{j:#}");
+        (
+            last["step"].as_str().unwrap().to_string(),
+            last["fault"].as_str().unwrap().to_string(),
+        )
+    };
+    node.ns
+        .exec(&["bridge", "fdb", "del", &mac, "dev", "flannel.1", "self"])
+        .unwrap();
+    let (step, fault) = fault_of(&trace_json(&lab, src, dst, 2));
+    assert_eq!(step, "fdb");
+    assert_eq!(
+        fault,
+        format!("no FDB entry for {mac} on flannel.1: the packet is dropped here")
+    );
+    let text = lab.trace(src, dst, &[]).unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    println!("{text}");
+    assert!(
+        text.contains("=> FAULT at hop 5 on worker2: no FDB entry"),
+        "{text}"
+    );
     node.ns
         .exec(&[
             "bridge",
@@ -844,6 +1051,24 @@ fn weft_status_agrees_with_the_kernel_and_names_drift() {
             "permanent",
         ])
         .unwrap();
+    let (step, fault) = fault_of(&trace_json(&lab, src, dst, 2));
+    assert_eq!(step, "fdb");
+    assert_eq!(
+        fault,
+        format!(
+            "the FDB sends {mac} to 172.18.0.99, but control-plane is at {}: the packet goes to the wrong host",
+            peer.spec.ip
+        )
+    );
+    node.ns
+        .ip(&["neigh", "del", &gw, "dev", "flannel.1"])
+        .unwrap();
+    let (step, fault) = fault_of(&trace_json(&lab, src, dst, 2));
+    assert_eq!(step, "neighbour");
+    assert_eq!(
+        fault,
+        format!("no PERMANENT neighbour for {gw} on flannel.1: the packet is dropped here")
+    );
     let (code, j) = status();
     assert_eq!(code, 2, "drift exits 2: {j:#}");
     let bad: Vec<Value> = findings(&j)
@@ -885,6 +1110,8 @@ fn weft_status_agrees_with_the_kernel_and_names_drift() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    let j = trace_json(&lab, src, dst, 0);
+    assert_eq!(j["end"]["end"], "delivered", "{j:#}");
 }
 
 /// `/metrics` parses as Prometheus text and tells what weftd does: the

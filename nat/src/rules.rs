@@ -1,6 +1,7 @@
 //! The pure rule set: flannel's SNAT and forward rules, typed.
 
 use std::fmt;
+use std::net::IpAddr;
 
 use ipnet::IpNet;
 
@@ -285,6 +286,28 @@ impl RuleSet {
     /// Every rule, postrouting first.
     pub fn rules(&self) -> impl Iterator<Item = &Rule> {
         self.postrouting.iter().chain(&self.forward)
+    }
+
+    /// The first postrouting rule a packet from `src` to `dst` carrying
+    /// `mark` matches, as the kernel walks the chain; `None` when it runs
+    /// off the end (no NAT).
+    pub fn postrouting_match(&self, src: IpAddr, dst: IpAddr, mark: u32) -> Option<&Rule> {
+        self.postrouting.iter().find(|r| {
+            r.mark.is_none_or(|(value, mask)| mark & mask == value)
+                && r.src.matches(src)
+                && r.dst.matches(dst)
+        })
+    }
+}
+
+impl Addr {
+    /// Whether `ip` passes this match.
+    pub fn matches(self, ip: IpAddr) -> bool {
+        match self {
+            Addr::Any => true,
+            Addr::In(net) => net.contains(&ip),
+            Addr::NotIn(net) => !net.contains(&ip),
+        }
     }
 }
 

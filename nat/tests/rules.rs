@@ -258,3 +258,59 @@ fn bad_v6_input_names_the_field() {
     .unwrap_err();
     assert!(matches!(e, RuleError::MulticastNetwork(_)), "{e}");
 }
+
+/// The rule a packet meets first, as the kernel walks FLANNEL-POSTRTG: the
+/// seed's four cases plus kube-proxy's mark, in both families.
+#[test]
+fn packets_meet_the_rule_the_kernel_would_apply() {
+    let set = build(Options::default());
+    let label = |src: &str, dst: &str, mark: u32| {
+        set.postrouting_match(src.parse().unwrap(), dst.parse().unwrap(), mark)
+            .map(|r| r.label)
+    };
+    // Own pod to another node's pod: no NAT.
+    assert_eq!(
+        label("10.244.0.5", "10.244.2.7", 0),
+        Some("own pods to cluster")
+    );
+    // Own pod to the outside: masqueraded.
+    assert_eq!(
+        label("10.244.0.5", "172.18.0.100", 0),
+        Some("pods to outside")
+    );
+    // But not to multicast.
+    assert_eq!(label("10.244.0.5", "239.1.1.1", 0), None);
+    // Outside to an own pod: no NAT; to another node's pod: masqueraded.
+    assert_eq!(
+        label("172.18.0.100", "10.244.0.9", 0),
+        Some("outside to own pods")
+    );
+    assert_eq!(
+        label("172.18.0.100", "10.244.3.9", 0),
+        Some("outside to other pods")
+    );
+    // kube-proxy's mark wins over everything.
+    assert_eq!(
+        label("10.244.0.5", "172.18.0.100", 0x4000),
+        Some("marked by kube-proxy")
+    );
+    // Host to host: nothing of flannel's.
+    assert_eq!(label("172.18.0.2", "172.18.0.3", 0), None);
+    // Without --ip-masq there is nothing to meet.
+    let off = build(Options {
+        masquerade: false,
+        ..Options::default()
+    });
+    assert!(off
+        .postrouting_match("10.244.0.5".parse().unwrap(), "1.1.1.1".parse().unwrap(), 0)
+        .is_none());
+    let six = build_for(SEED6, Options::default());
+    let m = six
+        .postrouting_match(
+            "fc00:0:0:1::5".parse().unwrap(),
+            "fd00:18::100".parse().unwrap(),
+            0,
+        )
+        .unwrap();
+    assert!(matches!(m.verdict, Verdict::Masquerade { .. }));
+}

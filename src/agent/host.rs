@@ -128,14 +128,7 @@ impl Host {
         &self,
         dst: IpAddr,
     ) -> Result<Option<(u32, Option<IpAddr>)>, KernelError> {
-        let msg = match dst {
-            IpAddr::V4(v4) => RouteMessageBuilder::<Ipv4Addr>::new()
-                .destination_prefix(v4, 32)
-                .build(),
-            IpAddr::V6(v6) => RouteMessageBuilder::<Ipv6Addr>::new()
-                .destination_prefix(v6, 128)
-                .build(),
-        };
+        let msg = weft_overlay::kernel::lookup_message(dst);
         let mut answer = self.handle.route().get(msg).execute();
         match answer.try_next().await {
             Ok(Some(r)) => {

@@ -29,6 +29,32 @@ enum Command {
         #[arg(long, default_value = "/run/flannel/subnet.env")]
         subnet_file: PathBuf,
     },
+    /// Walk a packet from one address to another, hop by hop, as the
+    /// commands a person would run on each (`ip route get`, `ip neigh`,
+    /// `bridge fdb` …), and name the hop where it is lost. On a node it
+    /// reads that node and says where the packet leaves it; with `--netns`
+    /// it reads each namespace given (the lab's nodes and pods).
+    Trace {
+        /// The source address (a pod, or a node for host-network traffic).
+        src: std::net::IpAddr,
+        /// The destination address.
+        dst: std::net::IpAddr,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// A network namespace to read: a name under /var/run/netns or a
+        /// path (repeat it for each).
+        #[arg(long)]
+        netns: Vec<String>,
+        /// Read every namespace under /var/run/netns whose name starts
+        /// with this (e.g. a lab's `weft-<pid>-`).
+        #[arg(long)]
+        netns_prefix: Option<String>,
+        /// The subnet file naming the cluster networks when weftd does not
+        /// answer.
+        #[arg(long, default_value = "/run/flannel/subnet.env")]
+        subnet_file: PathBuf,
+    },
     /// For debugging: pause or resume weftd's repairs (nothing is written
     /// while paused; what changed meanwhile is reconciled on resuming).
     Debug {
@@ -59,6 +85,27 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Status { json, subnet_file } => runtime.block_on(status(json, &subnet_file)),
+        Command::Trace {
+            src,
+            dst,
+            json,
+            netns,
+            netns_prefix,
+            subnet_file,
+        } => {
+            let netns = match namespaces(&netns, netns_prefix.as_deref()) {
+                Ok(n) => n,
+                Err(e) => {
+                    eprintln!("weft: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let scope = weft::trace::Scope {
+                netns,
+                subnet_file: Some(subnet_file),
+            };
+            runtime.block_on(trace(&scope, src, dst, json))
+        }
         Command::Debug { what } => {
             let word = match what {
                 Debug::Pause => "pause",
@@ -132,6 +179,67 @@ async fn status(json: bool, subnet_file: &std::path::Path) -> ExitCode {
     }
     // 0: all as wanted; 2: drift (being repaired, or paused).
     if drift {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// The namespaces named, then those under /var/run/netns with the prefix.
+fn namespaces(names: &[String], prefix: Option<&str>) -> Result<Vec<PathBuf>, String> {
+    const DIR: &str = "/var/run/netns";
+    let mut out: Vec<PathBuf> = names
+        .iter()
+        .map(|n| {
+            if n.contains('/') {
+                PathBuf::from(n)
+            } else {
+                std::path::Path::new(DIR).join(n)
+            }
+        })
+        .collect();
+    if let Some(prefix) = prefix {
+        let entries = std::fs::read_dir(DIR).map_err(|e| format!("{DIR}: {e}"))?;
+        let mut found: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+            .map(|e| e.path())
+            .collect();
+        if found.is_empty() {
+            return Err(format!("no namespace under {DIR} starts with {prefix:?}"));
+        }
+        found.sort();
+        out.extend(found);
+    }
+    Ok(out)
+}
+
+async fn trace(
+    scope: &weft::trace::Scope,
+    src: std::net::IpAddr,
+    dst: std::net::IpAddr,
+    json: bool,
+) -> ExitCode {
+    let t = match weft::trace::run(scope, src, dst).await {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("weft: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if json {
+        match serde_json::to_string_pretty(&t) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("weft: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        print!("{t}");
+    }
+    // 0: the packet gets through (or leaves as it should); 2: a fault.
+    if t.fault().is_some() {
         ExitCode::from(2)
     } else {
         ExitCode::SUCCESS

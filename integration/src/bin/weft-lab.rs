@@ -3,7 +3,7 @@
 //! (the real kube-apiserver where ../shared/kube has it, else weft's embedded
 //! Node API server), two pods per node created through `weft-cni` with a
 //! flannel conflist, and an outside host. Prints what the seed prints for
-//! worker2, a connectivity matrix and the walk of one packet, then deletes
+//! worker2, a connectivity matrix and two packet walks (`weft trace`), then deletes
 //! everything (also on failure or Ctrl-C).
 
 use std::net::IpAddr;
@@ -302,7 +302,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     println!("   (proto 119 marks the routes weft owns; flannel's carry no tag)");
 
     let mut ok = matrix(&lab)?;
-    walk(&lab, backend);
+    ok &= walk(&lab);
     if let Some(i) = lab.nodes.iter().position(|n| n.flannel.is_some()) {
         ok &= take_over(&mut lab, i)?;
     }
@@ -336,6 +336,11 @@ fn run(args: &Args) -> anyhow::Result<bool> {
             lab.outside.name()
         );
         println!("   weftd logs and configs: {}", lab.path().display());
+        println!(
+            "   {} trace <src> <dst> --netns-prefix {}   # follow a packet through the lab",
+            lab.weft_bin().display(),
+            weft_netns::prefix()
+        );
         println!("   just lab down    # removes it (or Ctrl-C here)");
         WAITING.store(true, Ordering::SeqCst);
         while !STOP.load(Ordering::SeqCst) {
@@ -542,71 +547,52 @@ fn take_over(lab: &mut Lab, i: usize) -> anyhow::Result<bool> {
     Ok(kept && ping_ok)
 }
 
-/// The seed's "day in the life of a packet": pod1-1 on node 1 to pod3-1 on node 3.
-fn walk(lab: &Lab, backend: Backend) {
+/// The seed's "day in the life of a packet", printed by `weft trace`:
+/// pod1-1 on node 1 to pod3-1 on node 3, then pod1-1 to the outside host
+/// (the SNAT rule it meets).
+fn walk(lab: &Lab) -> bool {
     let (Some(a), Some(c)) = (lab.nodes.first(), lab.nodes.last()) else {
-        return;
+        return true;
     };
-    let (src, dst) = (&a.pods[0], &c.pods[0]);
-    let dst_ip = dst.ip.to_string();
-    let family = Family::of_addr(&dst.ip);
-    let gw = c.spec.subnet_of(family).network().to_string();
-    let device = match family {
-        Family::V4 => "flannel.1",
-        Family::V6 => "flannel-v6.1",
+    let (Some(src), Some(dst)) = (a.pods.first(), c.pods.first()) else {
+        return true;
     };
-    section(&format!(
-        "A day in the life of a packet: {} ({}) on {} -> {} ({}) on {}",
-        src.name, src.ip, a.spec.name, dst.name, dst.ip, c.spec.name
-    ));
-    println!("1. {} looks up the next hop:", src.name);
-    shell(&src.ns, &["ip", "route", "get", &dst_ip]);
-    println!(
-        "2. The packet reaches cni0 on {}, where the lookup is done again:",
-        a.spec.name
-    );
-    shell(&a.ns, &["ip", "route", "get", &dst_ip]);
-    if backend == Backend::Vxlan {
-        println!("3. The static neighbour weft programmed gives the next hop's MAC:");
-        shell(&a.ns, &["ip", "neigh", "get", &gw, "dev", device]);
-        println!("4. The FDB of {device} gives the VTEP's address:");
-        shell(&a.ns, &["bridge", "fdb", "show", "dev", device]);
+    let outside = outside_ip(Family::of_addr(&src.ip));
+    let mut ok = true;
+    for (title, to) in [
+        (
+            format!(
+                "A day in the life of a packet: {} ({}) on {} -> {} ({}) on {}",
+                src.name, src.ip, a.spec.name, dst.name, dst.ip, c.spec.name
+            ),
+            dst.ip,
+        ),
+        (
+            format!(
+                "And one to the outside host: {} ({}) -> {outside}",
+                src.name, src.ip
+            ),
+            outside,
+        ),
+    ] {
+        section(&title);
         println!(
-            "5. Encapsulated, it reaches {}, whose {device} has that MAC:",
-            c.spec.name
+            "$ weft trace {} {to} --netns <each of the lab's namespaces>",
+            src.ip
         );
-        shell(&c.ns, &["ip", "link", "show", device]);
-    } else if backend == Backend::Udp {
-        println!(
-            "3. The network's route sends it into flannel0; weft's forwarder finds {}'s subnet in its table and sends the packet, unchanged, as one UDP datagram to {}:8285:",
-            c.spec.name, c.spec.ip
-        );
-        shell(&a.ns, &["ip", "-d", "link", "show", "flannel0"]);
-        println!(
-            "4. {}'s forwarder, hearing a known peer, writes it into its flannel0:",
-            c.spec.name
-        );
-        shell(&c.ns, &["ip", "link", "show", "flannel0"]);
-    } else {
-        println!(
-            "3. No encapsulation: the next hop is {}'s own address on the underlay.",
-            c.spec.name
-        );
+        match lab.trace(src.ip, to, &[]) {
+            Ok(out) => {
+                print!("{}", String::from_utf8_lossy(&out.stdout));
+                eprint!("{}", String::from_utf8_lossy(&out.stderr));
+                ok &= out.status.success();
+            }
+            Err(e) => {
+                println!("(failed: {e:#})");
+                ok = false;
+            }
+        }
     }
-    println!(
-        "6. {}, its destination is looked up on {}:",
-        match backend {
-            Backend::Vxlan => "Decapsulated",
-            Backend::Udp => "Out of flannel0",
-            _ => "Arrived",
-        },
-        c.spec.name
-    );
-    shell(&c.ns, &["ip", "route", "get", &dst_ip]);
-    println!("7. The neighbour and bridge tables find the pod's veth:");
-    shell(&c.ns, &["ip", "neigh", "show", &dst_ip, "dev", "cni0"]);
-    println!("8. It arrives in {}:", dst.name);
-    shell(&dst.ns, &["ip", "route", "get", &dst_ip]);
+    ok
 }
 
 fn section(title: &str) {

@@ -698,6 +698,43 @@ impl Lab {
             .collect()
     }
 
+    /// Every namespace a packet can pass: the nodes, their pods, the
+    /// outside host.
+    pub fn namespaces(&self) -> Vec<&Netns> {
+        let mut out = Vec::new();
+        for n in &self.nodes {
+            out.push(&n.ns);
+            out.extend(n.pods.iter().map(|p| &p.ns));
+        }
+        out.push(&self.outside);
+        out
+    }
+
+    /// The `weft` CLI beside weftd.
+    pub fn weft_bin(&self) -> PathBuf {
+        self.weftd.with_file_name("weft")
+    }
+
+    /// `weft trace <src> <dst> <args…>` over every namespace of the lab
+    /// (the `weft` beside weftd), run from the host's namespace: it enters
+    /// each one to read it and writes nothing.
+    pub fn trace(
+        &self,
+        src: IpAddr,
+        dst: IpAddr,
+        args: &[&str],
+    ) -> anyhow::Result<std::process::Output> {
+        let weft = self.weft_bin();
+        let mut cmd = std::process::Command::new(&weft);
+        cmd.arg("trace").arg(src.to_string()).arg(dst.to_string());
+        for ns in self.namespaces() {
+            cmd.arg("--netns").arg(ns.name());
+        }
+        cmd.args(args);
+        cmd.output()
+            .with_context(|| format!("running {}", weft.display()))
+    }
+
     /// `ping` from every pod to every pod's `family` address.
     pub fn ping_matrix_of(&self, family: Family) -> Vec<Vec<bool>> {
         let pods = self.pods();

@@ -142,6 +142,22 @@ pub(crate) fn req(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> K
     move |source| KernelError::Request { what, source }
 }
 
+/// An `ip route get <dst>` request: a route message naming `dst` alone
+/// (a full-length prefix), which the kernel answers with the one route it
+/// would use.
+pub fn lookup_message(dst: IpAddr) -> netlink_packet_route::route::RouteMessage {
+    use rtnetlink::RouteMessageBuilder;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    match dst {
+        IpAddr::V4(v4) => RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(v4, 32)
+            .build(),
+        IpAddr::V6(v6) => RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(v6, 128)
+            .build(),
+    }
+}
+
 /// The errno of a netlink error reply, if it is one.
 pub fn errno(e: &rtnetlink::Error) -> Option<i32> {
     match e {

@@ -224,16 +224,11 @@ pub fn neighbour_of(msg: &NeighbourMessage, scope: &Scope) -> Option<Neighbour> 
     {
         return None;
     }
-    let mut ip = None;
-    let mut mac = None;
-    for a in &msg.attributes {
-        match a {
-            NeighbourAttribute::Destination(d) => ip = neighbour_ip(d),
-            NeighbourAttribute::LinkLayerAddress(b) => mac = MacAddr::from_bytes(b),
-            _ => {}
-        }
-    }
-    Some(Neighbour { ip: ip?, mac: mac? })
+    let f = neighbour_fields(msg);
+    Some(Neighbour {
+        ip: f.ip?,
+        mac: f.mac?,
+    })
 }
 
 /// A `self` FDB entry with a unicast MAC and a destination on the overlay device.
@@ -245,16 +240,33 @@ pub fn fdb_of(msg: &NeighbourMessage, scope: &Scope) -> Option<FdbEntry> {
     {
         return None;
     }
-    let mut dst = None;
-    let mut mac = None;
+    let f = neighbour_fields(msg);
+    let mac = f.mac.filter(MacAddr::is_unicast)?;
+    Some(FdbEntry { mac, dst: f.ip? })
+}
+
+/// What a neighbour or FDB message names, whatever its header says.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NeighbourFields {
+    /// `NDA_DST`: the neighbour's address, or an FDB entry's remote.
+    pub ip: Option<IpAddr>,
+    /// `NDA_LLADDR`: the link-layer address.
+    pub mac: Option<MacAddr>,
+    /// `NDA_MASTER`: the bridge an FDB entry belongs to.
+    pub master: Option<u32>,
+}
+
+/// The addresses and bridge a neighbour or FDB message carries (AF_BRIDGE
+/// dumps carry `NDA_DST` as raw bytes: [`neighbour_ip`] reads either).
+pub fn neighbour_fields(msg: &NeighbourMessage) -> NeighbourFields {
+    let mut f = NeighbourFields::default();
     for a in &msg.attributes {
         match a {
-            // AF_BRIDGE dumps carry NDA_DST as raw bytes (the parser cannot tell the family).
-            NeighbourAttribute::Destination(d) => dst = neighbour_ip(d),
-            NeighbourAttribute::LinkLayerAddress(b) => mac = MacAddr::from_bytes(b),
+            NeighbourAttribute::Destination(d) => f.ip = neighbour_ip(d),
+            NeighbourAttribute::LinkLayerAddress(b) => f.mac = MacAddr::from_bytes(b),
+            NeighbourAttribute::Controller(i) => f.master = Some(*i),
             _ => {}
         }
     }
-    let mac = mac.filter(MacAddr::is_unicast)?;
-    Some(FdbEntry { mac, dst: dst? })
+    f
 }

@@ -35,7 +35,7 @@ impl Kernel {
 }
 
 /// The VXLAN parameters in a link's info data (`None` if it carries none).
-pub(crate) fn params(infos: &[LinkInfo]) -> Option<VxlanParams> {
+pub fn params(infos: &[LinkInfo]) -> Option<VxlanParams> {
     let attrs = infos.iter().find_map(|i| match i {
         LinkInfo::Data(InfoData::Vxlan(attrs)) => Some(attrs),
         _ => None,
