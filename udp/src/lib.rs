@@ -10,7 +10,9 @@
 //!
 //! What makes it fast:
 //! - a multi-queue TUN (`IFF_MULTI_QUEUE`): one queue, one `SO_REUSEPORT`
-//!   socket and two threads (TX, RX) per queue;
+//!   socket and one thread per queue, moving packets both ways (so the
+//!   ACKs a TCP segment written to the TUN causes are read by the thread
+//!   that wrote it, without waking another);
 //! - with `offload`, `IFF_VNET_HDR` + `TUNSETOFFLOAD` (TSO/USO): the kernel
 //!   hands over up to 64 KiB TCP super-packets, split here into MTU-sized IP
 //!   packets (each its own datagram, flannel's framing) and sent with one
@@ -42,7 +44,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwap;
 use ipnet::IpNet;
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use quinn_udp::UdpSocketState;
@@ -51,6 +53,7 @@ pub mod coalesce;
 pub mod packet;
 mod sock;
 mod stats;
+mod steer;
 pub mod table;
 mod tun;
 mod worker;
@@ -61,7 +64,7 @@ pub use table::PeerTable;
 pub use tun::ensure_tun;
 
 use stats::Counters;
-use worker::{Queue, Shared, Worker};
+use worker::{Shared, Worker};
 
 /// flannel's default `Backend.Port` for the UDP backend.
 pub const DEFAULT_PORT: u16 = 8285;
@@ -122,7 +125,7 @@ pub struct ForwarderConfig {
     /// Where to bind: the node's public IP (or unspecified) and
     /// `Backend.Port`. Port 0 picks one (tests).
     pub bind: SocketAddr,
-    /// TUN queues (each with a socket and two threads); 0 = one per CPU.
+    /// TUN queues (each with a socket and a thread); 0 = one per CPU.
     pub queues: usize,
     /// Use `IFF_VNET_HDR`/`TUNSETOFFLOAD` (TSO/USO) on the TUN and UDP
     /// GSO/GRO on the sockets where the kernel has them.
@@ -178,6 +181,17 @@ impl Forwarder {
         for _ in 0..queues {
             devices.push(tun::attach(&cfg.device, cfg.offload)?);
         }
+        // A handle on the device for its steering program (see `steer`).
+        let steer_queue = devices
+            .first()
+            .and_then(|d| std::os::fd::AsFd::as_fd(d).try_clone_to_owned().ok());
+        if let (Some(q), false) = (&steer_queue, cfg.share_port) {
+            // Alone on the device: a program a predecessor left (it stopped
+            // with no successor, or was killed mid hand-over) goes.
+            if let Err(error) = steer::release(q) {
+                tracing::debug!(%error, "cannot clear the TUN device's steering program");
+            }
+        }
         let shared = Arc::new(Shared {
             table: ArcSwap::from_pointee(PeerTable::default()),
             armed: Default::default(),
@@ -188,14 +202,15 @@ impl Forwarder {
             offload: cfg.offload,
             port,
             v6_socket: cfg.bind.is_ipv6(),
-            counters: (0..2 * queues).map(|_| Counters::default()).collect(),
+            counters: (0..queues).map(|_| Counters::default()).collect(),
         });
         let mut handle = ForwarderHandle {
             shared: shared.clone(),
-            threads: Vec::with_capacity(2 * queues),
+            threads: Vec::with_capacity(queues),
             local: SocketAddr::new(cfg.bind.ip(), port),
             first_socket: None,
             sockets: sockets.len(),
+            steer_queue,
         };
         for (index, (sock, dev)) in sockets.into_iter().zip(devices).enumerate() {
             let state = UdpSocketState::new((&sock).into()).map_err(|source| UdpError::Socket {
@@ -210,36 +225,21 @@ impl Forwarder {
                     &false,
                 );
             }
-            let state = Arc::new(state);
             let sock = Arc::new(sock);
             if handle.first_socket.is_none() {
                 handle.first_socket = Some(sock.clone());
             }
-            let queue = Arc::new(Queue {
-                dev: ArcSwapOption::from_pointee(dev),
-                tx_done: Default::default(),
-            });
-            for (slot, role) in [(2 * index, "tx"), (2 * index + 1, "rx")] {
-                let w = Worker {
-                    shared: shared.clone(),
-                    queue: queue.clone(),
-                    sock: sock.clone(),
-                    state: state.clone(),
-                    slot,
-                    index,
-                };
-                let t = std::thread::Builder::new()
-                    .name(format!("weft-udp-{role}-{index}"))
-                    .spawn(move || {
-                        if role == "tx" {
-                            worker::tx_loop(w)
-                        } else {
-                            worker::rx_loop(w)
-                        }
-                    })
-                    .map_err(UdpError::Thread)?;
-                handle.threads.push(t);
-            }
+            let w = Worker {
+                shared: shared.clone(),
+                sock,
+                state,
+                index,
+            };
+            let t = std::thread::Builder::new()
+                .name(format!("weft-udp-{index}"))
+                .spawn(move || worker::queue_loop(w, dev))
+                .map_err(UdpError::Thread)?;
+            handle.threads.push(t);
         }
         tracing::info!(
             device = %cfg.device,
@@ -279,6 +279,9 @@ pub struct ForwarderHandle {
     /// One of the sockets (for the group's steering program) and how many.
     first_socket: Option<Arc<UdpSocket>>,
     sockets: usize,
+    /// A duplicate of the first TUN queue's descriptor, to set and clear
+    /// the device's steering program with.
+    steer_queue: Option<std::os::fd::OwnedFd>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -327,6 +330,13 @@ impl ForwarderHandle {
                 tracing::warn!(%error, "cannot reset the port's reuse-port steering");
             }
         }
+        // Likewise the TUN's packets (the predecessor steered them all to
+        // this forwarder's first queue).
+        if let Some(q) = &self.steer_queue {
+            if let Err(error) = steer::release(q) {
+                tracing::warn!(%error, "cannot clear the TUN device's steering program");
+            }
+        }
     }
 
     /// The bound address (with the port actually bound).
@@ -353,6 +363,15 @@ impl Drop for ForwarderHandle {
             let index = u32::try_from(self.sockets).unwrap_or(sock::NO_STEERING);
             if let Err(error) = sock::steer_group_to(&s, index) {
                 tracing::debug!(%error, "cannot steer the port's datagrams to a successor");
+            }
+        }
+        // The same for the TUN: a successor's queues were attached after
+        // ours, so its first is number `sockets` (one queue per socket).
+        // Without one, the number wraps to one of ours, which are closing.
+        if let Some(q) = self.steer_queue.take() {
+            let index = u32::try_from(self.sockets).unwrap_or(0);
+            if let Err(error) = steer::steer_to(&q, index) {
+                tracing::debug!(%error, "cannot steer the TUN's packets to a successor");
             }
         }
         self.shared.stop.store(true, Ordering::Relaxed);

@@ -2,6 +2,7 @@
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -41,6 +42,27 @@ fn bind(s: &Socket, addr: SocketAddr) -> Result<(), UdpError> {
     })
 }
 
+/// How long the first socket of a group may find the port still held
+/// after the probe (which found it free) was closed.
+const PROBE_LINGER: Duration = Duration::from_secs(1);
+
+/// Binds the group's first socket right after the probe was closed. The
+/// probe may still hold the port for a moment: a process forked by another
+/// thread (weftd runs iptables; tests run ping) holds a copy of every
+/// descriptor until its `exec` closes them. The probe found the port free,
+/// so "in use" is retried for up to [`PROBE_LINGER`].
+fn bind_after_probe(s: &Socket, addr: SocketAddr) -> Result<(), UdpError> {
+    let end = Instant::now() + PROBE_LINGER;
+    loop {
+        match bind(s, addr) {
+            Err(UdpError::PortInUse(_)) if Instant::now() < end => {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            other => return other,
+        }
+    }
+}
+
 fn buffers(s: &Socket) {
     use nix::sys::socket::{setsockopt, sockopt};
     let n = BUFFER;
@@ -63,7 +85,8 @@ pub(crate) fn bind_group(
     n: usize,
     share: bool,
 ) -> Result<Vec<UdpSocket>, UdpError> {
-    if addr.port() != 0 && !share {
+    let probed = addr.port() != 0 && !share;
+    if probed {
         let probe = socket(addr, false)?;
         bind(&probe, addr)?;
     }
@@ -71,7 +94,11 @@ pub(crate) fn bind_group(
     let mut at = addr;
     for _ in 0..n.max(1) {
         let s = socket(at, true)?;
-        bind(&s, at)?;
+        if probed && out.is_empty() {
+            bind_after_probe(&s, at)?;
+        } else {
+            bind(&s, at)?;
+        }
         if let Some(local) = s.local_addr().ok().and_then(|a| a.as_socket()) {
             at = SocketAddr::new(addr.ip(), local.port());
         }

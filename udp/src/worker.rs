@@ -1,10 +1,15 @@
-//! The packet-moving threads. Per queue: one TX thread (TUN queue → UDP)
-//! and one RX thread (UDP socket → TUN queue). Both use non-blocking
-//! descriptors and `poll(2)` with a 100 ms timeout (for a lost device),
-//! woken at once by the stop eventfd. Stopping, a thread first reads its
-//! descriptor empty: what the kernel queued before the stop is forwarded,
-//! not dropped with the descriptor (a successor that took over already has
-//! queues and sockets of its own, see `ForwarderConfig::share_port`).
+//! The packet-moving threads: one per queue, moving both ways (TUN queue →
+//! UDP socket and back). It reads each non-blocking descriptor in turn
+//! while either has something, and sleeps in one `poll(2)` on both (100 ms
+//! timeout for a lost device, woken at once by the stop eventfd) only when
+//! both are empty. One thread for both directions means what one direction
+//! makes the other do (a TCP segment written to the TUN makes the kernel
+//! queue its ACK on the same queue) is picked up without waking another
+//! thread: on a 2-core node the wake-ups, not the copies, were the cost.
+//! Stopping, the thread reads both descriptors empty first: what the kernel
+//! queued before the stop is forwarded, not dropped with the descriptor (a
+//! successor that took over already has queues and sockets of its own, see
+//! `ForwarderConfig::share_port`).
 //!
 //! All buffers are allocated when a thread starts; the packet path
 //! allocates nothing.
@@ -16,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwap;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::EventFd;
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
@@ -29,7 +34,7 @@ use crate::table::PeerTable;
 
 /// How long a thread waits in `poll` (and between looks for a lost device).
 pub(crate) const POLL: Duration = Duration::from_millis(100);
-/// Bytes of segment buffer a TX thread splits TSO super-packets into.
+/// Bytes of segment buffer TSO super-packets are split into.
 const ARENA: usize = 256 * 1024;
 /// Most segments one TSO super-packet is split into.
 const MAX_SEGS: usize = 128;
@@ -67,27 +72,18 @@ pub(crate) struct Shared {
     pub counters: Vec<Counters>,
 }
 
-/// One TUN queue, published by its TX thread for its RX thread.
-pub(crate) struct Queue {
-    pub dev: ArcSwapOption<SyncDevice>,
-    /// The TX thread has left (stopping).
-    pub tx_done: AtomicBool,
-}
-
 /// What one thread works with.
 pub(crate) struct Worker {
     pub shared: Arc<Shared>,
-    pub queue: Arc<Queue>,
     pub sock: Arc<UdpSocket>,
-    pub state: Arc<UdpSocketState>,
-    /// Index of this thread's counters in `shared.counters`.
-    pub slot: usize,
+    pub state: UdpSocketState,
+    /// The queue's index, and its counters' in `shared.counters`.
     pub index: usize,
 }
 
 impl Worker {
     fn c(&self) -> &Counters {
-        &self.shared.counters[self.slot]
+        &self.shared.counters[self.index]
     }
 
     fn stopping(&self) -> bool {
@@ -125,7 +121,7 @@ fn wait(w: &Worker, fd: BorrowedFd<'_>, events: PollFlags) -> io::Result<PollFla
 // ---------------------------------------------------------------------------
 // TX: TUN → UDP
 
-/// A TX thread's buffers, allocated once.
+/// The TUN-to-UDP direction's buffers, allocated once.
 struct TxBufs {
     raw: Vec<u8>,
     arena: Vec<u8>,
@@ -142,63 +138,89 @@ impl TxBufs {
     }
 }
 
-pub(crate) fn tx_loop(w: Worker) {
-    // The RX thread drains both descriptors last (see `final_drain`) once
-    // this thread has left — also if it left by a panic, or the RX thread
-    // (and with it the forwarder's stop) would wait forever.
-    struct Done<'a>(&'a Queue);
-    impl Drop for Done<'_> {
-        fn drop(&mut self) {
-            self.0.tx_done.store(true, Ordering::Release);
-        }
-    }
-    let _done = Done(&w.queue);
-    tx_run(&w);
-}
+/// Most TUN reads in a row before the socket gets its turn.
+const TUN_BURST: usize = 16;
 
-fn tx_run(w: &Worker) {
-    let TxBufs {
-        mut raw,
-        mut arena,
-        mut sizes,
-    } = TxBufs::new();
-    if !wait_for_table(w) {
+/// A queue's thread: forwards both ways until stopped, then drains.
+pub(crate) fn queue_loop(w: Worker, dev: SyncDevice) {
+    let mut tx = TxBufs::new();
+    let mut rx = RxBufs::new();
+    if !wait_for_table(&w) {
         return;
     }
-    let mut dev = w.queue.dev.load_full();
-    loop {
-        let Some(d) = dev.clone() else {
-            if w.stopping() {
-                break;
-            }
-            dev = reattach(w);
+    let mut dev = Some(dev);
+    while !w.stopping() {
+        let Some(d) = dev.as_ref() else {
+            // Datagrams wait in the socket meanwhile (none can be
+            // delivered without the device).
+            dev = reattach(&w);
             continue;
         };
-        match d.recv(&mut raw) {
-            Ok(n) => on_read(w, &mut raw[..n], &mut arena, &mut sizes),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if w.stopping() {
+        let mut moved = 0;
+        for _ in 0..TUN_BURST {
+            match d.recv(&mut tx.raw) {
+                Ok(n) => {
+                    on_read(&w, &mut tx.raw[..n], &mut tx.arena, &mut tx.sizes);
+                    moved += 1;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    dev = lost(&w, e);
                     break;
                 }
-                let bad = PollFlags::POLLERR | PollFlags::POLLHUP | PollFlags::POLLNVAL;
-                match wait(w, d.as_fd(), PollFlags::POLLIN) {
-                    Ok(rev) if rev.intersects(bad) => {
-                        dev = lost(w, io::Error::other(format!("poll: {rev:?}")));
-                    }
-                    Ok(_) => {}
-                    Err(e) => dev = lost(w, e),
-                }
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => dev = lost(w, e),
         }
+        let Some(d) = dev.as_ref() else { continue };
+        match rx_batch(&w, &mut rx, d) {
+            Ok(n) => moved += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => {
+                tracing::debug!(%error, "UDP receive failed");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        if moved > 0 {
+            continue;
+        }
+        match wait_either(&w, d) {
+            Ok(rev)
+                if rev
+                    .intersects(PollFlags::POLLERR | PollFlags::POLLHUP | PollFlags::POLLNVAL) =>
+            {
+                dev = lost(&w, io::Error::other(format!("poll: {rev:?}")));
+            }
+            Ok(_) => {}
+            Err(e) => dev = lost(&w, e),
+        }
+    }
+    final_drain(&w, &mut tx, &mut rx, dev.as_ref());
+    // The descriptors close here, the moment the drain ends; the buffers
+    // (megabytes, slow to give back) only after.
+    drop(dev);
+    drop(w);
+    drop((tx, rx));
+}
+
+/// Waits until the TUN queue or the socket is readable, at most [`POLL`],
+/// or until the forwarder is stopped: the TUN queue's events.
+fn wait_either(w: &Worker, d: &SyncDevice) -> io::Result<PollFlags> {
+    let mut fds = [
+        PollFd::new(d.as_fd(), PollFlags::POLLIN),
+        PollFd::new(w.sock.as_fd(), PollFlags::POLLIN),
+        PollFd::new(w.shared.stop_fd.as_fd(), PollFlags::POLLIN),
+    ];
+    match poll(&mut fds, PollTimeout::from(POLL.as_millis() as u16)) {
+        Ok(_) => Ok(fds[0].revents().unwrap_or(PollFlags::empty())),
+        Err(nix::errno::Errno::EINTR) => Ok(PollFlags::empty()),
+        Err(e) => Err(e.into()),
     }
 }
 
 /// The queue is unusable (device deleted: reads fail with EBADFD): forget
 /// it; [`reattach`] brings it back.
-fn lost(w: &Worker, error: io::Error) -> Option<Arc<SyncDevice>> {
-    w.queue.dev.store(None);
+fn lost(w: &Worker, error: io::Error) -> Option<SyncDevice> {
     w.c().add(C::DeviceLost, 1);
     tracing::warn!(
         device = %w.shared.device,
@@ -210,15 +232,13 @@ fn lost(w: &Worker, error: io::Error) -> Option<Arc<SyncDevice>> {
 }
 
 /// Waits [`POLL`], then attaches a new queue if the device exists again.
-fn reattach(w: &Worker) -> Option<Arc<SyncDevice>> {
+fn reattach(w: &Worker) -> Option<SyncDevice> {
     std::thread::sleep(POLL);
     if w.stopping() || !crate::tun::exists(&w.shared.device) {
         return None;
     }
     match crate::tun::attach(&w.shared.device, w.shared.offload) {
         Ok(d) => {
-            let d = Arc::new(d);
-            w.queue.dev.store(Some(d.clone()));
             w.c().add(C::DeviceReattached, 1);
             tracing::info!(device = %w.shared.device, queue = w.index, "TUN queue re-attached");
             Some(d)
@@ -457,7 +477,7 @@ fn send(w: &Worker, peer: IpAddr, contents: &[u8], seg: usize, n: usize) {
 // ---------------------------------------------------------------------------
 // RX: UDP → TUN
 
-/// An RX thread's buffers, allocated once.
+/// The UDP-to-TUN direction's buffers, allocated once.
 struct RxBufs {
     bufs: Vec<Vec<u8>>,
     metas: [RecvMeta; RX_BATCH],
@@ -475,66 +495,33 @@ impl RxBufs {
     }
 }
 
-pub(crate) fn rx_loop(w: Worker) {
-    let mut b = RxBufs::new();
-    if !wait_for_table(&w) {
-        return;
-    }
-    loop {
-        match rx_batch(&w, &mut b) {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if w.stopping() {
-                    break;
-                }
-                let _ = wait(&w, w.sock.as_fd(), PollFlags::POLLIN);
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) if w.stopping() => break,
-            Err(error) => {
-                tracing::debug!(%error, "UDP receive failed");
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
-    }
-    let tx = final_drain(&w, &mut b);
-    // The descriptors close here, the moment the drain ends; the buffers
-    // (megabytes, slow to give back) only after.
-    drop(w);
-    drop((b, tx));
-}
-
 /// How long the last drain goes on after both descriptors were last found
-/// empty: a successor's first writes move the TUN's flows to its own queues
-/// (the kernel steers a flow to the queue that last wrote it) and the
-/// port's datagrams go to its sockets (see `sock::steer_group_to`), so by
-/// then nothing new arrives here.
+/// empty. The stopping handle steered the port's datagrams to a
+/// successor's sockets (`sock::steer_group_to`) and the TUN's packets to
+/// its queues (`steer`), so nothing new arrives here but what the kernel
+/// had in flight; without the TUN program (no `CAP_BPF`) a successor's
+/// first writes move the TUN's flows to its own queues (the kernel steers
+/// a flow to the queue that last wrote it) within this time.
 const DRAIN_QUIET: Duration = Duration::from_millis(20);
 /// The longest last drain.
 const DRAIN_MAX: Duration = Duration::from_millis(500);
 
-/// Stopping, once the TX thread has left: this thread alone reads both the
-/// TUN queue and the socket until both stayed empty for [`DRAIN_QUIET`],
-/// and the two descriptors close right after (when this thread's `Worker`
-/// goes), so what the kernel queued to either before the stop is forwarded.
-fn final_drain(w: &Worker, b: &mut RxBufs) -> TxBufs {
-    while !w.queue.tx_done.load(Ordering::Acquire) {
-        std::thread::sleep(Duration::from_micros(200));
-    }
-    let mut tx = TxBufs::new();
+/// Stopping: reads both the TUN queue and the socket until both stayed
+/// empty for [`DRAIN_QUIET`] (the descriptors close right after), so what
+/// the kernel queued to either before the stop is forwarded.
+fn final_drain(w: &Worker, tx: &mut TxBufs, rx: &mut RxBufs, dev: Option<&SyncDevice>) {
     let start = std::time::Instant::now();
     let mut last_moved = start;
-    let dev = w.queue.dev.load_full();
     loop {
         let mut moved = 0;
-        if let Some(d) = dev.as_deref() {
+        if let Some(d) = dev {
             while let Ok(n) = d.recv(&mut tx.raw) {
                 on_read(w, &mut tx.raw[..n], &mut tx.arena, &mut tx.sizes);
                 moved += 1;
             }
-        }
-        while let Ok(n) = rx_batch(w, b) {
-            moved += n;
+            while let Ok(n) = rx_batch(w, rx, d) {
+                moved += n;
+            }
         }
         let now = std::time::Instant::now();
         if moved > 0 {
@@ -544,7 +531,7 @@ fn final_drain(w: &Worker, b: &mut RxBufs) -> TxBufs {
             break;
         }
         let sock = PollFd::new(w.sock.as_fd(), PollFlags::POLLIN);
-        let _ = match dev.as_deref() {
+        let _ = match dev {
             Some(d) => poll(
                 &mut [sock, PollFd::new(d.as_fd(), PollFlags::POLLIN)],
                 PollTimeout::from(1u8),
@@ -552,12 +539,11 @@ fn final_drain(w: &Worker, b: &mut RxBufs) -> TxBufs {
             None => poll(&mut [sock], PollTimeout::from(1u8)),
         };
     }
-    tx
 }
 
 /// One `recvmmsg` batch from the socket, forwarded to the TUN queue: the
 /// number of datagrams, or the receive's error (`WouldBlock` when empty).
-fn rx_batch(w: &Worker, b: &mut RxBufs) -> io::Result<usize> {
+fn rx_batch(w: &Worker, b: &mut RxBufs, d: &SyncDevice) -> io::Result<usize> {
     let RxBufs { bufs, metas, spans } = b;
     let n = {
         let mut it = bufs.iter_mut();
@@ -567,7 +553,6 @@ fn rx_batch(w: &Worker, b: &mut RxBufs) -> io::Result<usize> {
         w.state.recv((&*w.sock).into(), &mut iovs, metas)?
     };
     let table = w.shared.table.load();
-    let dev = w.queue.dev.load_full();
     spans.clear();
     for (i, (buf, meta)) in bufs.iter_mut().zip(metas.iter()).take(n).enumerate() {
         let len = meta.len.min(buf.len());
@@ -594,10 +579,6 @@ fn rx_batch(w: &Worker, b: &mut RxBufs) -> io::Result<usize> {
             spans.push((i, k * stride, seg.len()));
         }
     }
-    let Some(d) = dev.as_deref() else {
-        w.c().add(C::TunWriteError, spans.len() as u64);
-        return Ok(n);
-    };
     if w.shared.offload {
         write_trains(w, d, bufs, spans);
     } else {
