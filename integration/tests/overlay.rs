@@ -816,6 +816,33 @@ fn deleted_objects_come_back_within_a_second() {
     deleted_objects_come_back(Family::V4);
 }
 
+/// `weft debug pause`: while paused nothing is written, not even by a
+/// reconcile asked for; resumed, what was missed is repaired.
+#[test]
+fn paused_repairs_write_nothing_until_resumed() {
+    require_netns!();
+    let fam = Family::V4;
+    let (specs, cluster) = seed_cluster(&[fam]);
+    let node = cluster.node("worker2").unwrap();
+    let agent = start(node, &specs, &vxlan(fam, false));
+    let subnet = fam.subnet(spec(&specs, "control-plane")).to_string();
+    let present = || {
+        routes_in_cluster(&node.ns, fam)
+            .iter()
+            .any(|r| r["dst"] == subnet.as_str())
+    };
+    assert!(block(agent.handle.pause(true)));
+    let before = writes(&agent);
+    node.ns.ip(&["route", "del", &subnet]).unwrap();
+    let report = block(agent.handle.reconcile_now()).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!present(), "a paused reconciler put the route back");
+    assert_eq!(writes(&agent), before, "{}", report.plan);
+    assert!(block(agent.handle.pause(false)));
+    let t = wait_until("route after resuming", present);
+    eprintln!("resumed: route back in {:.1} ms", t.as_secs_f64() * 1e3);
+}
+
 #[test]
 fn reconciling_again_and_restarting_send_no_writes() {
     require_netns!();

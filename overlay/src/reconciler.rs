@@ -268,7 +268,8 @@ impl ReconcilerHandle {
         Some(seen.1.clone())
     }
 
-    /// Runs one reconcile now and returns its report.
+    /// Runs one reconcile now and returns its report (while paused, see
+    /// [`ReconcilerHandle::pause`], none runs: the last report).
     pub async fn reconcile_now(&self) -> Option<Report> {
         let (tx, rx) = oneshot::channel();
         self.commands.send(Command::ReconcileNow(tx)).await.ok()?;
@@ -423,7 +424,13 @@ impl Reconciler {
                     Command::ReconcileNow(reply) => {
                         self.drain_events();
                         self.drain_inbox();
-                        let report = self.reconcile().await;
+                        // Paused, nothing is written: the last report.
+                        let report = if self.paused {
+                            dirty = true;
+                            self.last.lock().map(|r| r.clone()).unwrap_or_default()
+                        } else {
+                            self.reconcile().await
+                        };
                         let _ = reply.send(report);
                     }
                     Command::Quiesce(reply) => {
