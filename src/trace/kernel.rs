@@ -19,7 +19,7 @@ use nix::sched::{setns, CloneFlags};
 use rtnetlink::Handle;
 use weft_nat::{NatMode, Snapshot as NatSnapshot};
 use weft_overlay::kernel::observe::neighbour_fields;
-use weft_overlay::kernel::{address_of, errno, link_name};
+use weft_overlay::kernel::{address_of, dump_neighbours, errno, link_name};
 use weft_overlay::MacAddr;
 
 use super::place::{FdbRow, LinkKind, LinkRow, NeighRow, Place, Reader, RouteLookup};
@@ -100,12 +100,7 @@ impl NsKernel {
         family: AddressFamily,
         what: &str,
     ) -> Result<Vec<NeighbourMessage>, String> {
-        self.handle
-            .neighbours()
-            .get()
-            .set_address_family(family)
-            .execute()
-            .try_collect()
+        dump_neighbours(&self.handle, family)
             .await
             .map_err(|e| format!("{what}: {e}"))
     }

@@ -672,6 +672,16 @@ fn outside_destinations_name_the_snat_rule() {
         fault(&t).contains("is not in place: the packet leaves with its pod address 10.244.1.6"),
         "{t}"
     );
+    // No rule at all in weftd's mode (weftd runs without --ip-masq): said
+    // of that mode, the only one read.
+    let mut c = cluster(Kind::Vxlan);
+    c[1].reader.nat = None;
+    let t = run(trace(&c, "172.18.0.100"));
+    let says = &t.hops.last().unwrap().says;
+    assert!(
+        says.starts_with("weftd's NAT mode (iptables-nft) holds no flannel SNAT rules"),
+        "{t}"
+    );
 }
 
 #[test]

@@ -774,6 +774,8 @@ impl<R: Reader> Walker<'_, R> {
             self.fault(why)
         })?;
         let matched = rules.postrouting_match(src, dst, NO_MARK).copied();
+        // weftd's own mode is the only one read when weftd names it.
+        let asked_weftd = mode.is_some();
         let nat = self.places[node].reader.nat(dst, mode).await;
         let (mode, have) = match nat {
             Ok(Some((m, s))) => (Some(m), s.0),
@@ -829,8 +831,13 @@ impl<R: Reader> Walker<'_, R> {
         self.hop(Step::Snat, node, says, command, vec![line.clone()]);
         if have.is_empty() {
             if let Some(h) = self.hops.last_mut() {
+                let holder = if asked_weftd {
+                    format!("weftd's NAT mode ({mode_name}) holds no flannel SNAT rules")
+                } else {
+                    "No NAT mode holds flannel's SNAT rules".to_string()
+                };
                 h.says = format!(
-                    "No mode holds flannel's SNAT rules on this node (weftd runs without --ip-masq?): the packet leaves {dev_name} with its pod address {src}"
+                    "{holder} on this node (weftd runs without --ip-masq?): the packet leaves {dev_name} with its pod address {src}"
                 );
                 h.output = vec!["(no rules)".to_string()];
             }

@@ -67,12 +67,7 @@ impl Kernel {
         family: AddressFamily,
         what: &str,
     ) -> Result<Vec<NeighbourMessage>, KernelError> {
-        self.handle
-            .neighbours()
-            .get()
-            .set_address_family(family)
-            .execute()
-            .try_collect()
+        dump_neighbours(&self.handle, family)
             .await
             .map_err(req(what))
     }
@@ -156,6 +151,21 @@ pub fn lookup_message(dst: IpAddr) -> netlink_packet_route::route::RouteMessage 
             .destination_prefix(v6, 128)
             .build(),
     }
+}
+
+/// Every neighbour (`Inet`, `Inet6`) or FDB entry (`Bridge`) in the
+/// namespace of `handle`'s connection.
+pub async fn dump_neighbours(
+    handle: &Handle,
+    family: AddressFamily,
+) -> Result<Vec<NeighbourMessage>, rtnetlink::Error> {
+    handle
+        .neighbours()
+        .get()
+        .set_address_family(family)
+        .execute()
+        .try_collect()
+        .await
 }
 
 /// The errno of a netlink error reply, if it is one.
