@@ -280,7 +280,9 @@ pub struct ForwarderHandle {
     first_socket: Option<Arc<UdpSocket>>,
     sockets: usize,
     /// A duplicate of the first TUN queue's descriptor, to set and clear
-    /// the device's steering program with.
+    /// the device's steering program with. (If the device was deleted and
+    /// made again since, it names the old one: steering then fails, and a
+    /// hand-over falls back to the drain's quiet period.)
     steer_queue: Option<std::os::fd::OwnedFd>,
 }
 
