@@ -508,6 +508,62 @@ fn bad_datagrams_are_dropped_and_counted() {
     assert!(p.a.ping(p.b.tun_ip(), 1));
 }
 
+/// Sends one datagram into flannel0 from each of `ports` on `node` (to a
+/// discard port on b's subnet: a flow each, with no replies, so the kernel
+/// picks their TUN queue by hash or by a steering program) and returns how
+/// many packets each queue of `f` forwarded meanwhile.
+fn flows_per_queue(node: &Node, f: &ForwarderHandle, ports: std::ops::Range<u16>) -> Vec<u64> {
+    let before = f.queue_stats();
+    let total = |s: &[Stats]| s.iter().map(|q| q.tx_packets).sum::<u64>();
+    let n = u64::from(ports.end - ports.start);
+    for port in ports {
+        send_datagram(
+            &node.ns,
+            SocketAddr::from(([0, 0, 0, 0], port)),
+            SocketAddr::from(([10, 244, 2, 9], 9)),
+            b"flow".to_vec(),
+        );
+    }
+    assert!(
+        eventually(5, || total(&f.queue_stats()) >= total(&before) + n),
+        "{:?}",
+        f.queue_stats()
+    );
+    f.queue_stats()
+        .iter()
+        .zip(&before)
+        .map(|(a, b)| a.tx_packets - b.tx_packets)
+        .collect()
+}
+
+/// A stopping forwarder steers flannel0's packets to its successor's
+/// queues (one of them) until the successor has taken over; then the
+/// kernel spreads flows over the successor's queues again.
+#[test]
+fn a_stopping_forwarder_steers_the_tun_to_its_successor() {
+    require_netns!();
+    let p = Pair::new("steer", true);
+    let Pair { fa, fb, a, b } = p;
+    let fa2 = a
+        .start_sharing(true, true)
+        .expect("the successor joins the port");
+    fa2.set_peers(&[(b.subnet(), b.ip.into())]);
+    fa.stop();
+    // 40 flows: by hash over 2 queues, all on one is a 2^-39 chance.
+    let steered = flows_per_queue(&a, &fa2, 40_000..40_040);
+    assert!(
+        steered.iter().filter(|&&n| n > 0).count() == 1,
+        "before took_over every flow goes to one queue: {steered:?}"
+    );
+    fa2.took_over();
+    let spread = flows_per_queue(&a, &fa2, 41_000..41_040);
+    assert!(
+        spread.iter().all(|&n| n > 0),
+        "after took_over the kernel spreads flows again: {spread:?}"
+    );
+    drop((fa2, fb));
+}
+
 /// A peer taken out of the table is not forwarded to any more, at once.
 #[test]
 fn removed_peer_is_no_longer_forwarded_to() {

@@ -316,6 +316,16 @@ impl ForwarderHandle {
         stats::sum(&self.shared.counters)
     }
 
+    /// Counters since the start per queue, in the order the queues were
+    /// attached (how evenly the kernel spreads flows over them).
+    pub fn queue_stats(&self) -> Vec<Stats> {
+        self.shared
+            .counters
+            .iter()
+            .map(|c| stats::sum(std::iter::once(c)))
+            .collect()
+    }
+
     /// A reader of the counters that can be kept (and read from any
     /// thread) apart from the handle, e.g. by a metrics scrape.
     pub fn stats_reader(&self) -> StatsReader {
