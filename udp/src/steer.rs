@@ -25,8 +25,10 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use nix::libc;
 
-/// `TUNSETSTEERINGEBPF`: `_IOR('T', 224, int)`.
-const TUNSETSTEERINGEBPF: libc::c_ulong = 0x8004_54e0;
+/// `TUNSETSTEERINGEBPF`: `_IOR('T', 224, int)` (its number differs
+/// between architectures; nix encodes it for the one built for).
+const TUNSETSTEERINGEBPF: nix::sys::ioctl::ioctl_num_type =
+    nix::request_code_read!(b'T', 224, std::mem::size_of::<libc::c_int>());
 /// `BPF_PROG_LOAD`.
 const BPF_PROG_LOAD: libc::c_int = 5;
 /// `BPF_PROG_TYPE_SOCKET_FILTER`.
@@ -150,6 +152,13 @@ pub(crate) fn release(queue: &impl AsRawFd) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    fn ioctl_number() {
+        // linux/if_tun.h on the asm-generic architectures.
+        assert_eq!(TUNSETSTEERINGEBPF, 0x8004_54e0);
+    }
 
     #[test]
     fn program_layout() {
