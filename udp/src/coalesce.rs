@@ -30,9 +30,14 @@ pub const MAX_SEGMENTS: usize = 64;
 const PROTO_TCP: u8 = 6;
 const TCP_ACK: u8 = 0x10;
 const TCP_PSH: u8 = 0x08;
-const NEEDS_CSUM: u8 = 1;
-const GSO_TCPV4: u8 = 1;
-const GSO_TCPV6: u8 = 4;
+/// virtio-net header: `flags` bit for a partial checksum, and the
+/// `gso_type` values (the TUN's side of the offloads, both directions).
+pub(crate) const NEEDS_CSUM: u8 = 1;
+pub(crate) const GSO_NONE: u8 = 0;
+pub(crate) const GSO_TCPV4: u8 = 1;
+pub(crate) const GSO_TCPV6: u8 = 4;
+pub(crate) const GSO_UDP_L4: u8 = 5;
+pub(crate) const GSO_ECN: u8 = 0x80;
 /// The TCP checksum's offset in the TCP header.
 const TCP_CSUM: usize = 16;
 

@@ -27,7 +27,10 @@ use nix::sys::eventfd::EventFd;
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use tun_rs::{SyncDevice, VirtioNetHdr, VIRTIO_NET_HDR_LEN};
 
-use crate::coalesce::{self, Train, MAX_HEADER, MAX_SEGMENTS};
+use crate::coalesce::{
+    self, Train, GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, MAX_HEADER, MAX_SEGMENTS,
+    NEEDS_CSUM,
+};
 use crate::packet::{decrement_ttl, destination, IPV4_HEADER_LEN};
 use crate::stats::{Counters, C};
 use crate::table::PeerTable;
@@ -50,10 +53,6 @@ const RX_BATCH: usize = quinn_udp::BATCH_SIZE;
 /// Packets one receive batch is expected to hold at most (the list of
 /// them grows past it only once, if ever).
 const RX_PACKETS: usize = RX_BATCH * 64;
-
-const GSO_NONE: u8 = 0;
-const GSO_ECN: u8 = 0x80;
-const NEEDS_CSUM: u8 = 1;
 
 /// State shared by every thread of a forwarder.
 pub(crate) struct Shared {
@@ -333,7 +332,7 @@ fn segment_len(pkt: &[u8], hdr: &VirtioNetHdr) -> Option<(u16, usize)> {
         return None;
     }
     let l4 = match hdr.gso_type & !GSO_ECN {
-        1 | 4 => {
+        GSO_TCPV4 | GSO_TCPV6 => {
             // TCP: data offset in the 13th byte.
             let off = *pkt.get(start + 12)?;
             let len = usize::from(off >> 4) * 4;
@@ -342,7 +341,7 @@ fn segment_len(pkt: &[u8], hdr: &VirtioNetHdr) -> Option<(u16, usize)> {
             }
             len
         }
-        5 => 8,
+        GSO_UDP_L4 => 8,
         _ => return None,
     };
     let hdr_len = start + l4;
@@ -512,16 +511,16 @@ const DRAIN_MAX: Duration = Duration::from_millis(500);
 fn final_drain(w: &Worker, tx: &mut TxBufs, rx: &mut RxBufs, dev: Option<&SyncDevice>) {
     let start = std::time::Instant::now();
     let mut last_moved = start;
+    // Without a queue nothing can be delivered.
+    let Some(d) = dev else { return };
     loop {
         let mut moved = 0;
-        if let Some(d) = dev {
-            while let Ok(n) = d.recv(&mut tx.raw) {
-                on_read(w, &mut tx.raw[..n], &mut tx.arena, &mut tx.sizes);
-                moved += 1;
-            }
-            while let Ok(n) = rx_batch(w, rx, d) {
-                moved += n;
-            }
+        while let Ok(n) = d.recv(&mut tx.raw) {
+            on_read(w, &mut tx.raw[..n], &mut tx.arena, &mut tx.sizes);
+            moved += 1;
+        }
+        while let Ok(n) = rx_batch(w, rx, d) {
+            moved += n;
         }
         let now = std::time::Instant::now();
         if moved > 0 {
@@ -530,14 +529,13 @@ fn final_drain(w: &Worker, tx: &mut TxBufs, rx: &mut RxBufs, dev: Option<&SyncDe
         if now - last_moved >= DRAIN_QUIET || now - start >= DRAIN_MAX {
             break;
         }
-        let sock = PollFd::new(w.sock.as_fd(), PollFlags::POLLIN);
-        let _ = match dev {
-            Some(d) => poll(
-                &mut [sock, PollFd::new(d.as_fd(), PollFlags::POLLIN)],
-                PollTimeout::from(1u8),
-            ),
-            None => poll(&mut [sock], PollTimeout::from(1u8)),
-        };
+        let _ = poll(
+            &mut [
+                PollFd::new(w.sock.as_fd(), PollFlags::POLLIN),
+                PollFd::new(d.as_fd(), PollFlags::POLLIN),
+            ],
+            PollTimeout::from(1u8),
+        );
     }
 }
 
