@@ -78,6 +78,7 @@ fn vxlan() -> anyhow::Result<(Netns, Netns)> {
 fn udp(
     queues: usize,
     offload: bool,
+    kernel_path: bool,
 ) -> anyhow::Result<(ForwarderHandle, ForwarderHandle, Netns, Netns)> {
     let (a, b) = underlay("udp")?;
     let mut handles = Vec::new();
@@ -95,8 +96,15 @@ fn udp(
             queues,
             offload,
             share_port: false,
+            kernel_path,
         };
-        handles.push(ns.run(move || async move { Forwarder::start(cfg) })??);
+        let f = ns.run(move || async move { Forwarder::start(cfg) })??;
+        if kernel_path {
+            if let Err(why) = f.kernel_path() {
+                bail!("the kernel data path is not in use: {why}");
+            }
+        }
+        handles.push(f);
     }
     let (Some(fb), Some(fa)) = (handles.pop(), handles.pop()) else {
         bail!("forwarders missing");
@@ -145,6 +153,8 @@ fn sum(handles: &[&ForwarderHandle]) -> Stats {
         s.rx_writes += x.rx_writes;
         s.drop_send_error += x.drop_send_error;
         s.drop_tun_write_error += x.drop_tun_write_error;
+        s.kernel_tx_packets += x.kernel_tx_packets;
+        s.kernel_rx_packets += x.kernel_rx_packets;
     }
     s
 }
@@ -233,6 +243,8 @@ fn iperf(
         rx_writes: s1.rx_writes - s0.rx_writes,
         drop_send_error: s1.drop_send_error - s0.drop_send_error,
         drop_tun_write_error: s1.drop_tun_write_error - s0.drop_tun_write_error,
+        kernel_tx_packets: s1.kernel_tx_packets - s0.kernel_tx_packets,
+        kernel_rx_packets: s1.kernel_rx_packets - s0.kernel_rx_packets,
         ..Stats::default()
     };
     Ok(Run {
@@ -262,11 +274,12 @@ fn measure_udp(
     streams: u32,
     queues: usize,
     offload: bool,
+    kernel_path: bool,
     o: &ThroughputOptions,
 ) -> anyhow::Result<Run> {
     let mut runs = Vec::new();
     for _ in 0..o.runs {
-        let (fa, fb, a, b) = udp(queues, offload)?;
+        let (fa, fb, a, b) = udp(queues, offload, kernel_path)?;
         let r = iperf(&a, &b, "10.244.2.0", streams, o.secs, &[&fa, &fb])?;
         drop((fa, fb));
         drop((a, b));
@@ -282,35 +295,42 @@ pub fn run(o: &ThroughputOptions) -> anyhow::Result<()> {
         "\n## Throughput: UDP backend forwarder vs kernel VXLAN (iperf3 TCP, {} s, best of {}, {} CPUs)\n",
         o.secs, o.runs, cpus
     );
-    println!("| streams | backend | Gbit/s | udp/vxlan | forwarder CPU s per Gbit | datagrams per sendmsg | packets per TUN write | drops |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| streams | backend | Gbit/s | udp/vxlan | forwarder CPU s per Gbit | datagrams per sendmsg | packets per TUN write | packets in the kernel path | drops |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for streams in [1u32, 4] {
         eprintln!("  .. vxlan, {streams} stream(s)");
         let vx = measure_vxlan(streams, o)?;
         println!(
-            "| {streams} | kernel VXLAN | {:.2} | 1.00 | - | - | - | - |",
+            "| {streams} | kernel VXLAN | {:.2} | 1.00 | - | - | - | - | - |",
             vx.gbps
         );
-        for (label, queues, offload) in [
-            ("forwarder, offloads, 1 queue", 1usize, true),
-            ("forwarder, offloads, 1 queue/CPU", 0, true),
-            ("forwarder, no offloads, 1 queue/CPU", 0, false),
+        for (label, queues, offload, kernel) in [
+            ("kernel data path (tc eBPF) + forwarder", 0usize, true, true),
+            ("forwarder, offloads, 1 queue", 1, true, false),
+            ("forwarder, offloads, 1 queue/CPU", 0, true, false),
+            ("forwarder, no offloads, 1 queue/CPU", 0, false, false),
         ] {
             eprintln!("  .. {label}, {streams} stream(s)");
-            let r = measure_udp(streams, queues, offload, o)?;
+            let r = measure_udp(streams, queues, offload, kernel, o)?;
             let gbit = r.gbps * r.secs;
             let per_gbit = if gbit > 0.0 { r.cpu_secs / gbit } else { 0.0 };
             let per = |n: u64, d: u64| if d > 0 { n as f64 / d as f64 } else { 0.0 };
             let per_send = per(r.stats.tx_packets, r.stats.tx_sends);
             let per_write = per(r.stats.rx_packets, r.stats.rx_writes);
+            let s = r.stats;
+            let in_kernel = per(
+                s.kernel_tx_packets + s.kernel_rx_packets,
+                s.kernel_tx_packets + s.kernel_rx_packets + s.tx_packets + s.rx_packets,
+            );
             println!(
-                "| {streams} | {label} | {:.2} | {:.2} | {:.3} | {:.1} | {:.1} | {} |",
+                "| {streams} | {label} | {:.2} | {:.2} | {:.3} | {:.1} | {:.1} | {:.1}% | {} |",
                 r.gbps,
                 if vx.gbps > 0.0 { r.gbps / vx.gbps } else { 0.0 },
                 per_gbit,
                 per_send,
                 per_write,
-                r.stats.drop_send_error + r.stats.drop_tun_write_error,
+                in_kernel * 100.0,
+                s.drop_send_error + s.drop_tun_write_error,
             );
         }
     }

@@ -49,9 +49,12 @@ use ipnet::IpNet;
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use quinn_udp::UdpSocketState;
 
+mod bpf;
 pub mod coalesce;
+mod kernel_path;
 pub mod packet;
 mod sock;
+
 mod stats;
 mod steer;
 pub mod table;
@@ -134,6 +137,12 @@ pub struct ForwarderConfig {
     /// it: only while taking over from a predecessor's forwarder, which
     /// stops once this one runs (else a taken port is [`UdpError::PortInUse`]).
     pub share_port: bool,
+    /// Also carry known peers' IPv4 packets in the kernel: two tc eBPF
+    /// programs that frame and unframe them (see
+    /// [`ForwarderHandle::kernel_path`]). Needs a specific IPv4 `bind`
+    /// address on an Ethernet device, `CAP_BPF` and Linux 6.6; without,
+    /// everything goes through the forwarder, as with `false`.
+    pub kernel_path: bool,
 }
 
 impl ForwarderConfig {
@@ -146,6 +155,7 @@ impl ForwarderConfig {
             queues: 0,
             offload: true,
             share_port: false,
+            kernel_path: true,
         }
     }
 }
@@ -177,6 +187,17 @@ impl Forwarder {
             .first()
             .and_then(|s| s.local_addr().ok())
             .map_or(cfg.bind.port(), |a| a.port());
+        let kernel = if cfg.kernel_path {
+            match kernel_path::KernelPath::start(&cfg.device, cfg.bind.ip(), port) {
+                Ok(k) => Ok(k),
+                Err(error) => {
+                    tracing::info!(%error, "UDP kernel data path not in use: the forwarder carries every packet");
+                    Err(error.to_string())
+                }
+            }
+        } else {
+            Err("not asked for".to_owned())
+        };
         let mut devices = Vec::with_capacity(queues);
         for _ in 0..queues {
             devices.push(tun::attach(&cfg.device, cfg.offload)?);
@@ -203,6 +224,7 @@ impl Forwarder {
             port,
             v6_socket: cfg.bind.is_ipv6(),
             counters: (0..queues).map(|_| Counters::default()).collect(),
+            kernel: kernel.as_ref().ok().map(kernel_path::KernelPath::stats),
         });
         let mut handle = ForwarderHandle {
             shared: shared.clone(),
@@ -211,14 +233,18 @@ impl Forwarder {
             first_socket: None,
             sockets: sockets.len(),
             steer_queue,
+            kernel,
         };
         for (index, (sock, dev)) in sockets.into_iter().zip(devices).enumerate() {
             let state = UdpSocketState::new((&sock).into()).map_err(|source| UdpError::Socket {
                 context: "cannot configure GSO/GRO",
                 source,
             })?;
-            if !cfg.offload {
-                // Plain one-datagram-per-packet receive.
+            if !cfg.offload || handle.kernel.is_ok() {
+                // Plain one-datagram-per-packet receive. With the kernel
+                // path, GRO would merge known peers' datagrams into trains
+                // before its receive program sees them, which it then has
+                // to leave to the forwarder.
                 let _ = nix::sys::socket::setsockopt(
                     &sock,
                     nix::sys::socket::sockopt::UdpGroSegment,
@@ -246,6 +272,7 @@ impl Forwarder {
             bind = %handle.local,
             queues,
             offload = cfg.offload,
+            kernel_path = handle.kernel.is_ok(),
             "UDP forwarder started"
         );
         Ok(handle)
@@ -260,7 +287,7 @@ pub struct StatsReader(Arc<Shared>);
 impl StatsReader {
     /// Counters since the start.
     pub fn read(&self) -> Stats {
-        stats::sum(&self.0.counters)
+        self.0.stats()
     }
 }
 
@@ -284,6 +311,8 @@ pub struct ForwarderHandle {
     /// made again since, it names the old one: steering then fails, and a
     /// hand-over falls back to the drain's quiet period.)
     steer_queue: Option<std::os::fd::OwnedFd>,
+    /// The kernel data path, or why it is not in use.
+    kernel: Result<kernel_path::KernelPath, String>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -304,6 +333,19 @@ impl ForwarderHandle {
         tracing::debug!(subnets = table.len(), "peer table replaced");
         self.shared.table.store(Arc::new(table));
         self.shared.armed.store(true, Ordering::Release);
+        if let Ok(k) = &self.kernel {
+            if let Err(error) = k.set_peers(peers) {
+                // The programs pass what they do not find to the forwarder.
+                tracing::warn!(%error, "the UDP kernel data path's peer table is behind");
+            }
+        }
+    }
+
+    /// `Ok(())` while known peers' IPv4 packets are carried in the kernel
+    /// (tc eBPF programs on the device's egress and the underlay's
+    /// ingress; see [`ForwarderConfig::kernel_path`]), else why not.
+    pub fn kernel_path(&self) -> Result<(), &str> {
+        self.kernel.as_ref().map(|_| ()).map_err(String::as_str)
     }
 
     /// The table in use.
@@ -313,7 +355,7 @@ impl ForwarderHandle {
 
     /// Counters since the start.
     pub fn stats(&self) -> Stats {
-        stats::sum(&self.shared.counters)
+        self.shared.stats()
     }
 
     /// Counters since the start per queue, in the order the queues were
@@ -362,12 +404,15 @@ impl ForwarderHandle {
     pub fn stop(self) -> Stats {
         let shared = self.shared.clone();
         drop(self);
-        stats::sum(&shared.counters)
+        shared.stats()
     }
 }
 
 impl Drop for ForwarderHandle {
     fn drop(&mut self) {
+        // The programs first: the device's packets go to the TUN queues
+        // (or a successor's programs) again, and are drained below.
+        self.kernel = Err("stopped".to_owned());
         // A successor that joined the port's group sits right after this
         // forwarder's sockets: from now on it gets every datagram, and ours
         // are drained empty before they close. Without one, nothing changes.

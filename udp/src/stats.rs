@@ -44,6 +44,16 @@ pub struct Stats {
     pub device_lost: u64,
     /// Times a queue re-attached to the device afterwards.
     pub device_reattached: u64,
+    /// IP packets the kernel data path sent to peers (not in `tx_packets`;
+    /// a TSO super-packet counts as its segments).
+    pub kernel_tx_packets: u64,
+    /// Bytes of those packets.
+    pub kernel_tx_bytes: u64,
+    /// IP packets the kernel data path received from peers and handed to
+    /// the device (not in `rx_packets`).
+    pub kernel_rx_packets: u64,
+    /// Bytes of those packets.
+    pub kernel_rx_bytes: u64,
 }
 
 impl Stats {

@@ -18,102 +18,33 @@
 //! `CAP_SYS_ADMIN`; without, the hand-over falls back to the kernel's own
 //! choice and the drain's quiet period.
 
-#![allow(unsafe_code)] // two system calls with no safe wrapper: bpf(2) and one ioctl
+#![allow(unsafe_code)] // one ioctl with no safe wrapper
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use nix::libc;
+
+use crate::bpf::asm::{Asm, Insn, R0};
+use crate::bpf::{self, ProgType};
 
 /// `TUNSETSTEERINGEBPF`: `_IOR('T', 224, int)` (its number differs
 /// between architectures; nix encodes it for the one built for).
 const TUNSETSTEERINGEBPF: nix::sys::ioctl::ioctl_num_type =
     nix::request_code_read!(b'T', 224, std::mem::size_of::<libc::c_int>());
-/// `BPF_PROG_LOAD`.
-const BPF_PROG_LOAD: libc::c_int = 5;
-/// `BPF_PROG_TYPE_SOCKET_FILTER`.
-const SOCKET_FILTER: u32 = 1;
-
-/// One eBPF instruction (`struct bpf_insn`).
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Insn {
-    code: u8,
-    /// dst_reg (low 4 bits), src_reg (high 4 bits).
-    regs: u8,
-    off: i16,
-    imm: i32,
-}
-
-/// The first fields of `union bpf_attr` for `BPF_PROG_LOAD`, padded with
-/// the zeroes the kernel expects for the fields not given.
-#[repr(C, align(8))]
-struct ProgLoad {
-    prog_type: u32,
-    insn_cnt: u32,
-    insns: u64,
-    license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buf: u64,
-    kern_version: u32,
-    prog_flags: u32,
-    rest: [u8; 64],
-}
 
 /// The instructions of a program that returns `index`.
-fn constant(index: u32) -> [Insn; 2] {
-    [
-        // BPF_ALU64 | BPF_MOV | BPF_K: r0 = imm
-        Insn {
-            code: 0xb7,
-            regs: 0,
-            off: 0,
-            imm: index as i32,
-        },
-        // BPF_JMP | BPF_EXIT
-        Insn {
-            code: 0x95,
-            regs: 0,
-            off: 0,
-            imm: 0,
-        },
-    ]
+fn constant(index: u32) -> Vec<Insn> {
+    let mut a = Asm::new();
+    a.mov_imm(R0, index as i32);
+    a.exit();
+    // No jumps: nothing to resolve.
+    a.finish().unwrap_or_default()
 }
 
 /// Loads a steering program that always answers queue `index`.
 fn load(index: u32) -> io::Result<OwnedFd> {
-    let insns = constant(index);
-    let license = c"GPL";
-    let attr = ProgLoad {
-        prog_type: SOCKET_FILTER,
-        insn_cnt: insns.len() as u32,
-        insns: insns.as_ptr() as u64,
-        license: license.as_ptr() as u64,
-        log_level: 0,
-        log_size: 0,
-        log_buf: 0,
-        kern_version: 0,
-        prog_flags: 0,
-        rest: [0; 64],
-    };
-    // SAFETY: `attr` is a valid, fully initialised prefix of `union
-    // bpf_attr` for BPF_PROG_LOAD with its size passed; the pointers in it
-    // (instructions, license) outlive the call.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_LOAD,
-            &attr as *const ProgLoad,
-            std::mem::size_of::<ProgLoad>() as libc::c_uint,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let fd = i32::try_from(fd).map_err(|_| io::Error::other("bpf returned a bad descriptor"))?;
-    // SAFETY: the kernel just returned this descriptor; nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    bpf::prog_load(ProgType::SocketFilter, "weft_tun_steer", &constant(index)).map_err(|e| e.source)
 }
 
 /// Sets (`Some(program)`) or removes (`None`) the steering program of the
@@ -162,13 +93,9 @@ mod tests {
 
     #[test]
     fn program_layout() {
-        assert_eq!(std::mem::size_of::<Insn>(), 8);
         let p = constant(3);
+        assert_eq!(p.len(), 2);
         assert_eq!((p[0].code, p[0].imm), (0xb7, 3));
         assert_eq!(p[1].code, 0x95);
-        // The kernel rejects a non-zero byte past the fields it knows, and
-        // an attribute larger than a page.
-        assert_eq!(std::mem::size_of::<ProgLoad>() % 8, 0);
-        assert!(std::mem::size_of::<ProgLoad>() < 4096);
     }
 }

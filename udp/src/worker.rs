@@ -69,6 +69,23 @@ pub(crate) struct Shared {
     pub port: u16,
     pub v6_socket: bool,
     pub counters: Vec<Counters>,
+    /// The kernel data path's counters, if it runs.
+    pub kernel: Option<crate::kernel_path::KernelStats>,
+}
+
+impl Shared {
+    /// Every queue's counters and the kernel path's.
+    pub fn stats(&self) -> crate::Stats {
+        let mut s = crate::stats::sum(&self.counters);
+        if let Some(k) = &self.kernel {
+            let ((tp, tb), (rp, rb)) = k.read();
+            s.kernel_tx_packets = tp;
+            s.kernel_tx_bytes = tb;
+            s.kernel_rx_packets = rp;
+            s.kernel_rx_bytes = rb;
+        }
+        s
+    }
 }
 
 /// What one thread works with.

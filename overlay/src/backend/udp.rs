@@ -132,6 +132,7 @@ impl Backend for UdpConfig {
             queues: 0,
             offload: true,
             share_port: taking_over,
+            kernel_path: true,
         };
         let tun_error = |e: weft_udp::UdpError| KernelError::Tun {
             device: TUN_DEVICE.to_string(),

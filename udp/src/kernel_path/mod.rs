@@ -1,0 +1,474 @@
+//! The kernel data path: flannel's UDP framing done by two tc eBPF
+//! programs (see [`programs`]), so that the packets of known peers never
+//! leave the kernel. The user-space forwarder stays beside it and handles
+//! whatever the programs pass on (IPv6 inside, unknown subnets and
+//! senders, expiring TTLs), and everything while the path is not attached.
+//!
+//! It needs `CAP_BPF` (or `CAP_SYS_ADMIN`) with `CAP_NET_ADMIN`, tcx
+//! links (Linux 6.6) and `bpf_redirect_neigh` (5.10), an Ethernet underlay
+//! and a specific public IPv4 address; [`KernelPath::start`] says which is
+//! missing, and the forwarder then carries everything as before.
+//!
+//! The programs are attached as links held by this process: they go when
+//! it stops or dies, and the device's packets fall back to the TUN queues
+//! (a successor's forwarder, or its own kernel path, takes them). A thread
+//! looks every 100 ms whether `flannel0` or the underlay was made again
+//! (new interface numbers) and attaches the programs anew.
+
+pub(crate) mod programs;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use ipnet::{IpNet, Ipv4Net};
+
+use crate::bpf::{self, MapType, ProgType, TcxHook, NO_PREALLOC};
+use programs::{ReceiveParams, SendParams, STAT_RX, STAT_TX};
+
+/// Most peers (subnets, public IPs) the maps hold.
+const MAX_PEERS: u32 = 65_536;
+/// How often the devices' numbers are checked.
+const WATCH: Duration = Duration::from_millis(100);
+
+/// Why the kernel data path is not in use.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelPathError {
+    /// Bound to no specific IPv4 address: the outer source is unknown.
+    #[error("the forwarder is not bound to a specific IPv4 address")]
+    NoAddress,
+    /// No device holds the public address, or it is not Ethernet.
+    #[error("no Ethernet device holds {0}")]
+    NoUnderlay(Ipv4Addr),
+    /// The TUN device is missing.
+    #[error("device {0} does not exist")]
+    NoDevice(String),
+    /// A map could not be made (`EPERM`: no `CAP_BPF`).
+    #[error("cannot make eBPF map {name}: {source}")]
+    Map {
+        /// The map.
+        name: &'static str,
+        /// The cause.
+        source: io::Error,
+    },
+    /// A program was refused.
+    #[error(transparent)]
+    Load(#[from] bpf::LoadError),
+    /// The program could not be assembled (a bug).
+    #[error("cannot assemble an eBPF program: {0}")]
+    Asm(#[from] bpf::asm::AsmError),
+    /// Attaching failed (`EINVAL`: a kernel without tcx, before 6.6).
+    #[error("cannot attach to {device}'s tc {hook}: {source}")]
+    Attach {
+        /// The device.
+        device: String,
+        /// "ingress" or "egress".
+        hook: &'static str,
+        /// The cause.
+        source: io::Error,
+    },
+    /// A map update failed.
+    #[error("cannot update eBPF map {name}: {source}")]
+    Update {
+        /// The map.
+        name: &'static str,
+        /// The cause.
+        source: io::Error,
+    },
+}
+
+/// The per-CPU counters of the programs; readable after they stopped.
+#[derive(Debug, Clone)]
+pub(crate) struct KernelStats {
+    map: Arc<OwnedFd>,
+    cpus: usize,
+}
+
+impl KernelStats {
+    /// (packets, bytes) sent and received by the programs.
+    pub(crate) fn read(&self) -> ((u64, u64), (u64, u64)) {
+        let one = |key: u32| {
+            let mut buf = vec![0u8; 16 * self.cpus];
+            if bpf::map_lookup(&self.map, &key.to_ne_bytes(), &mut buf).is_err() {
+                return (0, 0);
+            }
+            buf.chunks_exact(16).fold((0u64, 0u64), |(p, b), c| {
+                let mut pk = [0u8; 8];
+                let mut by = [0u8; 8];
+                pk.copy_from_slice(&c[..8]);
+                by.copy_from_slice(&c[8..]);
+                (
+                    p.wrapping_add(u64::from_ne_bytes(pk)),
+                    b.wrapping_add(u64::from_ne_bytes(by)),
+                )
+            })
+        };
+        (one(STAT_TX), one(STAT_RX))
+    }
+}
+
+/// A value of the `routes` map: where a subnet's packets go.
+fn route_value(peer: Ipv4Addr, local: Ipv4Addr) -> [u8; 16] {
+    let mut v = [0u8; 16];
+    v[..4].copy_from_slice(&peer.octets());
+    v[4..8].copy_from_slice(&local.octets());
+    v[8..12].copy_from_slice(&header_sum(peer, local).to_ne_bytes());
+    v
+}
+
+/// The sum of the outer IPv4 header's 16-bit words that do not depend on
+/// the packet (all but the length and the checksum): version/IHL 0x4500,
+/// ID 0, DF 0x4000, TTL 64 / UDP 0x4011, the two addresses. The send
+/// program adds the length and folds.
+pub(crate) fn header_sum(peer: Ipv4Addr, local: Ipv4Addr) -> u32 {
+    let words = |ip: Ipv4Addr| {
+        let o = ip.octets();
+        u32::from(u16::from_be_bytes([o[0], o[1]])) + u32::from(u16::from_be_bytes([o[2], o[3]]))
+    };
+    0x4500 + 0x4000 + 0x4011 + words(peer) + words(local)
+}
+
+fn lpm_key(net: Ipv4Net) -> [u8; 8] {
+    let mut k = [0u8; 8];
+    k[..4].copy_from_slice(&u32::from(net.prefix_len()).to_ne_bytes());
+    k[4..].copy_from_slice(&net.network().octets());
+    k
+}
+
+/// What the maps hold.
+#[derive(Debug, Default)]
+struct Installed {
+    routes: BTreeMap<Ipv4Net, Ipv4Addr>,
+    sources: BTreeSet<Ipv4Addr>,
+}
+
+/// The links of one attachment, and the device numbers they were made for.
+struct Attached {
+    tun: u32,
+    underlay: u32,
+    _links: [OwnedFd; 2],
+}
+
+struct Inner {
+    routes: OwnedFd,
+    sources: OwnedFd,
+    stats: Arc<OwnedFd>,
+    device: String,
+    port: u16,
+    local: Ipv4Addr,
+    installed: Mutex<Installed>,
+    attached: Mutex<Option<Attached>>,
+    stop: AtomicBool,
+}
+
+/// The running kernel data path; detached when dropped.
+pub(crate) struct KernelPath {
+    inner: Arc<Inner>,
+    watcher: Option<JoinHandle<()>>,
+    stats: KernelStats,
+}
+
+impl std::fmt::Debug for KernelPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KernelPath")
+            .field("device", &self.inner.device)
+            .field("local", &self.inner.local)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The Ethernet device holding `ip`, by interface number.
+fn underlay_of(ip: Ipv4Addr) -> Option<u32> {
+    let addrs: Vec<_> = nix::ifaddrs::getifaddrs().ok()?.collect();
+    let name = addrs.iter().find_map(|a| {
+        let sin = a.address.as_ref()?.as_sockaddr_in()?;
+        (sin.ip() == ip).then(|| a.interface_name.clone())
+    })?;
+    let ethernet = addrs.iter().any(|a| {
+        a.interface_name == name
+            && a.address
+                .as_ref()
+                .and_then(|s| s.as_link_addr())
+                .is_some_and(|l| l.hatype() == nix::libc::ARPHRD_ETHER)
+    });
+    if !ethernet {
+        return None;
+    }
+    nix::net::if_::if_nametoindex(name.as_str()).ok()
+}
+
+fn index_of(device: &str) -> Option<u32> {
+    nix::net::if_::if_nametoindex(device).ok()
+}
+
+impl Inner {
+    /// Loads both programs for these device numbers and attaches them.
+    fn attach(&self, tun: u32, underlay: u32) -> Result<Attached, KernelPathError> {
+        let send = programs::send(SendParams {
+            routes: self.routes.as_raw_fd(),
+            stats: self.stats.as_raw_fd(),
+            underlay,
+            port: self.port,
+        })?;
+        let receive = programs::receive(ReceiveParams {
+            sources: self.sources.as_raw_fd(),
+            stats: self.stats.as_raw_fd(),
+            tun,
+            port: self.port,
+            local: self.local,
+        })?;
+        let send = bpf::prog_load(ProgType::SchedCls, "weft_udp_send", &send)?;
+        let receive = bpf::prog_load(ProgType::SchedCls, "weft_udp_recv", &receive)?;
+        let egress = bpf::tcx_attach(&send, tun, TcxHook::Egress).map_err(|source| {
+            KernelPathError::Attach {
+                device: self.device.clone(),
+                hook: "egress",
+                source,
+            }
+        })?;
+        let ingress = bpf::tcx_attach(&receive, underlay, TcxHook::Ingress).map_err(|source| {
+            KernelPathError::Attach {
+                device: format!("interface {underlay}"),
+                hook: "ingress",
+                source,
+            }
+        })?;
+        Ok(Attached {
+            tun,
+            underlay,
+            _links: [egress, ingress],
+        })
+    }
+
+    /// Attaches anew if a device was made again; detaches if one is gone.
+    fn check(&self) {
+        let now = (index_of(&self.device), underlay_of(self.local));
+        let mut attached = self.attached.lock().unwrap_or_else(PoisonError::into_inner);
+        let current = attached.as_ref().map(|a| (Some(a.tun), Some(a.underlay)));
+        if current == Some(now) {
+            return;
+        }
+        // Drop the old links first: a device made again has new numbers.
+        *attached = None;
+        if let (Some(tun), Some(underlay)) = now {
+            match self.attach(tun, underlay) {
+                Ok(a) => {
+                    tracing::info!(device = %self.device, tun, underlay, "UDP kernel data path attached again");
+                    *attached = Some(a);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot attach the UDP kernel data path again")
+                }
+            }
+        }
+    }
+}
+
+impl KernelPath {
+    /// Makes the maps, loads and attaches the programs, in the calling
+    /// thread's network namespace.
+    pub(crate) fn start(
+        device: &str,
+        local: IpAddr,
+        port: u16,
+    ) -> Result<KernelPath, KernelPathError> {
+        let local = match local {
+            IpAddr::V4(ip) if !ip.is_unspecified() => ip,
+            _ => return Err(KernelPathError::NoAddress),
+        };
+        let underlay = underlay_of(local).ok_or(KernelPathError::NoUnderlay(local))?;
+        let tun = index_of(device).ok_or_else(|| KernelPathError::NoDevice(device.to_owned()))?;
+        let map = |name: &'static str, kind, key, value, max, flags| {
+            bpf::map_create(kind, name, key, value, max, flags)
+                .map_err(|source| KernelPathError::Map { name, source })
+        };
+        let routes = map(
+            "weft_udp_routes",
+            MapType::LpmTrie,
+            8,
+            16,
+            MAX_PEERS,
+            NO_PREALLOC,
+        )?;
+        let sources = map(
+            "weft_udp_peers",
+            MapType::Hash,
+            4,
+            4,
+            MAX_PEERS,
+            NO_PREALLOC,
+        )?;
+        let stats = Arc::new(map("weft_udp_stats", MapType::PercpuArray, 4, 16, 2, 0)?);
+        let cpus = bpf::possible_cpus().map_err(|source| KernelPathError::Map {
+            name: "weft_udp_stats",
+            source,
+        })?;
+        let inner = Arc::new(Inner {
+            routes,
+            sources,
+            stats: stats.clone(),
+            device: device.to_owned(),
+            port,
+            local,
+            installed: Mutex::default(),
+            attached: Mutex::new(None),
+            stop: AtomicBool::new(false),
+        });
+        let first = inner.attach(tun, underlay)?;
+        *inner
+            .attached
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(first);
+        let watched = inner.clone();
+        let watcher = std::thread::Builder::new()
+            .name("weft-udp-kpath".into())
+            .spawn(move || {
+                while !watched.stop.load(Ordering::Relaxed) {
+                    std::thread::park_timeout(WATCH);
+                    if !watched.stop.load(Ordering::Relaxed) {
+                        watched.check();
+                    }
+                }
+            })
+            .ok();
+        tracing::info!(device, %local, underlay, port, "UDP kernel data path attached");
+        Ok(KernelPath {
+            inner,
+            watcher,
+            stats: KernelStats { map: stats, cpus },
+        })
+    }
+
+    /// The programs' counters.
+    pub(crate) fn stats(&self) -> KernelStats {
+        self.stats.clone()
+    }
+
+    /// Makes the maps hold `peers` (IPv4 subnets of IPv4 peers; others are
+    /// left to the forwarder). Only what changed is written: updates
+    /// first, removals after, so a peer whose subnet moves is never
+    /// missing in between.
+    pub(crate) fn set_peers(&self, peers: &[(IpNet, IpAddr)]) -> Result<(), KernelPathError> {
+        let want: BTreeMap<Ipv4Net, Ipv4Addr> = peers
+            .iter()
+            .filter_map(|(net, ip)| match (net, ip) {
+                (IpNet::V4(n), IpAddr::V4(ip)) => Some((n.trunc(), *ip)),
+                _ => None,
+            })
+            .collect();
+        let want_sources: BTreeSet<Ipv4Addr> = want.values().copied().collect();
+        let inner = &self.inner;
+        let mut have = inner
+            .installed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let update =
+            |name: &'static str, source: io::Error| KernelPathError::Update { name, source };
+        for ip in want_sources.difference(&have.sources) {
+            bpf::map_update(&inner.sources, &ip.octets(), &[1, 0, 0, 0])
+                .map_err(|e| update("weft_udp_peers", e))?;
+        }
+        for (net, ip) in &want {
+            if have.routes.get(net) != Some(ip) {
+                bpf::map_update(
+                    &inner.routes,
+                    &lpm_key(*net),
+                    &route_value(*ip, inner.local),
+                )
+                .map_err(|e| update("weft_udp_routes", e))?;
+            }
+        }
+        for net in have.routes.keys().filter(|n| !want.contains_key(n)) {
+            match bpf::map_delete(&inner.routes, &lpm_key(*net)) {
+                Err(e) if e.raw_os_error() != Some(nix::libc::ENOENT) => {
+                    return Err(update("weft_udp_routes", e))
+                }
+                _ => {}
+            }
+        }
+        for ip in have.sources.difference(&want_sources) {
+            match bpf::map_delete(&inner.sources, &ip.octets()) {
+                Err(e) if e.raw_os_error() != Some(nix::libc::ENOENT) => {
+                    return Err(update("weft_udp_peers", e))
+                }
+                _ => {}
+            }
+        }
+        have.routes = want;
+        have.sources = want_sources;
+        Ok(())
+    }
+}
+
+impl Drop for KernelPath {
+    fn drop(&mut self) {
+        self.inner.stop.store(true, Ordering::Relaxed);
+        if let Some(w) = self.watcher.take() {
+            w.thread().unpark();
+            let _ = w.join();
+        }
+        // Closing the links detaches the programs.
+        *self
+            .inner
+            .attached
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
+        tracing::info!(device = %self.inner.device, "UDP kernel data path detached");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checksum(words: &[u16]) -> u16 {
+        let mut s: u32 = words.iter().map(|&w| u32::from(w)).sum();
+        while s > 0xffff {
+            s = (s & 0xffff) + (s >> 16);
+        }
+        !(s as u16)
+    }
+
+    #[test]
+    fn header_sum_gives_the_header_checksum() {
+        let peer = Ipv4Addr::new(172, 18, 0, 3);
+        let local = Ipv4Addr::new(172, 18, 0, 2);
+        let len: u32 = 1500;
+        // What the send program computes: the sum plus the length, folded
+        // twice, complemented.
+        let mut s = header_sum(peer, local) + len;
+        for _ in 0..2 {
+            s = (s & 0xffff) + (s >> 16);
+        }
+        let program = (s ^ 0xffff) as u16;
+        // The textbook checksum of the whole header.
+        let expect = checksum(&[
+            0x4500, len as u16, 0, 0x4000, 0x4011, 0xac12, 0x0003, 0xac12, 0x0002,
+        ]);
+        assert_eq!(program, expect);
+        // And with addresses whose sum carries.
+        let peer = Ipv4Addr::new(255, 255, 255, 254);
+        let mut s = header_sum(peer, peer) + 65535;
+        for _ in 0..2 {
+            s = (s & 0xffff) + (s >> 16);
+        }
+        let expect = checksum(&[
+            0x4500, 65535, 0, 0x4000, 0x4011, 0xffff, 0xfffe, 0xffff, 0xfffe,
+        ]);
+        assert_eq!((s ^ 0xffff) as u16, expect);
+    }
+
+    #[test]
+    fn map_keys_and_values() {
+        let k = lpm_key("10.244.3.0/24".parse().unwrap());
+        assert_eq!(&k[..4], &24u32.to_ne_bytes());
+        assert_eq!(&k[4..], &[10, 244, 3, 0]);
+        let v = route_value(Ipv4Addr::new(1, 2, 3, 4), Ipv4Addr::new(5, 6, 7, 8));
+        assert_eq!(&v[..8], &[1, 2, 3, 4, 5, 6, 7, 8]);
+    }
+}

@@ -1,0 +1,431 @@
+//! The kernel data path's two tc programs, assembled at run time with the
+//! node's constants (port, device numbers, address) as immediates.
+//!
+//! **Send** (`flannel0` egress): an IPv4 packet whose destination is in a
+//! peer's subnet (the `routes` LPM trie) gets an outer IPv4 + UDP header
+//! put in front of it, exactly flannel's framing (from and to
+//! `Backend.Port`, the node's public IP to the peer's, DF, TTL 64, UDP
+//! checksum 0 as IPv4 allows), its own TTL decremented as flannel's proxy
+//! does, and room for an Ethernet header, and is sent out of the underlay
+//! with the neighbour's addresses filled in (`bpf_redirect_neigh`). A TCP super-packet (TSO) stays one: it
+//! is marked as a UDP tunnel packet, and the underlay (or the kernel's GSO)
+//! cuts it into MTU-sized datagrams, each with a copy of the outer header.
+//!
+//! **Receive** (underlay ingress): an unfragmented IPv4 datagram to the
+//! port, addressed to this node, from a known peer (the `sources` hash)
+//! and carrying exactly one IPv4 packet (its length is the datagram's: a
+//! train of datagrams merged by GRO is not) loses its outer headers, has
+//! its TTL decremented, and enters the stack as received by `flannel0`
+//! (`bpf_redirect` to its ingress), the very place the forwarder's TUN
+//! write puts it.
+//!
+//! Everything else goes on as if the programs were not there (`TCX_NEXT`):
+//! IPv6 inside, unknown subnets, unknown senders, TTL about to expire,
+//! anything malformed. The user-space forwarder then handles it, drops and
+//! counts it as before. Once a packet has been changed a failure drops it
+//! (`TC_ACT_SHOT`); that needs the kernel to be out of memory.
+
+use std::net::Ipv4Addr;
+
+use crate::bpf::asm::{
+    Alu, Asm, AsmError, Cond, Insn, Reg, Size, FP, R0, R1, R2, R3, R4, R5, R6, R7, R8, R9,
+};
+
+/// `bpf_map_lookup_elem`.
+const MAP_LOOKUP_ELEM: i32 = 1;
+/// `bpf_skb_store_bytes`.
+const SKB_STORE_BYTES: i32 = 9;
+/// `bpf_l3_csum_replace`.
+const L3_CSUM_REPLACE: i32 = 10;
+/// `bpf_redirect`.
+const REDIRECT: i32 = 23;
+/// `bpf_skb_change_head`.
+const SKB_CHANGE_HEAD: i32 = 43;
+/// `bpf_skb_load_bytes`.
+const SKB_LOAD_BYTES: i32 = 26;
+/// `bpf_skb_adjust_room`.
+const SKB_ADJUST_ROOM: i32 = 50;
+/// `bpf_redirect_neigh`.
+const REDIRECT_NEIGH: i32 = 152;
+
+/// `BPF_ADJ_ROOM_MAC`: room made (or taken) right after the L2 header.
+const ADJ_ROOM_MAC: i32 = 1;
+/// `BPF_F_ADJ_ROOM_FIXED_GSO`: keep the super-packet's segment size (the
+/// TUN's MTU is already the underlay's minus the headers added here).
+const ADJ_FIXED_GSO: i32 = 1 << 0;
+/// `BPF_F_ADJ_ROOM_ENCAP_L3_IPV4`.
+const ADJ_ENCAP_L3_IPV4: i32 = 1 << 1;
+/// `BPF_F_ADJ_ROOM_ENCAP_L4_UDP`.
+const ADJ_ENCAP_L4_UDP: i32 = 1 << 4;
+/// `BPF_F_INGRESS`.
+const F_INGRESS: i32 = 1;
+
+/// `TCX_NEXT`: not ours, on to the next program (or the stack).
+const TCX_NEXT: i32 = -1;
+/// `TC_ACT_SHOT`.
+const TC_ACT_SHOT: i32 = 2;
+
+/// `struct __sk_buff` fields.
+const SKB_LEN: i16 = 0;
+const SKB_PKT_TYPE: i16 = 4;
+const SKB_PROTOCOL: i16 = 16;
+const SKB_GSO_SEGS: i16 = 164;
+
+/// Bytes of the Ethernet header in front of what the underlay receives.
+const ETH: i32 = 14;
+/// The outer IPv4 + UDP headers.
+pub(crate) const OUTER: i32 = 28;
+
+/// Keys of the per-CPU `stats` array (value: packets, bytes as u64).
+pub(crate) const STAT_TX: u32 = 0;
+/// See [`STAT_TX`].
+pub(crate) const STAT_RX: u32 = 1;
+
+/// A 16-bit network-order value as the machine reads it from memory.
+fn wire16(v: u16) -> i32 {
+    i32::from(u16::from_ne_bytes(v.to_be_bytes()))
+}
+
+/// An address as the machine reads it from memory.
+fn wire32(ip: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(ip.octets())
+}
+
+/// What the send program needs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SendParams {
+    /// The `routes` LPM trie: key (prefix length u32, IPv4 address),
+    /// value [`crate::kernel_path::RouteValue`].
+    pub routes: i32,
+    /// The `stats` per-CPU array.
+    pub stats: i32,
+    /// The underlay device.
+    pub underlay: u32,
+    /// `Backend.Port`, source and destination.
+    pub port: u16,
+}
+
+/// What the receive program needs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReceiveParams {
+    /// The `sources` hash: peers' public IPv4 addresses.
+    pub sources: i32,
+    /// The `stats` per-CPU array.
+    pub stats: i32,
+    /// The TUN device the packets are handed to.
+    pub tun: u32,
+    /// `Backend.Port`.
+    pub port: u16,
+    /// This node's public IP: datagrams to other addresses are not ours.
+    pub local: Ipv4Addr,
+}
+
+/// Adds `segs` packets (0 = one) and `bytes` bytes to the per-CPU counter
+/// `key`. Uses r0..r5 and the u32 at `fp + slot`.
+fn count(
+    a: &mut Asm,
+    stats: i32,
+    key: u32,
+    segs: Reg,
+    bytes: Reg,
+    slot: i16,
+) -> Result<(), AsmError> {
+    let done = a.label();
+    let one = a.label();
+    a.store_imm(Size::W, FP, slot, key as i32);
+    a.load_map(R1, stats);
+    a.mov(R2, FP);
+    a.alu_imm(Alu::Add, R2, i32::from(slot));
+    a.call(MAP_LOOKUP_ELEM);
+    a.jump_imm(Cond::Eq, R0, 0, done);
+    a.jump_imm(Cond::Ne, segs, 0, one);
+    a.mov_imm(segs, 1);
+    a.bind(one)?;
+    a.load(Size::Dw, R1, R0, 0);
+    a.alu_reg(Alu::Add, R1, segs);
+    a.store(Size::Dw, R0, 0, R1);
+    a.load(Size::Dw, R1, R0, 8);
+    a.alu_reg(Alu::Add, R1, bytes);
+    a.store(Size::Dw, R0, 8, R1);
+    a.bind(done)?;
+    Ok(())
+}
+
+/// Decrements the TTL of the IPv4 header at packet offset `at`, whose TTL
+/// and protocol bytes are also on the stack at `fp + copy`, and mends the
+/// header checksum. Jumps to `fail` if the kernel could not write.
+fn decrement_ttl(a: &mut Asm, at: i32, copy: i16, fail: crate::bpf::asm::Label) {
+    // Old (TTL, protocol) word, as it is in the packet.
+    a.load(Size::H, R9, FP, copy);
+    a.load(Size::B, R2, FP, copy);
+    a.alu_imm(Alu::Add, R2, -1);
+    a.store(Size::B, FP, copy, R2);
+    a.mov(R1, R6);
+    a.mov_imm(R2, at + 8);
+    a.mov(R3, FP);
+    a.alu_imm(Alu::Add, R3, i32::from(copy));
+    a.mov_imm(R4, 1);
+    a.mov_imm(R5, 0);
+    a.call(SKB_STORE_BYTES);
+    a.jump_imm(Cond::Ne, R0, 0, fail);
+    a.mov(R1, R6);
+    a.mov_imm(R2, at + 10);
+    a.mov(R3, R9);
+    a.load(Size::H, R4, FP, copy);
+    a.mov_imm(R5, 2);
+    a.call(L3_CSUM_REPLACE);
+    a.jump_imm(Cond::Ne, R0, 0, fail);
+}
+
+/// Returns `code`.
+fn ret(a: &mut Asm, code: i32) {
+    a.mov_imm(R0, code);
+    a.exit();
+}
+
+/// The send program, for `flannel0`'s egress.
+pub(crate) fn send(p: SendParams) -> Result<Vec<Insn>, AsmError> {
+    // Stack: LPM key at -8 (prefix length, address), the inner IPv4
+    // header at -40, the outer headers being built at -72, a stats key
+    // at -80.
+    const KEY: i16 = -8;
+    const INNER: i16 = -40;
+    const HDR: i16 = -72;
+    const SKEY: i16 = -80;
+    let mut a = Asm::new();
+    let next = a.label();
+    let drop = a.label();
+
+    a.mov(R6, R1);
+    a.load(Size::W, R2, R6, SKB_PROTOCOL);
+    a.jump_imm(Cond::Ne, R2, wire16(0x0800), next);
+    // The inner header.
+    a.mov(R1, R6);
+    a.mov_imm(R2, 0);
+    a.mov(R3, FP);
+    a.alu_imm(Alu::Add, R3, i32::from(INNER));
+    a.mov_imm(R4, 20);
+    a.call(SKB_LOAD_BYTES);
+    a.jump_imm(Cond::Ne, R0, 0, next);
+    a.load(Size::B, R2, FP, INNER);
+    a.alu_imm(Alu::And, R2, 0xf0);
+    a.jump_imm(Cond::Ne, R2, 0x40, next);
+    // TTL 1 or 0: the forwarder drops it and counts it.
+    a.load(Size::B, R2, FP, INNER + 8);
+    a.jump_imm(Cond::Le, R2, 1, next);
+    // Which peer: longest prefix match on the destination.
+    a.store_imm(Size::W, FP, KEY, 32);
+    a.load(Size::W, R2, FP, INNER + 16);
+    a.store(Size::W, FP, KEY + 4, R2);
+    a.load_map(R1, p.routes);
+    a.mov(R2, FP);
+    a.alu_imm(Alu::Add, R2, i32::from(KEY));
+    a.call(MAP_LOOKUP_ELEM);
+    a.jump_imm(Cond::Eq, R0, 0, next);
+    a.mov(R7, R0);
+    // Segments, before the room is made (which resets the count).
+    a.load(Size::W, R8, R6, SKB_GSO_SEGS);
+    // Room for the outer headers in front; a super-packet becomes a UDP
+    // tunnel super-packet.
+    a.mov(R1, R6);
+    a.mov_imm(R2, OUTER);
+    a.mov_imm(R3, ADJ_ROOM_MAC);
+    a.mov_imm(R4, ADJ_FIXED_GSO | ADJ_ENCAP_L3_IPV4 | ADJ_ENCAP_L4_UDP);
+    a.call(SKB_ADJUST_ROOM);
+    a.jump_imm(Cond::Ne, R0, 0, next);
+    // From here the packet is changed: a failure drops it.
+    decrement_ttl(&mut a, OUTER, INNER + 8, drop);
+    // The outer IPv4 header.
+    a.load(Size::W, R9, R6, SKB_LEN);
+    a.store_imm(Size::B, FP, HDR, 0x45);
+    a.store_imm(Size::B, FP, HDR + 1, 0);
+    a.mov(R2, R9);
+    a.be16(R2);
+    a.store(Size::H, FP, HDR + 2, R2);
+    a.store_imm(Size::H, FP, HDR + 4, 0);
+    a.store_imm(Size::H, FP, HDR + 6, wire16(0x4000));
+    a.store_imm(Size::B, FP, HDR + 8, 64);
+    a.store_imm(Size::B, FP, HDR + 9, 17);
+    // Checksum: the peer's constant words' sum plus the length, folded.
+    a.load(Size::W, R2, R7, 8);
+    a.alu_reg(Alu::Add, R2, R9);
+    for _ in 0..2 {
+        a.mov(R3, R2);
+        a.alu_imm(Alu::Rsh, R3, 16);
+        a.alu_imm(Alu::And, R2, 0xffff);
+        a.alu_reg(Alu::Add, R2, R3);
+    }
+    a.alu_imm(Alu::Xor, R2, 0xffff);
+    a.be16(R2);
+    a.store(Size::H, FP, HDR + 10, R2);
+    a.load(Size::W, R2, R7, 4);
+    a.store(Size::W, FP, HDR + 12, R2);
+    a.load(Size::W, R2, R7, 0);
+    a.store(Size::W, FP, HDR + 16, R2);
+    // UDP: port to port, length, no checksum.
+    a.store_imm(Size::H, FP, HDR + 20, wire16(p.port));
+    a.store_imm(Size::H, FP, HDR + 22, wire16(p.port));
+    a.mov(R2, R9);
+    a.alu_imm(Alu::Add, R2, -20);
+    a.be16(R2);
+    a.store(Size::H, FP, HDR + 24, R2);
+    a.store_imm(Size::H, FP, HDR + 26, 0);
+    a.mov(R1, R6);
+    a.mov_imm(R2, 0);
+    a.mov(R3, FP);
+    a.alu_imm(Alu::Add, R3, i32::from(HDR));
+    a.mov_imm(R4, OUTER);
+    a.mov_imm(R5, 0);
+    a.call(SKB_STORE_BYTES);
+    a.jump_imm(Cond::Ne, R0, 0, drop);
+    // Room for an Ethernet header, which `bpf_redirect_neigh` expects
+    // (and fills in).
+    a.mov(R1, R6);
+    a.mov_imm(R2, ETH);
+    a.mov_imm(R3, 0);
+    a.call(SKB_CHANGE_HEAD);
+    a.jump_imm(Cond::Ne, R0, 0, drop);
+    // Counted as the forwarder counts: the inner packets.
+    a.alu_imm(Alu::Add, R9, -OUTER);
+    count(&mut a, p.stats, STAT_TX, R8, R9, SKEY)?;
+    a.mov_imm(R1, p.underlay as i32);
+    a.mov_imm(R2, 0);
+    a.mov_imm(R3, 0);
+    a.mov_imm(R4, 0);
+    a.call(REDIRECT_NEIGH);
+    a.exit();
+
+    a.bind(next)?;
+    ret(&mut a, TCX_NEXT);
+    a.bind(drop)?;
+    ret(&mut a, TC_ACT_SHOT);
+    a.finish()
+}
+
+/// The receive program, for the underlay's ingress.
+pub(crate) fn receive(p: ReceiveParams) -> Result<Vec<Insn>, AsmError> {
+    // Stack: the outer IPv4 header at -48, UDP at -28, the inner IPv4
+    // header at -20; the source address as a key at -56, a stats key at
+    // -64.
+    const HDR: i16 = -48;
+    const UDP: i16 = HDR + 20;
+    const INNER: i16 = UDP + 8;
+    const SRC: i16 = -56;
+    const SKEY: i16 = -64;
+    let mut a = Asm::new();
+    let next = a.label();
+    let drop = a.label();
+
+    a.mov(R6, R1);
+    a.load(Size::W, R2, R6, SKB_PROTOCOL);
+    a.jump_imm(Cond::Ne, R2, wire16(0x0800), next);
+    // PACKET_HOST only.
+    a.load(Size::W, R2, R6, SKB_PKT_TYPE);
+    a.jump_imm(Cond::Ne, R2, 0, next);
+    a.mov(R1, R6);
+    a.mov_imm(R2, ETH);
+    a.mov(R3, FP);
+    a.alu_imm(Alu::Add, R3, i32::from(HDR));
+    a.mov_imm(R4, 48);
+    a.call(SKB_LOAD_BYTES);
+    a.jump_imm(Cond::Ne, R0, 0, next);
+    // IPv4 without options, UDP, not a fragment, to the port, to us.
+    a.load(Size::B, R2, FP, HDR);
+    a.jump_imm(Cond::Ne, R2, 0x45, next);
+    a.load(Size::B, R2, FP, HDR + 9);
+    a.jump_imm(Cond::Ne, R2, 17, next);
+    a.load(Size::H, R2, FP, HDR + 6);
+    a.alu_imm(Alu::And, R2, wire16(0x3fff));
+    a.jump_imm(Cond::Ne, R2, 0, next);
+    a.load(Size::H, R2, FP, UDP + 2);
+    a.jump_imm(Cond::Ne, R2, wire16(p.port), next);
+    a.load(Size::W, R2, FP, HDR + 16);
+    a.jump32_imm(Cond::Ne, R2, wire32(p.local), next);
+    // From a peer.
+    a.load(Size::W, R2, FP, HDR + 12);
+    a.store(Size::W, FP, SRC, R2);
+    a.load_map(R1, p.sources);
+    a.mov(R2, FP);
+    a.alu_imm(Alu::Add, R2, i32::from(SRC));
+    a.call(MAP_LOOKUP_ELEM);
+    a.jump_imm(Cond::Eq, R0, 0, next);
+    // One IPv4 packet, with TTL to spare.
+    a.load(Size::B, R2, FP, INNER);
+    a.alu_imm(Alu::And, R2, 0xf0);
+    a.jump_imm(Cond::Ne, R2, 0x40, next);
+    a.load(Size::B, R2, FP, INNER + 8);
+    a.jump_imm(Cond::Le, R2, 1, next);
+    a.load(Size::H, R9, FP, INNER + 2);
+    a.be16(R9);
+    a.load(Size::W, R2, R6, SKB_LEN);
+    a.alu_imm(Alu::Add, R2, -(ETH + OUTER));
+    a.jump_reg(Cond::Ne, R2, R9, next);
+    a.load(Size::W, R8, R6, SKB_GSO_SEGS);
+    // Off with the outer headers (the Ethernet header moves up).
+    a.mov(R1, R6);
+    a.mov_imm(R2, -OUTER);
+    a.mov_imm(R3, ADJ_ROOM_MAC);
+    a.mov_imm(R4, 0);
+    a.call(SKB_ADJUST_ROOM);
+    a.jump_imm(Cond::Ne, R0, 0, next);
+    decrement_ttl(&mut a, ETH, INNER + 8, drop);
+    a.load(Size::W, R9, R6, SKB_LEN);
+    a.alu_imm(Alu::Add, R9, -ETH);
+    count(&mut a, p.stats, STAT_RX, R8, R9, SKEY)?;
+    a.mov_imm(R1, p.tun as i32);
+    a.mov_imm(R2, F_INGRESS);
+    a.call(REDIRECT);
+    a.exit();
+
+    a.bind(next)?;
+    ret(&mut a, TCX_NEXT);
+    a.bind(drop)?;
+    ret(&mut a, TC_ACT_SHOT);
+    a.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_programs_assemble() {
+        let s = send(SendParams {
+            routes: 3,
+            stats: 4,
+            underlay: 2,
+            port: 8285,
+        })
+        .unwrap();
+        let r = receive(ReceiveParams {
+            sources: 5,
+            stats: 4,
+            tun: 7,
+            port: 8285,
+            local: Ipv4Addr::new(172, 18, 0, 2),
+        })
+        .unwrap();
+        // Both end in exit; every jump stays inside.
+        for p in [&s, &r] {
+            assert_eq!(p.last().map(|i| i.code), Some(0x95));
+            for (at, i) in p.iter().enumerate() {
+                let class = i.code & 0x07;
+                let op = i.code & 0xf0;
+                if (class == 0x05 || class == 0x06) && op != 0x80 && op != 0x90 {
+                    let to = at as i64 + 1 + i64::from(i.off);
+                    assert!((0..p.len() as i64).contains(&to), "jump at {at} to {to}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn wire_order_constants() {
+        // The bytes in memory are network order whatever the machine.
+        assert_eq!((wire16(8285) as u16).to_ne_bytes(), 8285u16.to_be_bytes());
+        assert_eq!(
+            wire32(Ipv4Addr::new(10, 1, 2, 3)).to_ne_bytes(),
+            [10, 1, 2, 3]
+        );
+    }
+}
