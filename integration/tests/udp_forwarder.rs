@@ -531,7 +531,24 @@ fn hex_of(b: &[u8]) -> String {
 #[test]
 fn bad_datagrams_are_dropped_and_counted() {
     require_netns!();
-    let p = Pair::new("drops", true);
+    bad_datagrams(false);
+}
+
+/// With the kernel data path the receive program leaves all of these to
+/// the forwarder, which drops and counts them the same.
+#[test]
+fn kernel_path_leaves_bad_datagrams_to_the_forwarder() {
+    require_netns!();
+    bad_datagrams(true);
+}
+
+fn bad_datagrams(kernel: bool) {
+    let p = Pair::with(
+        if kernel { "kp-drops" } else { "drops" },
+        true,
+        kernel,
+        kernel,
+    );
     let to = SocketAddr::from(([172, 18, 0, 3], PORT));
     let before: Stats = p.fb.stats();
 
@@ -631,7 +648,22 @@ fn a_stopping_forwarder_steers_the_tun_to_its_successor() {
 #[test]
 fn removed_peer_is_no_longer_forwarded_to() {
     require_netns!();
-    let p = Pair::new("remove", true);
+    removed_peer(false);
+}
+
+#[test]
+fn kernel_path_stops_sending_to_a_removed_peer() {
+    require_netns!();
+    removed_peer(true);
+}
+
+fn removed_peer(kernel: bool) {
+    let p = Pair::with(
+        if kernel { "kp-remove" } else { "remove" },
+        true,
+        kernel,
+        kernel,
+    );
     assert!(p.a.ping(p.b.tun_ip(), 1));
     p.fa.set_peers(&[]);
     let before = p.fa.stats();
@@ -641,6 +673,10 @@ fn removed_peer_is_no_longer_forwarded_to() {
     );
     let after = p.fa.stats();
     assert_eq!(after.tx_packets, before.tx_packets, "{after:?}");
+    assert_eq!(
+        after.kernel_tx_packets, before.kernel_tx_packets,
+        "{after:?}"
+    );
     assert!(
         after.drop_unknown_subnet >= before.drop_unknown_subnet + 2,
         "{after:?}"
@@ -655,7 +691,24 @@ fn removed_peer_is_no_longer_forwarded_to() {
 #[test]
 fn device_deleted_and_recreated() {
     require_netns!();
-    let p = Pair::new("recreate", true);
+    device_recreated(false);
+}
+
+/// The kernel path's programs go with the device; they are attached to
+/// the new one (its watcher looks every 100 ms).
+#[test]
+fn kernel_path_follows_a_recreated_device() {
+    require_netns!();
+    device_recreated(true);
+}
+
+fn device_recreated(kernel: bool) {
+    let p = Pair::with(
+        if kernel { "kp-recreate" } else { "recreate" },
+        true,
+        kernel,
+        kernel,
+    );
     assert!(p.a.ping(p.b.tun_ip(), 1));
     p.b.ns.ip(&["link", "del", DEV]).unwrap();
     assert!(
@@ -674,7 +727,16 @@ fn device_deleted_and_recreated() {
         eventually(10, || p.a.ping(p.b.tun_ip(), 1)),
         "no forwarding after the device came back"
     );
+    let before = p.fb.stats();
     assert!(p.b.ping(p.a.tun_ip(), 1));
+    if kernel {
+        let after = p.fb.stats();
+        assert!(
+            after.kernel_tx_packets > before.kernel_tx_packets,
+            "{after:?}"
+        );
+        assert_eq!(after.tx_packets, before.tx_packets, "{after:?}");
+    }
 }
 
 /// Port 8285 taken: a clear `PortInUse(8285)`, whether by a plain socket or
@@ -709,8 +771,26 @@ fn port_in_use_is_reported() {
 #[test]
 fn a_successor_takes_over_without_losing_a_packet() {
     require_netns!();
+    handover(false);
+}
+
+/// The same with the kernel data path on: the successor's programs sit
+/// behind the predecessor's on each hook and take over when its links
+/// close.
+#[test]
+fn kernel_path_hand_over_loses_no_packet() {
+    require_netns!();
+    handover(true);
+}
+
+fn handover(kernel: bool) {
     let _alone = exclusive();
-    let p = Pair::new("handover", true);
+    let p = Pair::with(
+        if kernel { "kp-handover" } else { "handover" },
+        true,
+        kernel,
+        kernel,
+    );
     let count = 400;
     let target = p.b.tun_ip().to_string();
     let ping =
@@ -733,14 +813,14 @@ fn a_successor_takes_over_without_losing_a_packet() {
     std::thread::sleep(Duration::from_millis(500));
     let Pair { fa, fb, a, b } = p;
     let fb2 = b
-        .start_sharing(true, true)
+        .start_with(true, true, kernel)
         .expect("the successor joins the port");
     fb2.set_peers(&[(a.subnet(), a.ip.into())]);
     let old_b = fb.stop();
     fb2.took_over();
     std::thread::sleep(Duration::from_millis(300));
     let fa2 = a
-        .start_sharing(true, true)
+        .start_with(true, true, kernel)
         .expect("the successor joins the port");
     fa2.set_peers(&[(b.subnet(), b.ip.into())]);
     let old_a = fa.stop();
@@ -759,15 +839,14 @@ fn a_successor_takes_over_without_losing_a_packet() {
         summary.starts_with(&format!("{count} packets transmitted, {count} received")),
         "pings were lost across the hand-over: {text}"
     );
-    let (s2, sb) = (fb2.stats(), fa2.stats());
-    assert!(
-        s2.rx_packets > 0 && s2.tx_packets > 0,
-        "the successor forwarded nothing: {s2:?}"
-    );
-    assert!(
-        sb.rx_packets > 0 && sb.tx_packets > 0,
-        "the successor forwarded nothing: {sb:?}"
-    );
+    for s in [fb2.stats(), fa2.stats()] {
+        let (rx, tx) = if kernel {
+            (s.kernel_rx_packets, s.kernel_tx_packets)
+        } else {
+            (s.rx_packets, s.tx_packets)
+        };
+        assert!(rx > 0 && tx > 0, "the successor forwarded nothing: {s:?}");
+    }
     // Without share_port a held port is still refused.
     assert!(matches!(b.start(true), Err(UdpError::PortInUse(PORT))));
     drop((fa2, fb2));
@@ -861,4 +940,26 @@ fn kernel_path_carries_tcp_bulk() {
         sa.tx_bytes < received / 100,
         "the forwarder carried too much: {sa:?}"
     );
+}
+
+/// A node with the kernel data path and one without (a flannel node, or
+/// weft without `CAP_BPF`) understand each other: the same bytes on the
+/// wire. b's forwarder sends trains of datagrams (UDP GSO), which a's
+/// receive program leaves to a's forwarder; every byte still arrives.
+#[test]
+fn kernel_path_and_forwarder_nodes_interoperate() {
+    require_netns!();
+    let _alone = exclusive();
+    let p = Pair::with("kp-mixed", true, true, false);
+    assert!(p.a.ping(p.b.tun_ip(), 2), "a (kernel path) cannot ping b");
+    assert!(p.b.ping(p.a.tun_ip(), 2), "b (forwarder) cannot ping a");
+    stream_both_ways_intact(&p);
+    let (sa, sb) = (p.fa.stats(), p.fb.stats());
+    assert!(
+        sa.kernel_tx_packets > 1000 && sa.tx_packets == 0,
+        "a: {sa:?}"
+    );
+    assert!(sb.rx_packets > 1000 && sb.tx_packets > 1000, "b: {sb:?}");
+    assert!(sa.rx_packets + sa.kernel_rx_packets > 1000, "a: {sa:?}");
+    assert_eq!(sa.drops() - sa.drop_unknown_subnet, 0, "a: {sa:?}");
 }

@@ -40,6 +40,80 @@ pub(crate) const GSO_UDP_L4: u8 = 5;
 pub(crate) const GSO_ECN: u8 = 0x80;
 /// The TCP checksum's offset in the TCP header.
 const TCP_CSUM: usize = 16;
+const PROTO_UDP: u8 = 17;
+/// The UDP checksum's offset in the UDP header.
+const UDP_CSUM: usize = 6;
+
+/// The virtio-net header for a packet written alone: zero, unless its TCP
+/// or UDP checksum field holds only the pseudo-header sum, as a sender's
+/// kernel leaves it for the device to complete (`CHECKSUM_PARTIAL`). Such
+/// a packet reaches the forwarder when the sender framed it in the kernel
+/// (weft's kernel data path, or a kernel tunnel) and nothing on the way
+/// completed the checksum — a veth underlay, or virtual NICs that pass
+/// checksum offload through. Written as it came, the kernel would find
+/// the checksum wrong and drop it; marked `NEEDS_CSUM`, it is what it was
+/// on the sender: a packet whose checksum the device completes. A full
+/// checksum equals the pseudo-header sum once in 65536 packets; such a
+/// packet is then taken as partial (and completed wrongly, should a
+/// device have to complete it: one retransmission).
+pub fn single_header(pkt: &[u8], out: &mut [u8]) {
+    let Some(hdr) = out.get_mut(..VNET_HDR_LEN) else {
+        return;
+    };
+    hdr.fill(0);
+    let Some((l4, csum)) = partial_checksum(pkt) else {
+        return;
+    };
+    let v = |x: usize| (x as u16).to_ne_bytes();
+    hdr[0] = NEEDS_CSUM;
+    hdr[1] = GSO_NONE;
+    hdr[6..8].copy_from_slice(&v(l4));
+    hdr[8..10].copy_from_slice(&v(csum));
+}
+
+/// Where the L4 header starts and its checksum's offset in it, if `pkt` is
+/// an unfragmented TCP or UDP packet whose checksum field holds just the
+/// pseudo-header sum.
+fn partial_checksum(pkt: &[u8]) -> Option<(usize, usize)> {
+    let (l4, proto, addrs, total) = match pkt.first()? >> 4 {
+        4 => {
+            if pkt.first()? & 0x0f != 5 || pkt.len() < IPV4_HEADER_LEN {
+                return None;
+            }
+            if u16::from_be_bytes([pkt[6], pkt[7]]) & 0x3fff != 0 {
+                return None;
+            }
+            let total = usize::from(u16::from_be_bytes([pkt[2], pkt[3]]));
+            (IPV4_HEADER_LEN, pkt[9], &pkt[12..20], total)
+        }
+        6 => {
+            if pkt.len() < IPV6_HEADER_LEN {
+                return None;
+            }
+            let payload = usize::from(u16::from_be_bytes([pkt[4], pkt[5]]));
+            (
+                IPV6_HEADER_LEN,
+                pkt[6],
+                &pkt[8..40],
+                IPV6_HEADER_LEN + payload,
+            )
+        }
+        _ => return None,
+    };
+    let csum = match proto {
+        PROTO_TCP => TCP_CSUM,
+        PROTO_UDP => UDP_CSUM,
+        _ => return None,
+    };
+    if total != pkt.len() || total < l4 + csum + 2 {
+        return None;
+    }
+    let l4_len = (total - l4) as u64;
+    let pseudo = tun_rs::checksum(addrs, u64::from(proto) + l4_len);
+    let field = u16::from_be_bytes([pkt[l4 + csum], pkt[l4 + csum + 1]]);
+    // UDP's zero means "no checksum": nothing to complete.
+    (field == pseudo && !(proto == PROTO_UDP && field == 0)).then_some((l4, csum))
+}
 
 /// A TCP segment that may join a super-packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,7 +265,7 @@ impl Train {
 }
 
 /// Writes into `out` the header of `train`, headed by `head`: for one
-/// segment a zero virtio-net header and the packet's own headers; for
+/// segment the packet's own headers behind [`single_header`]'s; for
 /// more, a virtio-net header asking the kernel for TCP segmentation
 /// offload (`NEEDS_CSUM`, gso_size = the first payload), the IP header with
 /// the whole length (and, IPv4, its checksum again), the TCP header with
@@ -201,11 +275,12 @@ pub fn header(head: &[u8], train: &Train, out: &mut [u8; MAX_HEADER]) -> usize {
     let f = &train.first;
     let hl = f.header_len();
     let len = VNET_HDR_LEN + hl;
-    out[..VNET_HDR_LEN].fill(0);
     out[VNET_HDR_LEN..len].copy_from_slice(&head[..hl]);
     if train.count == 1 {
+        single_header(head, &mut out[..VNET_HDR_LEN]);
         return len;
     }
+    out[..VNET_HDR_LEN].fill(0);
     let ip = VNET_HDR_LEN;
     let tcp = ip + f.ip_len;
     let tcp_total = f.tcp_len + train.bytes;
@@ -377,6 +452,40 @@ mod tests {
                 assert_eq!(got[..4], want[..4], "segment {i}");
                 assert_eq!(got[6..10], want[6..10], "segment {i}");
                 assert_eq!(got[12..], want[12..], "segment {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_partial_checksum_is_marked_for_the_kernel_to_complete() {
+        for v6 in [false, true] {
+            let full = tcp_packet(v6, 7, TCP_ACK, b"some payload");
+            let mut out = [0xffu8; VNET_HDR_LEN];
+            single_header(&full, &mut out);
+            assert_eq!(out, [0u8; VNET_HDR_LEN], "a full checksum is left alone");
+            // What a sender's kernel leaves in the field: the pseudo-header sum.
+            let ip = if v6 { 40 } else { 20 };
+            let addrs = if v6 { &full[8..40] } else { &full[12..20] };
+            let pseudo = tun_rs::checksum(addrs, u64::from(PROTO_TCP) + (full.len() - ip) as u64);
+            let mut partial = full.clone();
+            partial[ip + TCP_CSUM..ip + TCP_CSUM + 2].copy_from_slice(&pseudo.to_be_bytes());
+            single_header(&partial, &mut out);
+            let hdr = tun_rs::VirtioNetHdr::decode(&out).unwrap();
+            assert_eq!((hdr.flags, hdr.gso_type), (NEEDS_CSUM, GSO_NONE));
+            assert_eq!(
+                (hdr.csum_start as usize, hdr.csum_offset as usize),
+                (ip, TCP_CSUM)
+            );
+            // Completed as the kernel would, it is the full checksum again.
+            let completed = !tun_rs::checksum(&partial[ip..], 0);
+            assert_eq!(
+                completed.to_be_bytes(),
+                [full[ip + TCP_CSUM], full[ip + TCP_CSUM + 1]]
+            );
+            // Anything else is left alone.
+            for junk in [&[][..], &[0x45u8; 19][..], &partial[..partial.len() - 1]] {
+                single_header(junk, &mut out);
+                assert_eq!(out, [0u8; VNET_HDR_LEN]);
             }
         }
     }

@@ -629,7 +629,7 @@ fn write_trains(w: &Worker, d: &SyncDevice, bufs: &[Vec<u8>], spans: &[(usize, u
     while k < spans.len() {
         let head = at(k);
         let Some(first) = coalesce::segment(head) else {
-            header[..VIRTIO_NET_HDR_LEN].fill(0);
+            coalesce::single_header(head, &mut header[..VIRTIO_NET_HDR_LEN]);
             let iov = [
                 IoSlice::new(&header[..VIRTIO_NET_HDR_LEN]),
                 IoSlice::new(head),
