@@ -281,6 +281,9 @@ pub fn render(status: &Status, checks: &[FamilyCheck]) -> String {
             }
         );
         o += &format!("  NAT: {} — {}\n", f.nat_mode, f.nat_reason);
+        if let Some(d) = &s.data_path {
+            o += &format!("  data path: {d}\n");
+        }
         if s.paused {
             o += "  REPAIRS PAUSED (weft debug resume): drift stays until resumed\n";
         }
@@ -464,6 +467,7 @@ mod tests {
             desired: Entries::default(),
             rejected: Vec::new(),
             paused: false,
+            data_path: None,
         }
     }
 

@@ -1324,16 +1324,23 @@ fn udp_repairs_itself_restarts_without_writes_and_follows_nodes() {
     }
     assert_full_matrix(&lab, "udp after the hand-overs");
 
-    // The forwarder's counters in /metrics: what it carried, and a datagram
-    // from the outside host (no peer) dropped as from an unknown sender.
+    // The data plane's counters in /metrics: what it carried (known peers'
+    // packets by the kernel path where weftd could attach it, as root in
+    // the lab; else all by the forwarder), and a datagram from the outside
+    // host (no peer) dropped by the forwarder as from an unknown sender.
     let ns = &lab.nodes[node].ns;
     let m = scrape(ns, 8081).unwrap();
     let packets = |m: &weft_integration::weftd::Metrics, direction: &str| {
-        m.value(
+        [
             "weft_forwarder_packets_total",
-            &[("family", "ipv4"), ("direction", direction)],
-        )
-        .unwrap_or(0.0)
+            "weft_kernel_path_packets_total",
+        ]
+        .iter()
+        .map(|name| {
+            m.value(name, &[("family", "ipv4"), ("direction", direction)])
+                .unwrap_or(0.0)
+        })
+        .sum::<f64>()
     };
     assert!(
         packets(&m, "tx") > 0.0 && packets(&m, "rx") > 0.0,

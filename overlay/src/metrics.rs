@@ -129,6 +129,14 @@ impl Collector for DataPlanes {
             ("weft_forwarder_bytes", "Bytes of those packets", |s| {
                 (s.tx_bytes, s.rx_bytes)
             }),
+            (
+                "weft_kernel_path_packets",
+                "Packets the data plane's kernel path carried (the udp backend's tc eBPF programs): tx to peers, rx from them",
+                |s| s.kernel_packets,
+            ),
+            ("weft_kernel_path_bytes", "Bytes of those packets", |s| {
+                s.kernel_bytes
+            }),
         ] {
             let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             for (family, s) in &stats {

@@ -143,6 +143,10 @@ pub struct Snapshot {
     pub rejected: Vec<String>,
     /// Repairs paused ([`ReconcilerHandle::pause`]).
     pub paused: bool,
+    /// How the backend's own data plane carries packets, if it has one
+    /// ([`DataPlane::describe`](crate::backend::DataPlane::describe)).
+    #[serde(default)]
+    pub data_path: Option<String>,
 }
 
 /// A change of the input.
@@ -524,6 +528,7 @@ impl Reconciler {
                 .map(|e| e.to_string())
                 .collect(),
             paused: self.paused,
+            data_path: self.data_plane.as_ref().and_then(|dp| dp.describe()),
         }
     }
 

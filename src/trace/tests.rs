@@ -181,6 +181,7 @@ fn node(
                 desired,
                 rejected: Vec::new(),
                 paused: false,
+                data_path: None,
             },
         }],
         skipped: Vec::new(),

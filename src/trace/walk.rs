@@ -633,10 +633,16 @@ impl<R: Reader> Walker<'_, R> {
             (Some(f), None) => format!("subnet {} -> {}", f.subnet, f.to),
             (None, _) => format!("(no peer lease holds {dst})"),
         };
+        let by = if in_kernel(&status, dst) {
+            "weft's kernel path on {node} (a tc eBPF program on flannel0's egress)"
+        } else {
+            "weft's forwarder on {node}"
+        }
+        .replace("{node}", &node_name);
         self.hop(
             Step::Forwarder,
             node,
-            format!("weft's forwarder on {node_name} finds {dst}'s subnet in its peer table and sends the packet, unchanged, as one UDP datagram"),
+            format!("{by} finds {dst}'s subnet in its peer table and sends the packet, unchanged, as one UDP datagram"),
             "weft status".to_string(),
             vec![line],
         );
@@ -680,10 +686,16 @@ impl<R: Reader> Walker<'_, R> {
             ),
         };
         let known = known.is_some();
+        let heard = if in_kernel(&dest_status, dst) {
+            "{dest}'s kernel path (a tc eBPF program on its underlay's ingress) hears a known peer and hands the packet to its flannel0"
+        } else {
+            "{dest}'s forwarder hears a known peer and writes the packet into its flannel0"
+        }
+        .replace("{dest}", &dest_name);
         self.hop(
             Step::ForwarderPeer,
             dest,
-            format!("{dest_name}'s forwarder hears a known peer and writes the packet into its flannel0"),
+            heard,
             "weft status".to_string(),
             vec![line],
         );
@@ -978,4 +990,13 @@ fn snapshot_line(mode: NatMode, dst: IpAddr, r: weft_nat::Rule) -> String {
         .0
         .pop()
         .unwrap_or_default()
+}
+
+/// weftd's udp data plane for `dst`'s family carries known peers'
+/// packets in the kernel (its kernel path is attached).
+fn in_kernel(status: &crate::status::Status, dst: std::net::IpAddr) -> bool {
+    status.families.iter().any(|f| {
+        f.overlay.network.contains(&dst)
+            && f.overlay.data_path.as_deref() == Some(weft_overlay::backend::KERNEL_PATH)
+    })
 }

@@ -56,7 +56,13 @@ const UDP_CSUM: usize = 6;
 /// checksum equals the pseudo-header sum once in 65536 packets; such a
 /// packet is then taken as partial (and completed wrongly, should a
 /// device have to complete it: one retransmission).
-pub fn single_header(pkt: &[u8], out: &mut [u8]) {
+///
+/// Such a sender may also have framed a whole TCP super-packet (TSO) as
+/// one datagram, which a veth underlay passes on whole. A TCP packet with a
+/// partial checksum longer than `mtu` (the TUN's) is therefore written as
+/// the super-packet it is: segmentation offload with segments that fit
+/// `mtu`, which the kernel cuts only where it must.
+pub fn single_header(pkt: &[u8], mtu: usize, out: &mut [u8]) {
     let Some(hdr) = out.get_mut(..VNET_HDR_LEN) else {
         return;
     };
@@ -69,6 +75,19 @@ pub fn single_header(pkt: &[u8], out: &mut [u8]) {
     hdr[1] = GSO_NONE;
     hdr[6..8].copy_from_slice(&v(l4));
     hdr[8..10].copy_from_slice(&v(csum));
+    if csum == TCP_CSUM && pkt.len() > mtu {
+        let tcp_len = pkt.get(l4 + 12).map_or(0, |b| usize::from(b >> 4) * 4);
+        let headers = l4 + tcp_len;
+        if tcp_len >= 20 && pkt.len() > headers && mtu > headers {
+            hdr[1] = if l4 == IPV6_HEADER_LEN {
+                GSO_TCPV6
+            } else {
+                GSO_TCPV4
+            };
+            hdr[2..4].copy_from_slice(&v(headers));
+            hdr[4..6].copy_from_slice(&v(mtu - headers));
+        }
+    }
 }
 
 /// Where the L4 header starts and its checksum's offset in it, if `pkt` is
@@ -277,7 +296,8 @@ pub fn header(head: &[u8], train: &Train, out: &mut [u8; MAX_HEADER]) -> usize {
     let len = VNET_HDR_LEN + hl;
     out[VNET_HDR_LEN..len].copy_from_slice(&head[..hl]);
     if train.count == 1 {
-        single_header(head, &mut out[..VNET_HDR_LEN]);
+        // (A train's packets are no longer than the TUN's MTU.)
+        single_header(head, usize::MAX, &mut out[..VNET_HDR_LEN]);
         return len;
     }
     out[..VNET_HDR_LEN].fill(0);
@@ -461,7 +481,7 @@ mod tests {
         for v6 in [false, true] {
             let full = tcp_packet(v6, 7, TCP_ACK, b"some payload");
             let mut out = [0xffu8; VNET_HDR_LEN];
-            single_header(&full, &mut out);
+            single_header(&full, 1500, &mut out);
             assert_eq!(out, [0u8; VNET_HDR_LEN], "a full checksum is left alone");
             // What a sender's kernel leaves in the field: the pseudo-header sum.
             let ip = if v6 { 40 } else { 20 };
@@ -469,7 +489,7 @@ mod tests {
             let pseudo = tun_rs::checksum(addrs, u64::from(PROTO_TCP) + (full.len() - ip) as u64);
             let mut partial = full.clone();
             partial[ip + TCP_CSUM..ip + TCP_CSUM + 2].copy_from_slice(&pseudo.to_be_bytes());
-            single_header(&partial, &mut out);
+            single_header(&partial, 1500, &mut out);
             let hdr = tun_rs::VirtioNetHdr::decode(&out).unwrap();
             assert_eq!((hdr.flags, hdr.gso_type), (NEEDS_CSUM, GSO_NONE));
             assert_eq!(
@@ -482,9 +502,15 @@ mod tests {
                 completed.to_be_bytes(),
                 [full[ip + TCP_CSUM], full[ip + TCP_CSUM + 1]]
             );
+            // Longer than the MTU: a super-packet, cut into segments that fit.
+            let headers = ip + 32;
+            single_header(&partial, headers + 8, &mut out);
+            let hdr = tun_rs::VirtioNetHdr::decode(&out).unwrap();
+            assert_eq!(hdr.gso_type, if v6 { GSO_TCPV6 } else { GSO_TCPV4 });
+            assert_eq!((hdr.hdr_len as usize, hdr.gso_size as usize), (headers, 8));
             // Anything else is left alone.
             for junk in [&[][..], &[0x45u8; 19][..], &partial[..partial.len() - 1]] {
-                single_header(junk, &mut out);
+                single_header(junk, 1500, &mut out);
                 assert_eq!(out, [0u8; VNET_HDR_LEN]);
             }
         }

@@ -267,6 +267,11 @@ impl Forwarder {
                 .map_err(UdpError::Thread)?;
             handle.threads.push(t);
         }
+        if !cfg.share_port {
+            // Alone in the group: its datagrams spread by flow (a successor
+            // does the same once it has taken over).
+            handle.took_over_port();
+        }
         tracing::info!(
             device = %cfg.device,
             bind = %handle.local,
@@ -376,19 +381,26 @@ impl ForwarderHandle {
 
     /// After a take-over ([`ForwarderConfig::share_port`]), once the
     /// predecessor has stopped: the port's datagrams are spread over this
-    /// forwarder's sockets by the kernel's hash again (the predecessor
-    /// steered them all to one socket of its successor while it drained).
+    /// forwarder's sockets by flow again (the predecessor steered them all
+    /// to one socket of its successor while it drained).
     pub fn took_over(&self) {
-        if let Some(s) = &self.first_socket {
-            if let Err(error) = sock::steer_group_to(s, sock::NO_STEERING) {
-                tracing::warn!(%error, "cannot reset the port's reuse-port steering");
-            }
-        }
+        self.took_over_port();
         // Likewise the TUN's packets (the predecessor steered them all to
         // this forwarder's first queue).
         if let Some(q) = &self.steer_queue {
             if let Err(error) = steer::release(q) {
                 tracing::warn!(%error, "cannot clear the TUN device's steering program");
+            }
+        }
+    }
+
+    /// The port's datagrams spread over this forwarder's sockets by the flow
+    /// they carry ([`sock::spread_group`]).
+    fn took_over_port(&self) {
+        if let Some(s) = &self.first_socket {
+            let n = u32::try_from(self.sockets).unwrap_or(1);
+            if let Err(error) = sock::spread_group(s, n) {
+                tracing::warn!(%error, "cannot set the port's reuse-port steering");
             }
         }
     }

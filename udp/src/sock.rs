@@ -137,3 +137,64 @@ pub(crate) fn steer_group_to(sock: &UdpSocket, index: u32) -> io::Result<()> {
 
 /// No socket is number `u32::MAX`: the kernel's hash again.
 pub(crate) const NO_STEERING: u32 = u32::MAX;
+
+/// Makes the reuse-port group of `sock` spread datagrams over its first
+/// `n` sockets by the flow of the packet they carry. Left to itself the
+/// kernel hashes the datagram's own addresses and ports, which are the
+/// same for everything between two nodes (port 8285 to port 8285): one
+/// socket, one thread would receive all of it. The program hashes the
+/// inner IPv4 packet's addresses and the first 4 bytes after its header
+/// (TCP's and UDP's ports), so each flow stays on one socket (in order)
+/// and flows spread. Anything shorter, or IPv6, lands on socket 0.
+pub(crate) fn spread_group(sock: &UdpSocket, n: u32) -> io::Result<()> {
+    use nix::libc::{
+        sock_filter, sock_fprog, BPF_A, BPF_ABS, BPF_ALU, BPF_B, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD,
+        BPF_LDX, BPF_MEM, BPF_MISC, BPF_MOD, BPF_MUL, BPF_RET, BPF_RSH, BPF_ST, BPF_TAX, BPF_W,
+        BPF_X, BPF_XOR,
+    };
+    use nix::sys::socket::{setsockopt, sockopt};
+    let op = |code: u32, k: u32| sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    // The offsets are into the UDP payload: the inner packet.
+    let mut program = [
+        // Not IPv4 with a 20-byte header: socket 0.
+        op(BPF_LD | BPF_B | BPF_ABS, 0),
+        sock_filter {
+            code: (BPF_JMP | BPF_JEQ | BPF_K) as u16,
+            jt: 1,
+            jf: 0,
+            k: 0x45,
+        },
+        op(BPF_RET | BPF_K, 0),
+        // A = src ^ dst ^ ports
+        op(BPF_LD | BPF_W | BPF_ABS, 12),
+        op(BPF_ST, 0),
+        op(BPF_LD | BPF_W | BPF_ABS, 16),
+        op(BPF_LDX | BPF_W | BPF_MEM, 0),
+        op(BPF_ALU | BPF_XOR | BPF_X, 0),
+        op(BPF_ST, 0),
+        op(BPF_LD | BPF_W | BPF_ABS, 20),
+        op(BPF_LDX | BPF_W | BPF_MEM, 0),
+        op(BPF_ALU | BPF_XOR | BPF_X, 0),
+        // Fold the high half (the source port) into the low one, then mix
+        // the low bits upwards and take the high half: a client's ports
+        // often differ only above the lowest bit (Linux's connect hands
+        // out even ones), which a plain modulo would not see.
+        op(BPF_MISC | BPF_TAX, 0),
+        op(BPF_ALU | BPF_RSH | BPF_K, 16),
+        op(BPF_ALU | BPF_XOR | BPF_X, 0),
+        op(BPF_ALU | BPF_MUL | BPF_K, 0x9e37_79b1),
+        op(BPF_ALU | BPF_RSH | BPF_K, 16),
+        op(BPF_ALU | BPF_MOD | BPF_K, n.max(1)),
+        op(BPF_RET | BPF_A, 0),
+    ];
+    let fprog = sock_fprog {
+        len: program.len() as u16,
+        filter: program.as_mut_ptr(),
+    };
+    setsockopt(sock, sockopt::AttachReusePortCbpf, &fprog).map_err(io::Error::from)
+}

@@ -499,6 +499,8 @@ struct RxBufs {
     metas: [RecvMeta; RX_BATCH],
     /// The packets of one batch to write: (buffer, offset, length).
     spans: Vec<(usize, usize, usize)>,
+    /// The TUN's MTU as last read, and when (see [`RxBufs::mtu`]).
+    mtu: (usize, Option<std::time::Instant>),
 }
 
 impl RxBufs {
@@ -507,7 +509,22 @@ impl RxBufs {
             bufs: (0..RX_BATCH).map(|_| vec![0u8; RX_BUF]).collect(),
             metas: [RecvMeta::default(); RX_BATCH],
             spans: Vec::with_capacity(RX_PACKETS),
+            mtu: (1500, None),
         }
+    }
+
+    /// The TUN's MTU: read when a packet longer than the last reading
+    /// comes (a TCP super-packet, see [`coalesce::single_header`]), at most
+    /// once a second (the reconciler may set it after the start).
+    fn mtu(&mut self, d: &SyncDevice, longest: usize) -> usize {
+        let (mtu, read) = self.mtu;
+        let stale = read.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        if longest > mtu && stale {
+            if let Ok(m) = d.mtu() {
+                self.mtu = (usize::from(m), Some(std::time::Instant::now()));
+            }
+        }
+        self.mtu.0
     }
 }
 
@@ -559,7 +576,9 @@ fn final_drain(w: &Worker, tx: &mut TxBufs, rx: &mut RxBufs, dev: Option<&SyncDe
 /// One `recvmmsg` batch from the socket, forwarded to the TUN queue: the
 /// number of datagrams, or the receive's error (`WouldBlock` when empty).
 fn rx_batch(w: &Worker, b: &mut RxBufs, d: &SyncDevice) -> io::Result<usize> {
-    let RxBufs { bufs, metas, spans } = b;
+    let RxBufs {
+        bufs, metas, spans, ..
+    } = b;
     let n = {
         let mut it = bufs.iter_mut();
         let mut iovs: [IoSliceMut<'_>; RX_BATCH] = std::array::from_fn(|_| {
@@ -595,7 +614,9 @@ fn rx_batch(w: &Worker, b: &mut RxBufs, d: &SyncDevice) -> io::Result<usize> {
         }
     }
     if w.shared.offload {
-        write_trains(w, d, bufs, spans);
+        let longest = spans.iter().map(|s| s.2).max().unwrap_or(0);
+        let mtu = b.mtu(d, longest);
+        write_trains(w, d, &b.bufs, &b.spans, mtu);
     } else {
         for &(i, off, len) in spans.iter() {
             let pkt = &bufs[i][off..off + len];
@@ -619,7 +640,13 @@ fn rx_batch(w: &Worker, b: &mut RxBufs, d: &SyncDevice) -> io::Result<usize> {
 /// run of consecutive segments of one TCP flow as one GSO super-packet
 /// gathered from where the segments lie (see [`coalesce`]): one `writev`
 /// per run, no copy.
-fn write_trains(w: &Worker, d: &SyncDevice, bufs: &[Vec<u8>], spans: &[(usize, usize, usize)]) {
+fn write_trains(
+    w: &Worker,
+    d: &SyncDevice,
+    bufs: &[Vec<u8>],
+    spans: &[(usize, usize, usize)],
+    mtu: usize,
+) {
     let at = |k: usize| {
         let (i, off, len) = spans[k];
         &bufs[i][off..off + len]
@@ -628,8 +655,10 @@ fn write_trains(w: &Worker, d: &SyncDevice, bufs: &[Vec<u8>], spans: &[(usize, u
     let mut k = 0;
     while k < spans.len() {
         let head = at(k);
-        let Some(first) = coalesce::segment(head) else {
-            coalesce::single_header(head, &mut header[..VIRTIO_NET_HDR_LEN]);
+        let first = coalesce::segment(head).filter(|_| head.len() <= mtu);
+        let Some(first) = first else {
+            // Alone: not a TCP segment, or a whole super-packet.
+            coalesce::single_header(head, mtu, &mut header[..VIRTIO_NET_HDR_LEN]);
             let iov = [
                 IoSlice::new(&header[..VIRTIO_NET_HDR_LEN]),
                 IoSlice::new(head),

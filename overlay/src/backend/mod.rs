@@ -26,7 +26,7 @@ use serde_json::Value;
 
 pub use host_gw::HostGw;
 pub use section::{Section, SectionError};
-pub use udp::{UdpConfig, DEFAULT_UDP_PORT, TUN_DEVICE, UDP_OVERHEAD};
+pub use udp::{UdpConfig, DEFAULT_UDP_PORT, KERNEL_PATH, TUN_DEVICE, UDP_OVERHEAD};
 pub use vxlan::{
     VxlanBackendData, VxlanConfig, DEFAULT_VNI, DEFAULT_VXLAN_PORT, VXLAN6_HEADROOM, VXLAN_OVERHEAD,
 };
@@ -121,6 +121,11 @@ pub trait DataPlane: Send {
     fn counters(&self) -> Option<DataPlaneCounters> {
         None
     }
+
+    /// How it carries packets now, in a line for `weft status`.
+    fn describe(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Reads a data plane's counters (see [`DataPlane::counters`]).
@@ -139,6 +144,11 @@ pub struct DataPlaneStats {
     pub rx_bytes: u64,
     /// Packets dropped, by reason.
     pub drops: Vec<(&'static str, u64)>,
+    /// Packets the data plane's kernel part carried (e.g. the udp
+    /// backend's tc programs), not in the counts above: tx, rx.
+    pub kernel_packets: (u64, u64),
+    /// Their bytes: tx, rx.
+    pub kernel_bytes: (u64, u64),
 }
 
 /// `same` for a backend whose configuration is its value.

@@ -3,9 +3,12 @@
 //! takes the whole cluster network; a userspace forwarder (`weft-udp`)
 //! sends each IP packet, unchanged, as one UDP datagram to the peer node's
 //! address on `Backend.Port` (8285), flannel's wire format, and writes what
-//! it receives from known peers back into the device. The kernel holds no
-//! per-peer entry: each peer is a line of the forwarder's table. IPv4 only,
-//! as flannel's. `backend-data` is `null`.
+//! it receives from known peers back into the device. Where weftd may load
+//! eBPF (`CAP_BPF`, Linux 6.6), `weft-udp`'s kernel path carries known
+//! peers' packets in the same framing without leaving the kernel, and the
+//! forwarder the rest. The kernel holds no per-peer route or neighbour:
+//! each peer is a line of the forwarder's table (and of the kernel path's
+//! maps). IPv4 only, as flannel's. `backend-data` is `null`.
 
 use std::any::Any;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -28,6 +31,11 @@ pub const DEFAULT_UDP_PORT: u16 = 8285;
 pub const UDP_OVERHEAD: u32 = 28;
 /// flannel's TUN device.
 pub const TUN_DEVICE: &str = "flannel0";
+/// [`DataPlane::describe`] with the kernel path attached.
+pub const KERNEL_PATH: &str =
+    "kernel path: tc eBPF programs on flannel0's egress and the underlay's ingress carry known peers' IPv4 packets; the forwarder the rest";
+/// [`DataPlane::describe`] without it.
+pub const FORWARDER_ONLY: &str = "forwarder: every packet through weft's userspace forwarder";
 
 /// The udp backend: `Backend.Port`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,6 +196,14 @@ impl DataPlane for Forwarder {
         }
     }
 
+    fn describe(&self) -> Option<String> {
+        let f = self.0.as_ref()?;
+        Some(match f.kernel_path() {
+            Ok(()) => KERNEL_PATH.to_string(),
+            Err(why) => format!("{FORWARDER_ONLY} (kernel path not in use: {why})"),
+        })
+    }
+
     fn counters(&self) -> Option<DataPlaneCounters> {
         let reader = self.0.as_ref()?.stats_reader();
         Some(std::sync::Arc::new(move || {
@@ -198,6 +214,8 @@ impl DataPlane for Forwarder {
                 rx_packets: s.rx_packets,
                 rx_bytes: s.rx_bytes,
                 drops: s.drops_by_reason().to_vec(),
+                kernel_packets: (s.kernel_tx_packets, s.kernel_rx_packets),
+                kernel_bytes: (s.kernel_tx_bytes, s.kernel_rx_bytes),
             }
         }))
     }

@@ -246,7 +246,6 @@ impl Asm {
     }
 
     /// `goto to`.
-    #[cfg(test)]
     pub fn goto(&mut self, to: Label) {
         self.jump(JMP, R0, R0, 0, to);
     }

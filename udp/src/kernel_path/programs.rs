@@ -17,7 +17,10 @@
 //! train of datagrams merged by GRO is not) loses its outer headers, has
 //! its TTL decremented, and enters the stack as received by `flannel0`
 //! (`bpf_redirect` to its ingress), the very place the forwarder's TUN
-//! write puts it.
+//! write puts it. A TCP super-packet framed whole (a veth underlay passes
+//! them on as they were sent) is unframed whole only where the kernel can
+//! also clear its UDP tunnel marks (`BPF_F_ADJ_ROOM_DECAP_L4_UDP`, kernels
+//! after 6.18); elsewhere the forwarder takes it (see the receive program).
 //!
 //! Everything else goes on as if the programs were not there (`TCX_NEXT`):
 //! IPv6 inside, unknown subnets, unknown senders, TTL about to expire,
@@ -57,6 +60,9 @@ const ADJ_FIXED_GSO: i32 = 1 << 0;
 const ADJ_ENCAP_L3_IPV4: i32 = 1 << 1;
 /// `BPF_F_ADJ_ROOM_ENCAP_L4_UDP`.
 const ADJ_ENCAP_L4_UDP: i32 = 1 << 4;
+/// `BPF_F_ADJ_ROOM_DECAP_L4_UDP` (kernels after 6.18): also clears a
+/// super-packet's UDP tunnel state.
+const ADJ_DECAP_L4_UDP: i32 = 1 << 10;
 /// `BPF_F_INGRESS`.
 const F_INGRESS: i32 = 1;
 
@@ -70,6 +76,7 @@ const SKB_LEN: i16 = 0;
 const SKB_PKT_TYPE: i16 = 4;
 const SKB_PROTOCOL: i16 = 16;
 const SKB_GSO_SEGS: i16 = 164;
+const SKB_GSO_SIZE: i16 = 176;
 
 /// Bytes of the Ethernet header in front of what the underlay receives.
 const ETH: i32 = 14;
@@ -361,13 +368,35 @@ pub(crate) fn receive(p: ReceiveParams) -> Result<Vec<Insn>, AsmError> {
     a.alu_imm(Alu::Add, R2, -(ETH + OUTER));
     a.jump_reg(Cond::Ne, R2, R9, next);
     a.load(Size::W, R8, R6, SKB_GSO_SEGS);
-    // Off with the outer headers (the Ethernet header moves up).
+    // Off with the outer headers (the Ethernet header moves up), keeping
+    // a super-packet's segment size (else it grows by the headers taken
+    // off, and each segment would exceed the pods' MTU). Kernels that know
+    // `BPF_F_ADJ_ROOM_DECAP_L4_UDP` also forget that a super-packet was a
+    // UDP tunnel one. Older ones refuse the flag; there a super-packet
+    // would keep its tunnel marks, and every device on its way to a pod
+    // without offloads for tunnels (a bridge: `cni0`) would cut it up in
+    // software: it goes to the forwarder instead, which hands it to the
+    // TUN as the plain TCP super-packet it is. A single packet is
+    // unframed without the flag.
+    let decapped = a.label();
+    let single = a.label();
+    a.mov(R1, R6);
+    a.mov_imm(R2, -OUTER);
+    a.mov_imm(R3, ADJ_ROOM_MAC);
+    a.mov_imm(R4, ADJ_FIXED_GSO | ADJ_DECAP_L4_UDP);
+    a.call(SKB_ADJUST_ROOM);
+    a.jump_imm(Cond::Eq, R0, 0, decapped);
+    a.load(Size::W, R2, R6, SKB_GSO_SIZE);
+    a.jump_imm(Cond::Eq, R2, 0, single);
+    a.goto(next);
+    a.bind(single)?;
     a.mov(R1, R6);
     a.mov_imm(R2, -OUTER);
     a.mov_imm(R3, ADJ_ROOM_MAC);
     a.mov_imm(R4, 0);
     a.call(SKB_ADJUST_ROOM);
     a.jump_imm(Cond::Ne, R0, 0, next);
+    a.bind(decapped)?;
     decrement_ttl(&mut a, ETH, INNER + 8, drop);
     a.load(Size::W, R9, R6, SKB_LEN);
     a.alu_imm(Alu::Add, R9, -ETH);
