@@ -76,6 +76,8 @@ impl Size {
 pub enum Alu {
     /// `+=`
     Add = 0x00,
+    /// `-=`
+    Sub = 0x10,
     /// `&=`
     And = 0x50,
     /// `>>=` (logical)
@@ -93,6 +95,8 @@ pub enum Cond {
     Eq = 0x10,
     /// `!=`
     Ne = 0x50,
+    /// `<`
+    Lt = 0xa0,
     /// `<=`
     Le = 0xb0,
 }

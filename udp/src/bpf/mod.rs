@@ -40,6 +40,8 @@ pub enum MapType {
     Hash = 1,
     /// `BPF_MAP_TYPE_PERCPU_ARRAY`.
     PercpuArray = 6,
+    /// `BPF_MAP_TYPE_LRU_HASH`.
+    LruHash = 9,
     /// `BPF_MAP_TYPE_LPM_TRIE`.
     LpmTrie = 11,
 }

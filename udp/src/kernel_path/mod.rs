@@ -33,6 +33,9 @@ use programs::{ReceiveParams, SendParams, STAT_RX, STAT_TX};
 
 /// Most peers (subnets, public IPs) the maps hold.
 const MAX_PEERS: u32 = 65_536;
+/// Flows the receive program remembers as sending super-packets to the
+/// forwarder (an LRU: the oldest is forgotten first).
+const MAX_FLOWS: u32 = 4096;
 /// How often the devices' numbers are checked.
 const WATCH: Duration = Duration::from_millis(100);
 
@@ -157,6 +160,7 @@ struct Attached {
 struct Inner {
     routes: OwnedFd,
     sources: OwnedFd,
+    flows: OwnedFd,
     stats: Arc<OwnedFd>,
     device: String,
     port: u16,
@@ -217,6 +221,7 @@ impl Inner {
         })?;
         let receive = programs::receive(ReceiveParams {
             sources: self.sources.as_raw_fd(),
+            flows: self.flows.as_raw_fd(),
             stats: self.stats.as_raw_fd(),
             tun,
             port: self.port,
@@ -303,6 +308,7 @@ impl KernelPath {
             MAX_PEERS,
             NO_PREALLOC,
         )?;
+        let flows = map("weft_udp_flows", MapType::LruHash, 12, 8, MAX_FLOWS, 0)?;
         let stats = Arc::new(map("weft_udp_stats", MapType::PercpuArray, 4, 16, 2, 0)?);
         let cpus = bpf::possible_cpus().map_err(|source| KernelPathError::Map {
             name: "weft_udp_stats",
@@ -311,6 +317,7 @@ impl KernelPath {
         let inner = Arc::new(Inner {
             routes,
             sources,
+            flows,
             stats: stats.clone(),
             device: device.to_owned(),
             port,

@@ -36,6 +36,10 @@ use crate::bpf::asm::{
 
 /// `bpf_map_lookup_elem`.
 const MAP_LOOKUP_ELEM: i32 = 1;
+/// `bpf_map_update_elem`.
+const MAP_UPDATE_ELEM: i32 = 2;
+/// `bpf_ktime_get_ns`.
+const KTIME_GET_NS: i32 = 5;
 /// `bpf_skb_store_bytes`.
 const SKB_STORE_BYTES: i32 = 9;
 /// `bpf_l3_csum_replace`.
@@ -65,6 +69,10 @@ const ADJ_ENCAP_L4_UDP: i32 = 1 << 4;
 const ADJ_DECAP_L4_UDP: i32 = 1 << 10;
 /// `BPF_F_INGRESS`.
 const F_INGRESS: i32 = 1;
+
+/// How long a flow whose super-packets the forwarder carries stays with
+/// it whole (1 s).
+const STICKY_NS: i32 = 1_000_000_000;
 
 /// `TCX_NEXT`: not ours, on to the next program (or the stack).
 const TCX_NEXT: i32 = -1;
@@ -117,6 +125,9 @@ pub(crate) struct SendParams {
 pub(crate) struct ReceiveParams {
     /// The `sources` hash: peers' public IPv4 addresses.
     pub sources: i32,
+    /// The `flows` LRU hash: inner (source, destination, ports) → when the
+    /// flow last sent a super-packet to the forwarder (ns).
+    pub flows: i32,
     /// The `stats` per-CPU array.
     pub stats: i32,
     /// The TUN device the packets are handed to.
@@ -311,14 +322,17 @@ pub(crate) fn send(p: SendParams) -> Result<Vec<Insn>, AsmError> {
 
 /// The receive program, for the underlay's ingress.
 pub(crate) fn receive(p: ReceiveParams) -> Result<Vec<Insn>, AsmError> {
-    // Stack: the outer IPv4 header at -48, UDP at -28, the inner IPv4
-    // header at -20; the source address as a key at -56, a stats key at
-    // -64.
-    const HDR: i16 = -48;
+    // Stack: the outer IPv4 header at -56, UDP at -36, the inner IPv4
+    // header at -28 and the 4 bytes after it (TCP's and UDP's ports; with
+    // the addresses before them the flow's key); the source address as a
+    // key at -64, a stats key at -72, a time at -80.
+    const HDR: i16 = -56;
     const UDP: i16 = HDR + 20;
     const INNER: i16 = UDP + 8;
-    const SRC: i16 = -56;
-    const SKEY: i16 = -64;
+    const FLOW: i16 = INNER + 12;
+    const SRC: i16 = -64;
+    const SKEY: i16 = -72;
+    const TIME: i16 = -80;
     let mut a = Asm::new();
     let next = a.label();
     let drop = a.label();
@@ -333,7 +347,7 @@ pub(crate) fn receive(p: ReceiveParams) -> Result<Vec<Insn>, AsmError> {
     a.mov_imm(R2, ETH);
     a.mov(R3, FP);
     a.alu_imm(Alu::Add, R3, i32::from(HDR));
-    a.mov_imm(R4, 48);
+    a.mov_imm(R4, 52);
     a.call(SKB_LOAD_BYTES);
     a.jump_imm(Cond::Ne, R0, 0, next);
     // IPv4 without options, UDP, not a fragment, to the port, to us.
@@ -378,8 +392,14 @@ pub(crate) fn receive(p: ReceiveParams) -> Result<Vec<Insn>, AsmError> {
     // software: it goes to the forwarder instead, which hands it to the
     // TUN as the plain TCP super-packet it is. A single packet is
     // unframed without the flag.
+    //
+    // The forwarder then carries a flow's super-packets, and its single
+    // packets must not overtake them on the kernel path: a flow that sent
+    // one in the last second (the `flows` LRU map) goes to the forwarder
+    // whole.
     let decapped = a.label();
     let single = a.label();
+    let plain = a.label();
     a.mov(R1, R6);
     a.mov_imm(R2, -OUTER);
     a.mov_imm(R3, ADJ_ROOM_MAC);
@@ -388,8 +408,27 @@ pub(crate) fn receive(p: ReceiveParams) -> Result<Vec<Insn>, AsmError> {
     a.jump_imm(Cond::Eq, R0, 0, decapped);
     a.load(Size::W, R2, R6, SKB_GSO_SIZE);
     a.jump_imm(Cond::Eq, R2, 0, single);
+    a.call(KTIME_GET_NS);
+    a.store(Size::Dw, FP, TIME, R0);
+    a.load_map(R1, p.flows);
+    a.mov(R2, FP);
+    a.alu_imm(Alu::Add, R2, i32::from(FLOW));
+    a.mov(R3, FP);
+    a.alu_imm(Alu::Add, R3, i32::from(TIME));
+    a.mov_imm(R4, 0);
+    a.call(MAP_UPDATE_ELEM);
     a.goto(next);
     a.bind(single)?;
+    a.load_map(R1, p.flows);
+    a.mov(R2, FP);
+    a.alu_imm(Alu::Add, R2, i32::from(FLOW));
+    a.call(MAP_LOOKUP_ELEM);
+    a.jump_imm(Cond::Eq, R0, 0, plain);
+    a.load(Size::Dw, R7, R0, 0);
+    a.call(KTIME_GET_NS);
+    a.alu_reg(Alu::Sub, R0, R7);
+    a.jump_imm(Cond::Lt, R0, STICKY_NS, next);
+    a.bind(plain)?;
     a.mov(R1, R6);
     a.mov_imm(R2, -OUTER);
     a.mov_imm(R3, ADJ_ROOM_MAC);
@@ -428,6 +467,7 @@ mod tests {
         .unwrap();
         let r = receive(ReceiveParams {
             sources: 5,
+            flows: 6,
             stats: 4,
             tun: 7,
             port: 8285,
