@@ -153,8 +153,8 @@ fn sum(handles: &[&ForwarderHandle]) -> Stats {
         s.rx_writes += x.rx_writes;
         s.drop_send_error += x.drop_send_error;
         s.drop_tun_write_error += x.drop_tun_write_error;
-        s.kernel_tx_packets += x.kernel_tx_packets;
-        s.kernel_rx_packets += x.kernel_rx_packets;
+        s.kernel_tx_bytes += x.kernel_tx_bytes;
+        s.kernel_rx_bytes += x.kernel_rx_bytes;
     }
     s
 }
@@ -243,8 +243,8 @@ fn iperf(
         rx_writes: s1.rx_writes - s0.rx_writes,
         drop_send_error: s1.drop_send_error - s0.drop_send_error,
         drop_tun_write_error: s1.drop_tun_write_error - s0.drop_tun_write_error,
-        kernel_tx_packets: s1.kernel_tx_packets - s0.kernel_tx_packets,
-        kernel_rx_packets: s1.kernel_rx_packets - s0.kernel_rx_packets,
+        kernel_tx_bytes: s1.kernel_tx_bytes - s0.kernel_tx_bytes,
+        kernel_rx_bytes: s1.kernel_rx_bytes - s0.kernel_rx_bytes,
         ..Stats::default()
     };
     Ok(Run {
@@ -295,7 +295,7 @@ pub fn run(o: &ThroughputOptions) -> anyhow::Result<()> {
         "\n## Throughput: UDP backend forwarder vs kernel VXLAN (iperf3 TCP, {} s, best of {}, {} CPUs)\n",
         o.secs, o.runs, cpus
     );
-    println!("| streams | backend | Gbit/s | udp/vxlan | forwarder CPU s per Gbit | datagrams per sendmsg | packets per TUN write | packets in the kernel path | drops |");
+    println!("| streams | backend | Gbit/s | udp/vxlan | forwarder CPU s per Gbit | datagrams per sendmsg | packets per TUN write | bytes by the kernel path: sent, received | drops |");
     println!("|---|---|---|---|---|---|---|---|---|");
     for streams in [1u32, 4] {
         eprintln!("  .. vxlan, {streams} stream(s)");
@@ -318,25 +318,25 @@ pub fn run(o: &ThroughputOptions) -> anyhow::Result<()> {
             let per_send = per(r.stats.tx_packets, r.stats.tx_sends);
             let per_write = per(r.stats.rx_packets, r.stats.rx_writes);
             let s = r.stats;
-            let in_kernel = per(
-                s.kernel_tx_packets + s.kernel_rx_packets,
-                s.kernel_tx_packets + s.kernel_rx_packets + s.tx_packets + s.rx_packets,
-            );
+            let sent = per(s.kernel_tx_bytes, s.kernel_tx_bytes + s.tx_bytes);
+            let received = per(s.kernel_rx_bytes, s.kernel_rx_bytes + s.rx_bytes);
             println!(
-                "| {streams} | {label} | {:.2} | {:.2} | {:.3} | {:.1} | {:.1} | {:.1}% | {} |",
+                "| {streams} | {label} | {:.2} | {:.2} | {:.3} | {:.1} | {:.1} | {:.0}%, {:.0}% | {} |",
                 r.gbps,
                 if vx.gbps > 0.0 { r.gbps / vx.gbps } else { 0.0 },
                 per_gbit,
                 per_send,
                 per_write,
-                in_kernel * 100.0,
+                sent * 100.0,
+                received * 100.0,
                 s.drop_send_error + s.drop_tun_write_error,
             );
         }
     }
     println!(
         "\n(CPU s per Gbit: user+system seconds of both nodes' forwarder threads divided by the Gbit carried; \
-         datagrams per sendmsg > 1 is UDP GSO; packets per TUN write > 1 is received segments coalesced into one super-packet.)"
+         datagrams per sendmsg > 1 is UDP GSO; packets per TUN write > 1 is received segments coalesced into one super-packet; \
+         the kernel path's share: of the bytes sent by a's send program, of those received by b's receive program, the rest by the forwarders.)"
     );
     Ok(())
 }
