@@ -270,8 +270,26 @@ mod tests {
             .unwrap();
         assert_eq!(
             c.backend,
-            BackendConfig::from(weft_overlay::UdpConfig { port: 8300 })
+            BackendConfig::from(weft_overlay::UdpConfig {
+                port: 8300,
+                kernel_path: true
+            })
         );
+        let c = NetConf::parse(
+            r#"{"Network":"10.1.0.0/16","Backend":{"Type":"udp","KernelPath":false}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.backend,
+            BackendConfig::from(weft_overlay::UdpConfig {
+                port: 8285,
+                kernel_path: false
+            })
+        );
+        assert!(NetConf::parse(
+            r#"{"Network":"10.1.0.0/16","Backend":{"Type":"udp","KernelPath":"no"}}"#
+        )
+        .is_err());
     }
 
     #[test]

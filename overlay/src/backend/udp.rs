@@ -37,17 +37,23 @@ pub const KERNEL_PATH: &str =
 /// [`DataPlane::describe`] without it.
 pub const FORWARDER_ONLY: &str = "forwarder: every packet through weft's userspace forwarder";
 
-/// The udp backend: `Backend.Port`.
+/// The udp backend: `Backend.Port`, and weft's `Backend.KernelPath`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UdpConfig {
     /// `Port` (default 8285).
     pub port: u16,
+    /// `KernelPath` (weft's; default true): carry known peers' packets in
+    /// the kernel where weftd may (see [`KERNEL_PATH`]); false keeps every
+    /// packet in the forwarder, as flannel's proxy. flannel ignores the
+    /// field, so a net-conf.json with it still serves flannel's nodes.
+    pub kernel_path: bool,
 }
 
 impl Default for UdpConfig {
     fn default() -> Self {
         UdpConfig {
             port: DEFAULT_UDP_PORT,
+            kernel_path: true,
         }
     }
 }
@@ -60,7 +66,8 @@ fn parse(b: &Section<'_>, ignored: &mut Vec<String>) -> Result<BackendConfig, Se
     if let Some(port) = b.port("Port", DEFAULT_UDP_PORT)? {
         c.port = port;
     }
-    report_unknown(b, "udp", &["Type", "Port"], ignored);
+    c.kernel_path = b.boolean("KernelPath", true)?;
+    report_unknown(b, "udp", &["Type", "Port", "KernelPath"], ignored);
     Ok(BackendConfig::from(c))
 }
 
@@ -140,7 +147,7 @@ impl Backend for UdpConfig {
             queues: 0,
             offload: true,
             share_port: taking_over,
-            kernel_path: true,
+            kernel_path: self.kernel_path,
         };
         let tun_error = |e: weft_udp::UdpError| KernelError::Tun {
             device: TUN_DEVICE.to_string(),

@@ -31,7 +31,7 @@
 use std::net::Ipv4Addr;
 
 use crate::bpf::asm::{
-    Alu, Asm, AsmError, Cond, Insn, Reg, Size, FP, R0, R1, R2, R3, R4, R5, R6, R7, R8, R9,
+    Alu, Asm, AsmError, Cond, Insn, Label, Reg, Size, FP, R0, R1, R2, R3, R4, R5, R6, R7, R8, R9,
 };
 
 /// `bpf_map_lookup_elem`.
@@ -172,7 +172,7 @@ fn count(
 /// Decrements the TTL of the IPv4 header at packet offset `at`, whose TTL
 /// and protocol bytes are also on the stack at `fp + copy`, and mends the
 /// header checksum. Jumps to `fail` if the kernel could not write.
-fn decrement_ttl(a: &mut Asm, at: i32, copy: i16, fail: crate::bpf::asm::Label) {
+fn decrement_ttl(a: &mut Asm, at: i32, copy: i16, fail: Label) {
     // Old (TTL, protocol) word, as it is in the packet.
     a.load(Size::H, R9, FP, copy);
     a.load(Size::B, R2, FP, copy);
@@ -195,6 +195,43 @@ fn decrement_ttl(a: &mut Asm, at: i32, copy: i16, fail: crate::bpf::asm::Label) 
     a.jump_imm(Cond::Ne, R0, 0, fail);
 }
 
+/// `r6 = ctx`; anything but IPv4 goes to `next`.
+fn ipv4_only(a: &mut Asm, next: Label) {
+    a.mov(R6, R1);
+    a.load(Size::W, R2, R6, SKB_PROTOCOL);
+    a.jump_imm(Cond::Ne, R2, wire16(0x0800), next);
+}
+
+/// Copies `len` packet bytes from offset `at` to the stack at `fp + to`;
+/// a packet too short goes to `fail`.
+fn load_bytes(a: &mut Asm, at: i32, to: i16, len: i32, fail: Label) {
+    a.mov(R1, R6);
+    a.mov_imm(R2, at);
+    a.mov(R3, FP);
+    a.alu_imm(Alu::Add, R3, i32::from(to));
+    a.mov_imm(R4, len);
+    a.call(SKB_LOAD_BYTES);
+    a.jump_imm(Cond::Ne, R0, 0, fail);
+}
+
+/// `r0 = bpf_skb_adjust_room(skb, diff, BPF_ADJ_ROOM_MAC, flags)`.
+fn adjust_room(a: &mut Asm, diff: i32, flags: i32) {
+    a.mov(R1, R6);
+    a.mov_imm(R2, diff);
+    a.mov_imm(R3, ADJ_ROOM_MAC);
+    a.mov_imm(R4, flags);
+    a.call(SKB_ADJUST_ROOM);
+}
+
+/// The two exits every program shares, then the finished program.
+fn finish(mut a: Asm, next: Label, drop: Label) -> Result<Vec<Insn>, AsmError> {
+    a.bind(next)?;
+    ret(&mut a, TCX_NEXT);
+    a.bind(drop)?;
+    ret(&mut a, TC_ACT_SHOT);
+    a.finish()
+}
+
 /// Returns `code`.
 fn ret(a: &mut Asm, code: i32) {
     a.mov_imm(R0, code);
@@ -214,17 +251,9 @@ pub(crate) fn send(p: SendParams) -> Result<Vec<Insn>, AsmError> {
     let next = a.label();
     let drop = a.label();
 
-    a.mov(R6, R1);
-    a.load(Size::W, R2, R6, SKB_PROTOCOL);
-    a.jump_imm(Cond::Ne, R2, wire16(0x0800), next);
+    ipv4_only(&mut a, next);
     // The inner header.
-    a.mov(R1, R6);
-    a.mov_imm(R2, 0);
-    a.mov(R3, FP);
-    a.alu_imm(Alu::Add, R3, i32::from(INNER));
-    a.mov_imm(R4, 20);
-    a.call(SKB_LOAD_BYTES);
-    a.jump_imm(Cond::Ne, R0, 0, next);
+    load_bytes(&mut a, 0, INNER, 20, next);
     a.load(Size::B, R2, FP, INNER);
     a.alu_imm(Alu::And, R2, 0xf0);
     a.jump_imm(Cond::Ne, R2, 0x40, next);
@@ -245,11 +274,11 @@ pub(crate) fn send(p: SendParams) -> Result<Vec<Insn>, AsmError> {
     a.load(Size::W, R8, R6, SKB_GSO_SEGS);
     // Room for the outer headers in front; a super-packet becomes a UDP
     // tunnel super-packet.
-    a.mov(R1, R6);
-    a.mov_imm(R2, OUTER);
-    a.mov_imm(R3, ADJ_ROOM_MAC);
-    a.mov_imm(R4, ADJ_FIXED_GSO | ADJ_ENCAP_L3_IPV4 | ADJ_ENCAP_L4_UDP);
-    a.call(SKB_ADJUST_ROOM);
+    adjust_room(
+        &mut a,
+        OUTER,
+        ADJ_FIXED_GSO | ADJ_ENCAP_L3_IPV4 | ADJ_ENCAP_L4_UDP,
+    );
     a.jump_imm(Cond::Ne, R0, 0, next);
     // From here the packet is changed: a failure drops it.
     decrement_ttl(&mut a, OUTER, INNER + 8, drop);
@@ -313,11 +342,7 @@ pub(crate) fn send(p: SendParams) -> Result<Vec<Insn>, AsmError> {
     a.call(REDIRECT_NEIGH);
     a.exit();
 
-    a.bind(next)?;
-    ret(&mut a, TCX_NEXT);
-    a.bind(drop)?;
-    ret(&mut a, TC_ACT_SHOT);
-    a.finish()
+    finish(a, next, drop)
 }
 
 /// The receive program, for the underlay's ingress.
@@ -337,19 +362,11 @@ pub(crate) fn receive(p: ReceiveParams) -> Result<Vec<Insn>, AsmError> {
     let next = a.label();
     let drop = a.label();
 
-    a.mov(R6, R1);
-    a.load(Size::W, R2, R6, SKB_PROTOCOL);
-    a.jump_imm(Cond::Ne, R2, wire16(0x0800), next);
+    ipv4_only(&mut a, next);
     // PACKET_HOST only.
     a.load(Size::W, R2, R6, SKB_PKT_TYPE);
     a.jump_imm(Cond::Ne, R2, 0, next);
-    a.mov(R1, R6);
-    a.mov_imm(R2, ETH);
-    a.mov(R3, FP);
-    a.alu_imm(Alu::Add, R3, i32::from(HDR));
-    a.mov_imm(R4, 52);
-    a.call(SKB_LOAD_BYTES);
-    a.jump_imm(Cond::Ne, R0, 0, next);
+    load_bytes(&mut a, ETH, HDR, 52, next);
     // IPv4 without options, UDP, not a fragment, to the port, to us.
     a.load(Size::B, R2, FP, HDR);
     a.jump_imm(Cond::Ne, R2, 0x45, next);
@@ -400,11 +417,7 @@ pub(crate) fn receive(p: ReceiveParams) -> Result<Vec<Insn>, AsmError> {
     let decapped = a.label();
     let single = a.label();
     let plain = a.label();
-    a.mov(R1, R6);
-    a.mov_imm(R2, -OUTER);
-    a.mov_imm(R3, ADJ_ROOM_MAC);
-    a.mov_imm(R4, ADJ_FIXED_GSO | ADJ_DECAP_L4_UDP);
-    a.call(SKB_ADJUST_ROOM);
+    adjust_room(&mut a, -OUTER, ADJ_FIXED_GSO | ADJ_DECAP_L4_UDP);
     a.jump_imm(Cond::Eq, R0, 0, decapped);
     a.load(Size::W, R2, R6, SKB_GSO_SIZE);
     a.jump_imm(Cond::Eq, R2, 0, single);
@@ -429,11 +442,7 @@ pub(crate) fn receive(p: ReceiveParams) -> Result<Vec<Insn>, AsmError> {
     a.alu_reg(Alu::Sub, R0, R7);
     a.jump_imm(Cond::Lt, R0, STICKY_NS, next);
     a.bind(plain)?;
-    a.mov(R1, R6);
-    a.mov_imm(R2, -OUTER);
-    a.mov_imm(R3, ADJ_ROOM_MAC);
-    a.mov_imm(R4, 0);
-    a.call(SKB_ADJUST_ROOM);
+    adjust_room(&mut a, -OUTER, 0);
     a.jump_imm(Cond::Ne, R0, 0, next);
     a.bind(decapped)?;
     decrement_ttl(&mut a, ETH, INNER + 8, drop);
@@ -445,11 +454,7 @@ pub(crate) fn receive(p: ReceiveParams) -> Result<Vec<Insn>, AsmError> {
     a.call(REDIRECT);
     a.exit();
 
-    a.bind(next)?;
-    ret(&mut a, TCX_NEXT);
-    a.bind(drop)?;
-    ret(&mut a, TC_ACT_SHOT);
-    a.finish()
+    finish(a, next, drop)
 }
 
 #[cfg(test)]
