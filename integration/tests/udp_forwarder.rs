@@ -1010,3 +1010,39 @@ fn received_flows_spread_over_the_queues() {
     // By chance all on one: 2^-39.
     assert!(per.iter().all(|&n| n > 0), "received per queue: {per:?}");
 }
+
+/// A peer table the maps cannot hold (more than 65,536 subnets) makes the
+/// kernel path give up for good — its maps might otherwise still send to a
+/// peer that is gone — and the forwarder carries everything.
+#[test]
+fn kernel_path_gives_up_when_its_maps_cannot_follow() {
+    require_netns!();
+    let p = Pair::with("kp-full", true, true, true);
+    let mut peers: Vec<(IpNet, IpAddr)> = (0..65_600u32)
+        .map(|i| {
+            // 11.0.0.0/24, 11.0.1.0/24, …, then 12.0.0.0/24, …
+            let net = format!("{}.{}.{}.0/24", 11 + (i >> 16), (i >> 8) & 0xff, i & 0xff);
+            (
+                net.parse().unwrap(),
+                IpAddr::V4(Ipv4Addr::new(172, 19, 0, 1)),
+            )
+        })
+        .collect();
+    peers.push((p.b.subnet(), p.b.ip.into()));
+    p.fa.set_peers(&peers);
+    let why =
+        p.fa.kernel_path()
+            .expect_err("the kernel path should have given up");
+    assert!(why.contains("could not be written"), "{why}");
+    let before = p.fa.stats();
+    assert!(
+        p.a.ping(p.b.tun_ip(), 2),
+        "a cannot ping b through its forwarder"
+    );
+    let after = p.fa.stats();
+    assert!(after.tx_packets >= before.tx_packets + 2, "{after:?}");
+    assert_eq!(
+        after.kernel_tx_packets, before.kernel_tx_packets,
+        "{after:?}"
+    );
+}

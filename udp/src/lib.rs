@@ -54,7 +54,6 @@ pub mod coalesce;
 mod kernel_path;
 pub mod packet;
 mod sock;
-
 mod stats;
 mod steer;
 pub mod table;
@@ -340,8 +339,7 @@ impl ForwarderHandle {
         self.shared.armed.store(true, Ordering::Release);
         if let Ok(k) = &self.kernel {
             if let Err(error) = k.set_peers(peers) {
-                // The programs pass what they do not find to the forwarder.
-                tracing::warn!(%error, "the UDP kernel data path's peer table is behind");
+                tracing::warn!(%error, "UDP kernel data path given up: the forwarder carries every packet");
             }
         }
     }
@@ -350,7 +348,10 @@ impl ForwarderHandle {
     /// (tc eBPF programs on the device's egress and the underlay's
     /// ingress; see [`ForwarderConfig::kernel_path`]), else why not.
     pub fn kernel_path(&self) -> Result<(), &str> {
-        self.kernel.as_ref().map(|_| ()).map_err(String::as_str)
+        match &self.kernel {
+            Ok(k) => k.failed().map_or(Ok(()), Err),
+            Err(why) => Err(why),
+        }
     }
 
     /// The table in use.

@@ -168,6 +168,11 @@ struct Inner {
     installed: Mutex<Installed>,
     attached: Mutex<Option<Attached>>,
     stop: AtomicBool,
+    /// Why the path was given up for good (its maps could not be written:
+    /// they may hold a peer that is gone, so the programs went).
+    failed: std::sync::OnceLock<String>,
+    /// The last attach error, said once (the watcher retries every 100 ms).
+    last_error: Mutex<Option<String>>,
 }
 
 /// The running kernel data path; detached when dropped.
@@ -252,6 +257,9 @@ impl Inner {
 
     /// Attaches anew if a device was made again; detaches if one is gone.
     fn check(&self) {
+        if self.failed.get().is_some() {
+            return;
+        }
         let now = (index_of(&self.device), underlay_of(self.local));
         let mut attached = self.attached.lock().unwrap_or_else(PoisonError::into_inner);
         let current = attached.as_ref().map(|a| (Some(a.tun), Some(a.underlay)));
@@ -265,9 +273,21 @@ impl Inner {
                 Ok(a) => {
                     tracing::info!(device = %self.device, tun, underlay, "UDP kernel data path attached again");
                     *attached = Some(a);
+                    *self
+                        .last_error
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner) = None;
                 }
                 Err(error) => {
-                    tracing::warn!(%error, "cannot attach the UDP kernel data path again")
+                    let text = error.to_string();
+                    let mut last = self
+                        .last_error
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner);
+                    if last.as_deref() != Some(text.as_str()) {
+                        tracing::warn!(%error, "cannot attach the UDP kernel data path again (retrying every 100 ms)");
+                        *last = Some(text);
+                    }
                 }
             }
         }
@@ -325,6 +345,8 @@ impl KernelPath {
             installed: Mutex::default(),
             attached: Mutex::new(None),
             stop: AtomicBool::new(false),
+            failed: std::sync::OnceLock::new(),
+            last_error: Mutex::new(None),
         });
         let first = inner.attach(tun, underlay)?;
         *inner
@@ -360,7 +382,35 @@ impl KernelPath {
     /// left to the forwarder). Only what changed is written: updates
     /// first, removals after, so a peer whose subnet moves is never
     /// missing in between.
+    ///
+    /// If a write fails the maps may still send to a peer that is gone: the
+    /// programs are then detached for good (see [`KernelPath::failed`]) and
+    /// the forwarder, whose table is exact, carries everything.
     pub(crate) fn set_peers(&self, peers: &[(IpNet, IpAddr)]) -> Result<(), KernelPathError> {
+        if self.failed().is_some() {
+            return Ok(());
+        }
+        let r = self.write_peers(peers);
+        if let Err(error) = &r {
+            let _ = self
+                .inner
+                .failed
+                .set(format!("its maps could not be written ({error}): detached"));
+            *self
+                .inner
+                .attached
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = None;
+        }
+        r
+    }
+
+    /// Why the path was given up while running, if it was.
+    pub(crate) fn failed(&self) -> Option<&str> {
+        self.inner.failed.get().map(String::as_str)
+    }
+
+    fn write_peers(&self, peers: &[(IpNet, IpAddr)]) -> Result<(), KernelPathError> {
         let want: BTreeMap<Ipv4Net, Ipv4Addr> = peers
             .iter()
             .filter_map(|(net, ip)| match (net, ip) {
