@@ -475,6 +475,42 @@ fn host_gw_walk_routes_to_the_node_itself() {
 }
 
 #[test]
+fn udp_walk_names_the_kernel_path_where_it_runs() {
+    let mut c = cluster(Kind::Udp);
+    for p in c.iter_mut() {
+        for f in p.status.iter_mut().flat_map(|s| s.families.iter_mut()) {
+            f.overlay.data_path = Some(weft_overlay::backend::KERNEL_PATH.to_string());
+        }
+    }
+    let t = run(trace(&c, POD3));
+    let says = |step: Step| {
+        t.hops
+            .iter()
+            .find(|h| h.step == step)
+            .map(|h| h.says.clone())
+            .unwrap_or_default()
+    };
+    assert!(says(Step::Encapsulation).contains("kernel path"), "{t}");
+    assert!(
+        says(Step::Forwarder).starts_with("weft's kernel path on worker"),
+        "{t}"
+    );
+    assert!(says(Step::ForwarderPeer).contains("kernel path"), "{t}");
+    assert_eq!(
+        t.end,
+        End::Delivered {
+            place: "Pod-3".into()
+        }
+    );
+    // Without it (the other test), the forwarder is named.
+    let t = run(trace(&cluster(Kind::Udp), POD3));
+    assert!(
+        t.hops.iter().all(|h| !h.says.contains("kernel path")),
+        "{t}"
+    );
+}
+
+#[test]
 fn udp_walk_goes_through_both_forwarders() {
     let t = run(trace(&cluster(Kind::Udp), POD3));
     use Step::*;

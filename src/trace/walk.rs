@@ -591,13 +591,14 @@ impl<R: Reader> Walker<'_, R> {
             return Err(self.fault("the TUN device vanished".to_string()));
         };
         let lines = show::link(&self.places[node], &link, true);
+        let taken = match &self.places[node].status {
+            Some(st) if in_kernel(st, dst) => "where weft's kernel path takes it on its way out",
+            _ => "the TUN device weft's forwarder reads",
+        };
         self.hop(
             Step::Encapsulation,
             node,
-            format!(
-                "The route sends it into {}, the TUN device weft's forwarder reads",
-                link.name
-            ),
+            format!("The route sends it into {}, {taken}", link.name),
             format!("ip -d link show {}", link.name),
             lines,
         );
