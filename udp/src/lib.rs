@@ -195,7 +195,7 @@ impl Forwarder {
                 }
             }
         } else {
-            Err("not asked for".to_owned())
+            Err("turned off".to_owned())
         };
         let mut devices = Vec::with_capacity(queues);
         for _ in 0..queues {
