@@ -25,6 +25,14 @@
 //! - the peer table is an immutable [`PeerTable`] behind an `ArcSwap`:
 //!   [`ForwarderHandle::set_peers`] swaps it whole, readers never block.
 //!
+//! Beside it, where the process may load eBPF, the kernel path
+//! (`kernel_path`, [`ForwarderConfig::kernel_path`]) frames and unframes
+//! known peers' IPv4 packets in tc programs on the device's egress and the
+//! underlay's ingress, the same bytes on the wire; whatever they pass on,
+//! the forwarder handles. Received flows spread over the forwarder's
+//! sockets by the inner flow (a reuse-port program), as everything between
+//! two nodes is one UDP 4-tuple.
+//!
 //! Drops are counted, never panicked on: unknown subnet, too short, not IP,
 //! unknown sender (a datagram whose source is no peer's public IP — nobody
 //! outside the cluster may inject packets into pods), TTL expired, send and
