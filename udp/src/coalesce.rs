@@ -90,48 +90,72 @@ pub fn single_header(pkt: &[u8], mtu: usize, out: &mut [u8]) {
     }
 }
 
+/// An IP packet without options or extension headers, not a fragment,
+/// whose header's length field matches the bytes: what both coalescing
+/// and checksum completion work on.
+struct PlainIp {
+    v6: bool,
+    /// Where the L4 header starts.
+    l4: usize,
+    /// The L4 protocol (IPv4 protocol, IPv6 next header).
+    proto: u8,
+}
+
+impl PlainIp {
+    fn parse(pkt: &[u8]) -> Option<PlainIp> {
+        let (v6, l4, proto, total) = match pkt.first()? >> 4 {
+            4 => {
+                if pkt.first()? & 0x0f != 5 || pkt.len() < IPV4_HEADER_LEN {
+                    return None;
+                }
+                // MF set or a fragment offset: a fragment.
+                if u16::from_be_bytes([pkt[6], pkt[7]]) & 0x3fff != 0 {
+                    return None;
+                }
+                let total = usize::from(u16::from_be_bytes([pkt[2], pkt[3]]));
+                (false, IPV4_HEADER_LEN, pkt[9], total)
+            }
+            6 => {
+                if pkt.len() < IPV6_HEADER_LEN {
+                    return None;
+                }
+                let payload = usize::from(u16::from_be_bytes([pkt[4], pkt[5]]));
+                (true, IPV6_HEADER_LEN, pkt[6], IPV6_HEADER_LEN + payload)
+            }
+            _ => return None,
+        };
+        (total == pkt.len()).then_some(PlainIp { v6, l4, proto })
+    }
+
+    /// The source and destination addresses, as the pseudo-header sums them.
+    fn addresses<'a>(&self, pkt: &'a [u8]) -> &'a [u8] {
+        if self.v6 {
+            &pkt[8..40]
+        } else {
+            &pkt[12..20]
+        }
+    }
+}
+
 /// Where the L4 header starts and its checksum's offset in it, if `pkt` is
 /// an unfragmented TCP or UDP packet whose checksum field holds just the
 /// pseudo-header sum.
 fn partial_checksum(pkt: &[u8]) -> Option<(usize, usize)> {
-    let (l4, proto, addrs, total) = match pkt.first()? >> 4 {
-        4 => {
-            if pkt.first()? & 0x0f != 5 || pkt.len() < IPV4_HEADER_LEN {
-                return None;
-            }
-            if u16::from_be_bytes([pkt[6], pkt[7]]) & 0x3fff != 0 {
-                return None;
-            }
-            let total = usize::from(u16::from_be_bytes([pkt[2], pkt[3]]));
-            (IPV4_HEADER_LEN, pkt[9], &pkt[12..20], total)
-        }
-        6 => {
-            if pkt.len() < IPV6_HEADER_LEN {
-                return None;
-            }
-            let payload = usize::from(u16::from_be_bytes([pkt[4], pkt[5]]));
-            (
-                IPV6_HEADER_LEN,
-                pkt[6],
-                &pkt[8..40],
-                IPV6_HEADER_LEN + payload,
-            )
-        }
-        _ => return None,
-    };
-    let csum = match proto {
+    let ip = PlainIp::parse(pkt)?;
+    let csum = match ip.proto {
         PROTO_TCP => TCP_CSUM,
         PROTO_UDP => UDP_CSUM,
         _ => return None,
     };
-    if total != pkt.len() || total < l4 + csum + 2 {
+    let l4 = ip.l4;
+    if pkt.len() < l4 + csum + 2 {
         return None;
     }
-    let l4_len = (total - l4) as u64;
-    let pseudo = tun_rs::checksum(addrs, u64::from(proto) + l4_len);
+    let l4_len = (pkt.len() - l4) as u64;
+    let pseudo = tun_rs::checksum(ip.addresses(pkt), u64::from(ip.proto) + l4_len);
     let field = u16::from_be_bytes([pkt[l4 + csum], pkt[l4 + csum + 1]]);
     // UDP's zero means "no checksum": nothing to complete.
-    (field == pseudo && !(proto == PROTO_UDP && field == 0)).then_some((l4, csum))
+    (field == pseudo && !(ip.proto == PROTO_UDP && field == 0)).then_some((l4, csum))
 }
 
 /// A TCP segment that may join a super-packet.
@@ -161,34 +185,11 @@ impl Segment {
 /// `pkt` as a segment that may be coalesced; `None` for anything to be
 /// written alone.
 pub fn segment(pkt: &[u8]) -> Option<Segment> {
-    let version = pkt.first()? >> 4;
-    let (v6, ip_len, total) = match version {
-        4 => {
-            if pkt.first()? & 0x0f != 5 || pkt.len() < IPV4_HEADER_LEN || pkt[9] != PROTO_TCP {
-                return None;
-            }
-            // MF set or a fragment offset: a fragment.
-            if u16::from_be_bytes([pkt[6], pkt[7]]) & 0x3fff != 0 {
-                return None;
-            }
-            (
-                false,
-                IPV4_HEADER_LEN,
-                usize::from(u16::from_be_bytes([pkt[2], pkt[3]])),
-            )
-        }
-        6 => {
-            if pkt.len() < IPV6_HEADER_LEN || pkt[6] != PROTO_TCP {
-                return None;
-            }
-            let payload = usize::from(u16::from_be_bytes([pkt[4], pkt[5]]));
-            (true, IPV6_HEADER_LEN, IPV6_HEADER_LEN + payload)
-        }
-        _ => return None,
-    };
-    if total != pkt.len() {
+    let ip = PlainIp::parse(pkt)?;
+    if ip.proto != PROTO_TCP {
         return None;
     }
+    let (v6, ip_len) = (ip.v6, ip.l4);
     let tcp = pkt.get(ip_len..)?;
     let tcp_len = usize::from(*tcp.get(12)? >> 4) * 4;
     if tcp_len < 20 || tcp.len() < tcp_len {

@@ -119,17 +119,28 @@ pub(crate) fn bind_group(
 /// the first socket of a successor that joined after its own `n` sockets,
 /// so that its own sockets get nothing more while they are drained.
 pub(crate) fn steer_group_to(sock: &UdpSocket, index: u32) -> io::Result<()> {
-    use nix::libc::{sock_filter, sock_fprog, BPF_K, BPF_RET};
-    use nix::sys::socket::{setsockopt, sockopt};
+    use nix::libc::{BPF_K, BPF_RET};
     // One classic BPF instruction: return `index`.
-    let mut program = [sock_filter {
-        code: (BPF_RET | BPF_K) as u16,
+    attach_to_group(sock, &mut [cbpf(BPF_RET | BPF_K, index)])
+}
+
+/// One classic BPF instruction without a branch.
+fn cbpf(code: u32, k: u32) -> nix::libc::sock_filter {
+    nix::libc::sock_filter {
+        code: code as u16,
         jt: 0,
         jf: 0,
-        k: index,
-    }];
-    let fprog = sock_fprog {
-        len: 1,
+        k,
+    }
+}
+
+/// Sets `program` as the reuse-port group's socket chooser (it returns the
+/// socket's number), replacing the one before.
+fn attach_to_group(sock: &UdpSocket, program: &mut [nix::libc::sock_filter]) -> io::Result<()> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let len = u16::try_from(program.len()).map_err(|_| io::Error::other("program too long"))?;
+    let fprog = nix::libc::sock_fprog {
+        len,
         filter: program.as_mut_ptr(),
     };
     setsockopt(sock, sockopt::AttachReusePortCbpf, &fprog).map_err(io::Error::from)
@@ -148,17 +159,11 @@ pub(crate) const NO_STEERING: u32 = u32::MAX;
 /// and flows spread. Anything shorter, or IPv6, lands on socket 0.
 pub(crate) fn spread_group(sock: &UdpSocket, n: u32) -> io::Result<()> {
     use nix::libc::{
-        sock_filter, sock_fprog, BPF_A, BPF_ABS, BPF_ALU, BPF_B, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD,
-        BPF_LDX, BPF_MEM, BPF_MISC, BPF_MOD, BPF_MUL, BPF_RET, BPF_RSH, BPF_ST, BPF_TAX, BPF_W,
-        BPF_X, BPF_XOR,
+        sock_filter, BPF_A, BPF_ABS, BPF_ALU, BPF_B, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_LDX,
+        BPF_MEM, BPF_MISC, BPF_MOD, BPF_MUL, BPF_RET, BPF_RSH, BPF_ST, BPF_TAX, BPF_W, BPF_X,
+        BPF_XOR,
     };
-    use nix::sys::socket::{setsockopt, sockopt};
-    let op = |code: u32, k: u32| sock_filter {
-        code: code as u16,
-        jt: 0,
-        jf: 0,
-        k,
-    };
+    let op = cbpf;
     // The offsets are into the UDP payload: the inner packet.
     let mut program = [
         // Not IPv4 with a 20-byte header: socket 0.
@@ -192,9 +197,5 @@ pub(crate) fn spread_group(sock: &UdpSocket, n: u32) -> io::Result<()> {
         op(BPF_ALU | BPF_MOD | BPF_K, n.max(1)),
         op(BPF_RET | BPF_A, 0),
     ];
-    let fprog = sock_fprog {
-        len: program.len() as u16,
-        filter: program.as_mut_ptr(),
-    };
-    setsockopt(sock, sockopt::AttachReusePortCbpf, &fprog).map_err(io::Error::from)
+    attach_to_group(sock, &mut program)
 }

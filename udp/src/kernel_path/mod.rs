@@ -440,21 +440,16 @@ impl KernelPath {
                 .map_err(|e| update("weft_udp_routes", e))?;
             }
         }
+        // An element already gone is what a removal wants.
+        let remove = |map: &OwnedFd, key: &[u8]| match bpf::map_delete(map, key) {
+            Err(e) if e.raw_os_error() != Some(nix::libc::ENOENT) => Err(e),
+            _ => Ok(()),
+        };
         for net in have.routes.keys().filter(|n| !want.contains_key(n)) {
-            match bpf::map_delete(&inner.routes, &lpm_key(*net)) {
-                Err(e) if e.raw_os_error() != Some(nix::libc::ENOENT) => {
-                    return Err(update("weft_udp_routes", e))
-                }
-                _ => {}
-            }
+            remove(&inner.routes, &lpm_key(*net)).map_err(|e| update("weft_udp_routes", e))?;
         }
         for ip in have.sources.difference(&want_sources) {
-            match bpf::map_delete(&inner.sources, &ip.octets()) {
-                Err(e) if e.raw_os_error() != Some(nix::libc::ENOENT) => {
-                    return Err(update("weft_udp_peers", e))
-                }
-                _ => {}
-            }
+            remove(&inner.sources, &ip.octets()).map_err(|e| update("weft_udp_peers", e))?;
         }
         have.routes = want;
         have.sources = want_sources;

@@ -151,10 +151,7 @@ fn count(
     let done = a.label();
     let one = a.label();
     a.store_imm(Size::W, FP, slot, key as i32);
-    a.load_map(R1, stats);
-    a.mov(R2, FP);
-    a.alu_imm(Alu::Add, R2, i32::from(slot));
-    a.call(MAP_LOOKUP_ELEM);
+    lookup(a, stats, slot);
     a.jump_imm(Cond::Eq, R0, 0, done);
     a.jump_imm(Cond::Ne, segs, 0, one);
     a.mov_imm(segs, 1);
@@ -193,6 +190,24 @@ fn decrement_ttl(a: &mut Asm, at: i32, copy: i16, fail: Label) {
     a.mov_imm(R5, 2);
     a.call(L3_CSUM_REPLACE);
     a.jump_imm(Cond::Ne, R0, 0, fail);
+}
+
+/// `r0 = bpf_map_lookup_elem(map, fp + key)` (null when absent).
+fn lookup(a: &mut Asm, map: i32, key: i16) {
+    a.load_map(R1, map);
+    a.mov(R2, FP);
+    a.alu_imm(Alu::Add, R2, i32::from(key));
+    a.call(MAP_LOOKUP_ELEM);
+}
+
+/// The inner IPv4 header copied to `fp + at`: not IPv4, or a TTL that
+/// would expire here (the forwarder counts it), goes to `next`.
+fn inner_ipv4_with_ttl(a: &mut Asm, at: i16, next: Label) {
+    a.load(Size::B, R2, FP, at);
+    a.alu_imm(Alu::And, R2, 0xf0);
+    a.jump_imm(Cond::Ne, R2, 0x40, next);
+    a.load(Size::B, R2, FP, at + 8);
+    a.jump_imm(Cond::Le, R2, 1, next);
 }
 
 /// `r6 = ctx`; anything but IPv4 goes to `next`.
@@ -254,20 +269,12 @@ pub(crate) fn send(p: SendParams) -> Result<Vec<Insn>, AsmError> {
     ipv4_only(&mut a, next);
     // The inner header.
     load_bytes(&mut a, 0, INNER, 20, next);
-    a.load(Size::B, R2, FP, INNER);
-    a.alu_imm(Alu::And, R2, 0xf0);
-    a.jump_imm(Cond::Ne, R2, 0x40, next);
-    // TTL 1 or 0: the forwarder drops it and counts it.
-    a.load(Size::B, R2, FP, INNER + 8);
-    a.jump_imm(Cond::Le, R2, 1, next);
+    inner_ipv4_with_ttl(&mut a, INNER, next);
     // Which peer: longest prefix match on the destination.
     a.store_imm(Size::W, FP, KEY, 32);
     a.load(Size::W, R2, FP, INNER + 16);
     a.store(Size::W, FP, KEY + 4, R2);
-    a.load_map(R1, p.routes);
-    a.mov(R2, FP);
-    a.alu_imm(Alu::Add, R2, i32::from(KEY));
-    a.call(MAP_LOOKUP_ELEM);
+    lookup(&mut a, p.routes, KEY);
     a.jump_imm(Cond::Eq, R0, 0, next);
     a.mov(R7, R0);
     // Segments, before the room is made (which resets the count).
@@ -382,17 +389,10 @@ pub(crate) fn receive(p: ReceiveParams) -> Result<Vec<Insn>, AsmError> {
     // From a peer.
     a.load(Size::W, R2, FP, HDR + 12);
     a.store(Size::W, FP, SRC, R2);
-    a.load_map(R1, p.sources);
-    a.mov(R2, FP);
-    a.alu_imm(Alu::Add, R2, i32::from(SRC));
-    a.call(MAP_LOOKUP_ELEM);
+    lookup(&mut a, p.sources, SRC);
     a.jump_imm(Cond::Eq, R0, 0, next);
     // One IPv4 packet, with TTL to spare.
-    a.load(Size::B, R2, FP, INNER);
-    a.alu_imm(Alu::And, R2, 0xf0);
-    a.jump_imm(Cond::Ne, R2, 0x40, next);
-    a.load(Size::B, R2, FP, INNER + 8);
-    a.jump_imm(Cond::Le, R2, 1, next);
+    inner_ipv4_with_ttl(&mut a, INNER, next);
     a.load(Size::H, R9, FP, INNER + 2);
     a.be16(R9);
     a.load(Size::W, R2, R6, SKB_LEN);
@@ -432,10 +432,7 @@ pub(crate) fn receive(p: ReceiveParams) -> Result<Vec<Insn>, AsmError> {
     a.call(MAP_UPDATE_ELEM);
     a.goto(next);
     a.bind(single)?;
-    a.load_map(R1, p.flows);
-    a.mov(R2, FP);
-    a.alu_imm(Alu::Add, R2, i32::from(FLOW));
-    a.call(MAP_LOOKUP_ELEM);
+    lookup(&mut a, p.flows, FLOW);
     a.jump_imm(Cond::Eq, R0, 0, plain);
     a.load(Size::Dw, R7, R0, 0);
     a.call(KTIME_GET_NS);
