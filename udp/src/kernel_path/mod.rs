@@ -15,6 +15,7 @@
 //! looks every 100 ms whether `flannel0` or the underlay was made again
 //! (new interface numbers) and attaches the programs anew.
 
+pub(crate) mod engine;
 pub(crate) mod programs;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -29,7 +30,7 @@ use std::time::Duration;
 use ipnet::{IpNet, Ipv4Net};
 
 use crate::bpf::{self, MapType, ProgType, TcxHook, NO_PREALLOC};
-use programs::{ReceiveParams, SendParams, STAT_RX, STAT_TX};
+use programs::{EngineParams, ReceiveParams, SendParams, STAT_RX, STAT_TX};
 
 /// Most peers (subnets, public IPs) the maps hold.
 const MAX_PEERS: u32 = 65_536;
@@ -154,7 +155,9 @@ struct Installed {
 struct Attached {
     tun: u32,
     underlay: u32,
-    _links: [OwnedFd; 2],
+    /// The receive engine's number, if super-packets go through it.
+    engine: Option<u32>,
+    _links: Vec<OwnedFd>,
 }
 
 struct Inner {
@@ -173,6 +176,8 @@ struct Inner {
     failed: std::sync::OnceLock<String>,
     /// The last attach error, said once (the watcher retries every 100 ms).
     last_error: Mutex<Option<String>>,
+    /// Why the receive engine is not in use, said once.
+    engine_error: Mutex<Option<String>>,
 }
 
 /// The running kernel data path; detached when dropped.
@@ -216,7 +221,30 @@ fn index_of(device: &str) -> Option<u32> {
 }
 
 impl Inner {
-    /// Loads both programs for these device numbers and attaches them.
+    /// The receive engine, made if missing; `None` (said once) if it cannot
+    /// be: the forwarder then takes the super-packets.
+    fn engine(&self) -> Option<engine::Engine> {
+        let mut said = self
+            .engine_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match engine::ensure(engine::port_for(self.port)) {
+            Ok(e) => {
+                *said = None;
+                Some(e)
+            }
+            Err(error) => {
+                let text = error.to_string();
+                if said.as_deref() != Some(text.as_str()) {
+                    tracing::warn!(%error, "no UDP receive engine: the forwarder unframes super-packets");
+                    *said = Some(text);
+                }
+                None
+            }
+        }
+    }
+
+    /// Loads the programs for these device numbers and attaches them.
     fn attach(&self, tun: u32, underlay: u32) -> Result<Attached, KernelPathError> {
         let send = programs::send(SendParams {
             routes: self.routes.as_raw_fd(),
@@ -224,6 +252,7 @@ impl Inner {
             underlay,
             port: self.port,
         })?;
+        let engine = self.engine();
         let receive = programs::receive(ReceiveParams {
             sources: self.sources.as_raw_fd(),
             flows: self.flows.as_raw_fd(),
@@ -231,27 +260,48 @@ impl Inner {
             tun,
             port: self.port,
             local: self.local,
+            engine: engine.map(|e| EngineParams {
+                port: e.port,
+                vni: engine::VNI,
+                mac: e.mac,
+            }),
         })?;
         let send = bpf::prog_load(ProgType::SchedCls, "weft_udp_send", &send)?;
         let receive = bpf::prog_load(ProgType::SchedCls, "weft_udp_recv", &receive)?;
-        let egress = bpf::tcx_attach(&send, tun, TcxHook::Egress).map_err(|source| {
-            KernelPathError::Attach {
-                device: self.device.clone(),
-                hook: "egress",
+        let attach = |prog: &OwnedFd, index: u32, hook: TcxHook, device: String| {
+            bpf::tcx_attach(prog, index, hook).map_err(|source| KernelPathError::Attach {
+                device,
+                hook: match hook {
+                    TcxHook::Ingress => "ingress",
+                    TcxHook::Egress => "egress",
+                },
                 source,
-            }
-        })?;
-        let ingress = bpf::tcx_attach(&receive, underlay, TcxHook::Ingress).map_err(|source| {
-            KernelPathError::Attach {
-                device: format!("interface {underlay}"),
-                hook: "ingress",
-                source,
-            }
-        })?;
+            })
+        };
+        let mut links = Vec::with_capacity(3);
+        // The engine's program first: nothing is reframed for it before.
+        if let Some(e) = engine {
+            let guard = programs::engine_ingress(tun)?;
+            let guard = bpf::prog_load(ProgType::SchedCls, "weft_udp_engine", &guard)?;
+            links.push(attach(
+                &guard,
+                e.index,
+                TcxHook::Ingress,
+                engine::NAME.to_owned(),
+            )?);
+        }
+        links.push(attach(&send, tun, TcxHook::Egress, self.device.clone())?);
+        links.push(attach(
+            &receive,
+            underlay,
+            TcxHook::Ingress,
+            format!("interface {underlay}"),
+        )?);
         Ok(Attached {
             tun,
             underlay,
-            _links: [egress, ingress],
+            engine: engine.map(|e| e.index),
+            _links: links,
         })
     }
 
@@ -263,7 +313,12 @@ impl Inner {
         let now = (index_of(&self.device), underlay_of(self.local));
         let mut attached = self.attached.lock().unwrap_or_else(PoisonError::into_inner);
         let current = attached.as_ref().map(|a| (Some(a.tun), Some(a.underlay)));
-        if current == Some(now) {
+        // An engine in use that is gone or was made again is made anew.
+        let engine_moved = attached
+            .as_ref()
+            .and_then(|a| a.engine)
+            .is_some_and(|e| index_of(engine::NAME) != Some(e));
+        if current == Some(now) && !engine_moved {
             return;
         }
         // Drop the old links first: a device made again has new numbers.
@@ -347,6 +402,7 @@ impl KernelPath {
             stop: AtomicBool::new(false),
             failed: std::sync::OnceLock::new(),
             last_error: Mutex::new(None),
+            engine_error: Mutex::new(None),
         });
         let first = inner.attach(tun, underlay)?;
         *inner

@@ -69,6 +69,9 @@ const ADJ_ENCAP_L4_UDP: i32 = 1 << 4;
 const ADJ_DECAP_L4_UDP: i32 = 1 << 10;
 /// `BPF_F_INGRESS`.
 const F_INGRESS: i32 = 1;
+/// `BPF_F_RECOMPUTE_CSUM`: a store also mends `skb->csum` (a packet whose
+/// checksum the device computed over all of it, `CHECKSUM_COMPLETE`).
+const F_RECOMPUTE_CSUM: i32 = 1;
 
 /// How long a flow whose super-packets the forwarder carries stays with
 /// it whole (1 s).
@@ -76,6 +79,8 @@ const STICKY_NS: i32 = 1_000_000_000;
 
 /// `TCX_NEXT`: not ours, on to the next program (or the stack).
 const TCX_NEXT: i32 = -1;
+/// `TCX_PASS`: on to the stack, past any further program.
+const TCX_PASS: i32 = 0;
 /// `TC_ACT_SHOT`.
 const TC_ACT_SHOT: i32 = 2;
 
@@ -90,6 +95,11 @@ const SKB_GSO_SIZE: i16 = 176;
 const ETH: i32 = 14;
 /// The outer IPv4 + UDP headers.
 pub(crate) const OUTER: i32 = 28;
+/// What reframing as VXLAN adds: its header and an Ethernet header.
+const REFRAME: i32 = 8 + 14;
+/// The inner Ethernet source a reframed packet carries (any unicast
+/// address but the engine's own).
+const REFRAME_SOURCE: [u8; 6] = [0x02, 0x77, 0x65, 0x66, 0x74, 0x00];
 
 /// Keys of the per-CPU `stats` array (value: packets, bytes as u64).
 pub(crate) const STAT_TX: u32 = 0;
@@ -98,7 +108,7 @@ pub(crate) const STAT_RX: u32 = 1;
 
 /// A 16-bit network-order value as the machine reads it from memory.
 fn wire16(v: u16) -> i32 {
-    i32::from(u16::from_ne_bytes(v.to_be_bytes()))
+    wire_bytes2(v.to_be_bytes())
 }
 
 /// An address as the machine reads it from memory.
@@ -136,6 +146,20 @@ pub(crate) struct ReceiveParams {
     pub port: u16,
     /// This node's public IP: datagrams to other addresses are not ours.
     pub local: Ipv4Addr,
+    /// The receive engine super-packets are reframed for, if there is one
+    /// (see [`crate::kernel_path::engine`]).
+    pub engine: Option<EngineParams>,
+}
+
+/// Where a reframed super-packet goes: the engine's UDP port and MAC.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct EngineParams {
+    /// The engine's VXLAN port.
+    pub port: u16,
+    /// The engine's VXLAN network identifier.
+    pub vni: u32,
+    /// The engine's MAC address.
+    pub mac: [u8; 6],
 }
 
 /// Adds `segs` packets (0 = one) and `bytes` bytes to the per-CPU counter
@@ -417,6 +441,8 @@ pub(crate) fn receive(p: ReceiveParams) -> Result<Vec<Insn>, AsmError> {
     let decapped = a.label();
     let single = a.label();
     let plain = a.label();
+    let reframe = a.label();
+    let whole = if p.engine.is_some() { reframe } else { next };
     adjust_room(&mut a, -OUTER, ADJ_FIXED_GSO | ADJ_DECAP_L4_UDP);
     a.jump_imm(Cond::Eq, R0, 0, decapped);
     a.load(Size::W, R2, R6, SKB_GSO_SIZE);
@@ -430,14 +456,14 @@ pub(crate) fn receive(p: ReceiveParams) -> Result<Vec<Insn>, AsmError> {
     a.alu_imm(Alu::Add, R3, i32::from(TIME));
     a.mov_imm(R4, 0);
     a.call(MAP_UPDATE_ELEM);
-    a.goto(next);
+    a.goto(whole);
     a.bind(single)?;
     lookup(&mut a, p.flows, FLOW);
     a.jump_imm(Cond::Eq, R0, 0, plain);
     a.load(Size::Dw, R7, R0, 0);
     a.call(KTIME_GET_NS);
     a.alu_reg(Alu::Sub, R0, R7);
-    a.jump_imm(Cond::Lt, R0, STICKY_NS, next);
+    a.jump_imm(Cond::Lt, R0, STICKY_NS, whole);
     a.bind(plain)?;
     adjust_room(&mut a, -OUTER, 0);
     a.jump_imm(Cond::Ne, R0, 0, next);
@@ -451,7 +477,130 @@ pub(crate) fn receive(p: ReceiveParams) -> Result<Vec<Insn>, AsmError> {
     a.call(REDIRECT);
     a.exit();
 
+    if let Some(engine) = p.engine {
+        a.bind(reframe)?;
+        reframe_for(&mut a, engine, p.stats, HDR, SKEY, drop, next)?;
+    }
     finish(a, next, drop)
+}
+
+/// The receive program's reframing: the datagram whose outer IPv4 and UDP
+/// headers are on the stack at `fp + hdr` becomes a VXLAN one for the
+/// receive engine (same addresses, the engine's port, a VXLAN header and an
+/// Ethernet header to the engine's MAC in front of the inner packet), and
+/// goes on to the stack, which hands it to the engine's VXLAN code. The
+/// inner TTL is decremented here, as on the direct path. r8 holds the
+/// packet's segment count.
+fn reframe_for(
+    a: &mut Asm,
+    engine: EngineParams,
+    stats: i32,
+    hdr: i16,
+    skey: i16,
+    drop: Label,
+    next: Label,
+) -> Result<(), AsmError> {
+    // The new headers are built at -136 .. -86: IPv4, UDP, VXLAN, Ethernet.
+    const NEW: i16 = -136;
+    let udp = hdr + 20;
+    let inner = udp + 8;
+    // Room after the Ethernet header; the segment size stays.
+    adjust_room(a, REFRAME, ADJ_FIXED_GSO);
+    a.jump_imm(Cond::Ne, R0, 0, next);
+    decrement_ttl(a, ETH + OUTER + REFRAME, inner + 8, drop);
+    // The outer IPv4 header, longer by what is added, its checksum mended
+    // (RFC 1624: HC' = ~(~HC + ~m + m')).
+    for word in 0..5 {
+        a.load(Size::W, R2, FP, hdr + 4 * word);
+        a.store(Size::W, FP, NEW + 4 * word, R2);
+    }
+    a.load(Size::H, R4, FP, hdr + 2);
+    a.mov(R2, R4);
+    a.be16(R2);
+    a.alu_imm(Alu::Add, R2, REFRAME);
+    a.be16(R2);
+    a.store(Size::H, FP, NEW + 2, R2);
+    a.load(Size::H, R3, FP, hdr + 10);
+    a.alu_imm(Alu::Xor, R3, 0xffff);
+    a.alu_imm(Alu::Xor, R4, 0xffff);
+    a.alu_reg(Alu::Add, R3, R4);
+    a.alu_reg(Alu::Add, R3, R2);
+    for _ in 0..2 {
+        a.mov(R5, R3);
+        a.alu_imm(Alu::Rsh, R5, 16);
+        a.alu_imm(Alu::And, R3, 0xffff);
+        a.alu_reg(Alu::Add, R3, R5);
+    }
+    a.alu_imm(Alu::Xor, R3, 0xffff);
+    a.store(Size::H, FP, NEW + 10, R3);
+    // UDP: the same source port, the engine's port, longer, no checksum.
+    a.load(Size::H, R2, FP, udp);
+    a.store(Size::H, FP, NEW + 20, R2);
+    a.store_imm(Size::H, FP, NEW + 22, wire16(engine.port));
+    a.load(Size::H, R2, FP, udp + 4);
+    a.be16(R2);
+    a.alu_imm(Alu::Add, R2, REFRAME);
+    a.be16(R2);
+    a.store(Size::H, FP, NEW + 24, R2);
+    a.store_imm(Size::H, FP, NEW + 26, 0);
+    // VXLAN: the "VNI present" flag, the engine's VNI.
+    let vni = engine.vni.to_be_bytes();
+    a.store_imm(Size::W, FP, NEW + 28, wire_bytes4([0x08, 0, 0, 0]));
+    a.store_imm(
+        Size::W,
+        FP,
+        NEW + 32,
+        wire_bytes4([vni[1], vni[2], vni[3], 0]),
+    );
+    // Ethernet: to the engine, from a fixed address, IPv4.
+    let (m, s) = (engine.mac, REFRAME_SOURCE);
+    a.store_imm(Size::W, FP, NEW + 36, wire_bytes4([m[0], m[1], m[2], m[3]]));
+    a.store_imm(Size::H, FP, NEW + 40, wire_bytes2([m[4], m[5]]));
+    a.store_imm(Size::H, FP, NEW + 42, wire_bytes2([s[0], s[1]]));
+    a.store_imm(Size::W, FP, NEW + 44, wire_bytes4([s[2], s[3], s[4], s[5]]));
+    a.store_imm(Size::H, FP, NEW + 48, wire16(0x0800));
+    a.mov(R1, R6);
+    a.mov_imm(R2, ETH);
+    a.mov(R3, FP);
+    a.alu_imm(Alu::Add, R3, i32::from(NEW));
+    a.mov_imm(R4, OUTER + REFRAME);
+    a.mov_imm(R5, F_RECOMPUTE_CSUM);
+    a.call(SKB_STORE_BYTES);
+    a.jump_imm(Cond::Ne, R0, 0, drop);
+    a.load(Size::W, R9, R6, SKB_LEN);
+    a.alu_imm(Alu::Add, R9, -(ETH + OUTER + REFRAME));
+    count(a, stats, STAT_RX, R8, R9, skey)?;
+    ret(a, TCX_PASS);
+    Ok(())
+}
+
+/// Four packet bytes as the machine reads them from memory.
+fn wire_bytes4(b: [u8; 4]) -> i32 {
+    u32::from_ne_bytes(b) as i32
+}
+
+/// Two packet bytes as the machine reads them from memory.
+fn wire_bytes2(b: [u8; 2]) -> i32 {
+    i32::from(u16::from_ne_bytes(b))
+}
+
+/// The receive engine's ingress program: what the engine's VXLAN code
+/// unframed for its own MAC (`PACKET_HOST`) and is IPv4 enters the stack
+/// as received by `flannel0`, like every other received packet; anything
+/// else is dropped.
+pub(crate) fn engine_ingress(tun: u32) -> Result<Vec<Insn>, AsmError> {
+    let mut a = Asm::new();
+    let drop = a.label();
+    ipv4_only(&mut a, drop);
+    a.load(Size::W, R2, R6, SKB_PKT_TYPE);
+    a.jump_imm(Cond::Ne, R2, 0, drop);
+    a.mov_imm(R1, tun as i32);
+    a.mov_imm(R2, F_INGRESS);
+    a.call(REDIRECT);
+    a.exit();
+    a.bind(drop)?;
+    ret(&mut a, TC_ACT_SHOT);
+    a.finish()
 }
 
 #[cfg(test)]
@@ -474,10 +623,26 @@ mod tests {
             tun: 7,
             port: 8285,
             local: Ipv4Addr::new(172, 18, 0, 2),
+            engine: None,
         })
         .unwrap();
-        // Both end in exit; every jump stays inside.
-        for p in [&s, &r] {
+        let with_engine = receive(ReceiveParams {
+            sources: 5,
+            flows: 6,
+            stats: 4,
+            tun: 7,
+            port: 8285,
+            local: Ipv4Addr::new(172, 18, 0, 2),
+            engine: Some(EngineParams {
+                port: 8286,
+                vni: 1,
+                mac: [2, 1, 2, 3, 4, 5],
+            }),
+        })
+        .unwrap();
+        let guard = engine_ingress(7).unwrap();
+        // All end in exit; every jump stays inside.
+        for p in [&s, &r, &with_engine, &guard] {
             assert_eq!(p.last().map(|i| i.code), Some(0x95));
             for (at, i) in p.iter().enumerate() {
                 let class = i.code & 0x07;
