@@ -479,7 +479,10 @@ fn udp_walk_names_the_kernel_path_where_it_runs() {
     let mut c = cluster(Kind::Udp);
     for p in c.iter_mut() {
         for f in p.status.iter_mut().flat_map(|s| s.families.iter_mut()) {
-            f.overlay.data_path = Some(weft_overlay::backend::KERNEL_PATH.to_string());
+            f.overlay.data_path = Some(format!(
+                "{}; super-packets unframed by weft-udp-rx (VXLAN, UDP port 8286)",
+                weft_overlay::backend::KERNEL_PATH
+            ));
         }
     }
     let t = run(trace(&c, POD3));

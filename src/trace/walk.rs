@@ -998,6 +998,9 @@ fn snapshot_line(mode: NatMode, dst: IpAddr, r: weft_nat::Rule) -> String {
 fn in_kernel(status: &crate::status::Status, dst: std::net::IpAddr) -> bool {
     status.families.iter().any(|f| {
         f.overlay.network.contains(&dst)
-            && f.overlay.data_path.as_deref() == Some(weft_overlay::backend::KERNEL_PATH)
+            && f.overlay
+                .data_path
+                .as_deref()
+                .is_some_and(|d| d.starts_with(weft_overlay::backend::KERNEL_PATH))
     })
 }

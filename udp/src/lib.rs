@@ -29,7 +29,10 @@
 //! (`kernel_path`, [`ForwarderConfig::kernel_path`]) frames and unframes
 //! known peers' IPv4 packets in tc programs on the device's egress and the
 //! underlay's ingress, the same bytes on the wire; whatever they pass on,
-//! the forwarder handles. Received flows spread over the forwarder's
+//! the forwarder handles. TCP super-packets that arrive whole (a veth
+//! underlay) are unframed by the kernel's VXLAN code in a receive engine,
+//! a device only the receive program feeds, where tc cannot clear their
+//! tunnel marks. Received flows spread over the forwarder's
 //! sockets by the inner flow (a reuse-port program), as everything between
 //! two nodes is one UDP 4-tuple.
 //!
@@ -359,6 +362,16 @@ impl ForwarderHandle {
         match &self.kernel {
             Ok(k) => k.failed().map_or(Ok(()), Err),
             Err(why) => Err(why),
+        }
+    }
+
+    /// The receive engine (see [`ForwarderConfig::kernel_path`]): its
+    /// name and port while the kernel path reframes super-packets for it,
+    /// else why not.
+    pub fn receive_engine(&self) -> Result<String, String> {
+        match &self.kernel {
+            Ok(k) => k.receive_engine(),
+            Err(why) => Err(why.clone()),
         }
     }
 

@@ -26,7 +26,8 @@ use netlink_packet_core::{
     NLM_F_REQUEST,
 };
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoKind, InfoVxlan, LinkAttribute,
+    LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket};
@@ -202,23 +203,36 @@ fn found(link: &LinkMessage) -> Found {
 }
 
 fn create(sock: &Socket, port: u16) -> io::Result<()> {
-    let mut msg = LinkMessage::default();
-    msg.header.flags = LinkFlags::Up;
-    msg.header.change_mask = LinkFlags::Up;
-    msg.attributes.push(LinkAttribute::IfName(NAME.into()));
-    msg.attributes.push(LinkAttribute::LinkInfo(vec![
-        LinkInfo::Kind(InfoKind::Vxlan),
-        LinkInfo::Data(InfoData::Vxlan(vec![
-            InfoVxlan::Id(VNI),
-            InfoVxlan::Port(port),
-            InfoVxlan::Learning(false),
-        ])),
-    ]));
-    request(
-        sock,
-        RouteNetlinkMessage::NewLink(msg),
-        NLM_F_CREATE | NLM_F_EXCL,
-    )
+    let message = |no_ipv6_address: bool| {
+        let mut msg = LinkMessage::default();
+        msg.header.flags = LinkFlags::Up;
+        msg.header.change_mask = LinkFlags::Up;
+        msg.attributes.push(LinkAttribute::IfName(NAME.into()));
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Vxlan),
+            LinkInfo::Data(InfoData::Vxlan(vec![
+                InfoVxlan::Id(VNI),
+                InfoVxlan::Port(port),
+                InfoVxlan::Learning(false),
+            ])),
+        ]));
+        // It needs no address, not even an IPv6 link-local one.
+        if no_ipv6_address {
+            msg.attributes
+                .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
+                    vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)],
+                )]));
+        }
+        RouteNetlinkMessage::NewLink(msg)
+    };
+    let flags = NLM_F_CREATE | NLM_F_EXCL;
+    // A kernel without IPv6 knows no such setting.
+    match request(sock, message(true), flags) {
+        Err(e) if e.raw_os_error() == Some(nix::libc::EAFNOSUPPORT) => {
+            request(sock, message(false), flags)
+        }
+        r => r,
+    }
     .map_err(|e| {
         io::Error::new(
             e.kind(),

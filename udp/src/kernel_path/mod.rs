@@ -461,6 +461,31 @@ impl KernelPath {
         r
     }
 
+    /// The receive engine the receive program reframes super-packets for
+    /// (its name and port), or why there is none.
+    pub(crate) fn receive_engine(&self) -> Result<String, String> {
+        let attached = self
+            .inner
+            .attached
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match attached.as_ref().map(|a| a.engine) {
+            Some(Some(_)) => Ok(format!(
+                "{} (VXLAN, UDP port {})",
+                engine::NAME,
+                engine::port_for(self.inner.port)
+            )),
+            Some(None) => Err(self
+                .inner
+                .engine_error
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
+                .unwrap_or_else(|| "not made".to_owned())),
+            None => Err("the kernel path is not attached".to_owned()),
+        }
+    }
+
     /// Why the path was given up while running, if it was.
     pub(crate) fn failed(&self) -> Option<&str> {
         self.inner.failed.get().map(String::as_str)
