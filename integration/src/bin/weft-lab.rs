@@ -413,6 +413,10 @@ fn seed_tables(
         section(&format!("3. The TUN device ({name})"));
         shell(&node.ns, &["ip", "-d", "link", "show", "flannel0"]);
         shell(&node.ns, &["ip", "addr", "show", "dev", "flannel0"]);
+        // The kernel path's receive engine, where weftd made one.
+        if node.ns.ip(&["link", "show", "weft-udp-rx"]).is_ok() {
+            shell(&node.ns, &["ip", "-d", "link", "show", "weft-udp-rx"]);
+        }
     } else if backend != Backend::HostGw {
         section(&format!(
             "3. Static neighbours for next hops ({name}, {family})"
