@@ -952,11 +952,7 @@ fn kernel_path_carries_tcp_bulk() {
     // whole. A kernel that can clear their tunnel marks lets b's receive
     // program unframe them; else it reframes them for b's receive engine,
     // whose VXLAN code unframes them. Either way they stay in the kernel.
-    assert_eq!(
-        p.fb.receive_engine().map(|_| ()),
-        Ok(()),
-        "b has no receive engine"
-    );
+    assert!(p.fb.super_packets().is_ok(), "{:?}", p.fb.super_packets());
     assert!(sb.kernel_rx_bytes >= received, "{sb:?}");
     assert!(
         sb.rx_bytes < received / 100,
@@ -998,6 +994,33 @@ fn link_mac(ns: &Netns, name: &str) -> [u8; 6] {
     <[u8; 6]>::try_from(bytes).unwrap()
 }
 
+/// A kernel that clears super-packets' tunnel marks in tc
+/// (`BPF_F_ADJ_ROOM_DECAP_L4_UDP`, newer than 6.18) needs no receive
+/// engine: then none is made. Else b has one, in use.
+fn no_engine_needed(p: &Pair) -> bool {
+    let how =
+        p.fb.super_packets()
+            .expect("super-packets leave the kernel");
+    if how.contains("in tc") {
+        // The flag came after 6.18: a probe that finds it earlier is wrong.
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+        let mut v = release
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|n| n.parse::<u32>().ok());
+        let version = (v.next().unwrap_or(0), v.next().unwrap_or(0));
+        assert!(
+            version > (6, 18),
+            "the probe found the flag on {}",
+            release.trim()
+        );
+        assert_eq!(link_index(&p.b.ns, ENGINE), None, "an engine nobody needs");
+        eprintln!("this kernel unframes super-packets in tc: no receive engine to test");
+        return true;
+    }
+    assert!(how.contains(ENGINE), "{how}");
+    false
+}
+
 const ENGINE: &str = "weft-udp-rx";
 const ENGINE_PORT: u16 = PORT + 1;
 
@@ -1033,6 +1056,9 @@ fn vxlan_to(mac: [u8; 6], data: &[u8]) -> Vec<u8> {
 fn receive_engine_takes_only_frames_for_its_own_mac() {
     require_netns!();
     let p = Pair::with("kp-engine", true, true, true);
+    if no_engine_needed(&p) {
+        return;
+    }
     let listener =
         p.b.ns
             .run(|| async {
@@ -1067,7 +1093,11 @@ fn receive_engine_takes_only_frames_for_its_own_mac() {
 fn receive_engine_is_kept_across_restarts_and_remade() {
     require_netns!();
     let _alone = exclusive();
-    let Pair { fa, fb, a, b } = Pair::with("kp-engine-keep", true, true, true);
+    let p = Pair::with("kp-engine-keep", true, true, true);
+    if no_engine_needed(&p) {
+        return;
+    }
+    let Pair { fa, fb, a, b } = p;
     let first = link_index(&b.ns, ENGINE).expect("no receive engine");
     drop(fb);
     assert_eq!(
@@ -1078,7 +1108,7 @@ fn receive_engine_is_kept_across_restarts_and_remade() {
     let fb = b.start_with(true, false, true).unwrap();
     fb.set_peers(&[(a.subnet(), a.ip.into())]);
     assert_eq!(fb.kernel_path(), Ok(()));
-    assert!(fb.receive_engine().is_ok(), "{:?}", fb.receive_engine());
+    assert!(fb.super_packets().is_ok(), "{:?}", fb.super_packets());
     assert_eq!(
         link_index(&b.ns, ENGINE),
         Some(first),
@@ -1096,7 +1126,7 @@ fn receive_engine_is_kept_across_restarts_and_remade() {
     assert!(took < Duration::from_secs(1), "made again after {took:?}");
     // Once the programs point at the new engine, super-packets arrive
     // through it.
-    assert!(eventually(5, || p.fb.receive_engine().is_ok()));
+    assert!(eventually(5, || p.fb.super_packets().is_ok()));
     let before = p.fb.stats();
     let out = iperf3_a_to_b(&p, &["-t", "2"]);
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -365,12 +365,13 @@ impl ForwarderHandle {
         }
     }
 
-    /// The receive engine (see [`ForwarderConfig::kernel_path`]): its
-    /// name and port while the kernel path reframes super-packets for it,
-    /// else why not.
-    pub fn receive_engine(&self) -> Result<String, String> {
+    /// How the kernel path unframes received TCP super-packets (what a
+    /// veth underlay hands over whole): `Ok` where they stay in the kernel
+    /// (in tc, or by the receive engine `weft-udp-rx`), else why the
+    /// forwarder takes them.
+    pub fn super_packets(&self) -> Result<String, String> {
         match &self.kernel {
-            Ok(k) => k.receive_engine(),
+            Ok(k) => k.super_packets(),
             Err(why) => Err(why.clone()),
         }
     }

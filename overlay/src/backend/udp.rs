@@ -206,11 +206,9 @@ impl DataPlane for Forwarder {
     fn describe(&self) -> Option<String> {
         let f = self.0.as_ref()?;
         Some(match f.kernel_path() {
-            Ok(()) => match f.receive_engine() {
-                Ok(engine) => format!("{KERNEL_PATH}; super-packets unframed by {engine}"),
-                Err(why) => format!(
-                    "{KERNEL_PATH}; super-packets through the forwarder (no receive engine: {why})"
-                ),
+            Ok(()) => match f.super_packets() {
+                Ok(how) => format!("{KERNEL_PATH}; super-packets {how}"),
+                Err(why) => format!("{KERNEL_PATH}; super-packets through the forwarder ({why})"),
             },
             Err(why) => format!("{FORWARDER_ONLY} (kernel path not in use: {why})"),
         })

@@ -22,6 +22,7 @@ const MAP_LOOKUP_ELEM: libc::c_int = 1;
 const MAP_UPDATE_ELEM: libc::c_int = 2;
 const MAP_DELETE_ELEM: libc::c_int = 3;
 const PROG_LOAD: libc::c_int = 5;
+const PROG_TEST_RUN: libc::c_int = 10;
 const LINK_CREATE: libc::c_int = 28;
 
 /// Program types used here.
@@ -76,13 +77,13 @@ fn name_bytes(name: &str) -> [u8; NAME_LEN] {
 /// # Safety
 /// `T` must be `repr(C)` with the command's layout; every pointer in it
 /// must be valid for what the command does with it for the whole call.
-unsafe fn sys_bpf<T>(cmd: libc::c_int, attr: &T) -> io::Result<libc::c_long> {
+unsafe fn sys_bpf<T>(cmd: libc::c_int, attr: &mut T) -> io::Result<libc::c_long> {
     // SAFETY: the caller vouches for `attr`; its size goes with it.
     let r = unsafe {
         libc::syscall(
             libc::SYS_bpf,
             cmd,
-            attr as *const T,
+            attr as *mut T,
             std::mem::size_of::<T>() as libc::c_uint,
         )
     };
@@ -130,7 +131,7 @@ pub struct LoadError {
 pub fn prog_load(kind: ProgType, name: &str, insns: &[Insn]) -> Result<OwnedFd, LoadError> {
     let load = |log: &mut [u8]| {
         let license = c"GPL";
-        let attr = ProgLoad {
+        let mut attr = ProgLoad {
             prog_type: kind as u32,
             insn_cnt: insns.len() as u32,
             insns: insns.as_ptr() as u64,
@@ -150,7 +151,7 @@ pub fn prog_load(kind: ProgType, name: &str, insns: &[Insn]) -> Result<OwnedFd, 
         // SAFETY: `attr` is BPF_PROG_LOAD's layout; the instructions, the
         // license and the log buffer outlive the call, and the log's size
         // is its buffer's.
-        unsafe { sys_bpf(PROG_LOAD, &attr) }.and_then(owned)
+        unsafe { sys_bpf(PROG_LOAD, &mut attr) }.and_then(owned)
     };
     match load(&mut []) {
         Ok(fd) => Ok(fd),
@@ -197,7 +198,7 @@ pub fn map_create(
     max_entries: u32,
     flags: u32,
 ) -> io::Result<OwnedFd> {
-    let attr = MapCreate {
+    let mut attr = MapCreate {
         map_type: kind as u32,
         key_size,
         value_size,
@@ -209,7 +210,7 @@ pub fn map_create(
         rest: [0; 68],
     };
     // SAFETY: `attr` is BPF_MAP_CREATE's layout and holds no pointers.
-    unsafe { sys_bpf(MAP_CREATE, &attr) }.and_then(owned)
+    unsafe { sys_bpf(MAP_CREATE, &mut attr) }.and_then(owned)
 }
 
 #[repr(C, align(8))]
@@ -222,7 +223,7 @@ struct MapElem {
 }
 
 fn elem(cmd: libc::c_int, map: &OwnedFd, key: &[u8], value: Option<*mut u8>) -> io::Result<()> {
-    let attr = MapElem {
+    let mut attr = MapElem {
         map_fd: map.as_raw_fd() as u32,
         _pad: 0,
         key: key.as_ptr() as u64,
@@ -232,7 +233,7 @@ fn elem(cmd: libc::c_int, map: &OwnedFd, key: &[u8], value: Option<*mut u8>) -> 
     // SAFETY: `attr` is the layout of the BPF_MAP_*_ELEM commands; the key
     // (and value) buffers have the map's key (value) size, checked by the
     // callers, and outlive the call.
-    unsafe { sys_bpf(cmd, &attr) }.map(|_| ())
+    unsafe { sys_bpf(cmd, &mut attr) }.map(|_| ())
 }
 
 /// Adds or replaces an element. `key` and `value` must have the map's
@@ -266,7 +267,7 @@ struct LinkCreate {
 /// program stays attached while the link's descriptor is open (or until
 /// the device goes).
 pub fn tcx_attach(prog: &OwnedFd, ifindex: u32, hook: TcxHook) -> io::Result<OwnedFd> {
-    let attr = LinkCreate {
+    let mut attr = LinkCreate {
         prog_fd: prog.as_raw_fd() as u32,
         target_ifindex: ifindex,
         attach_type: hook as u32,
@@ -274,7 +275,42 @@ pub fn tcx_attach(prog: &OwnedFd, ifindex: u32, hook: TcxHook) -> io::Result<Own
         rest: [0; 48],
     };
     // SAFETY: `attr` is BPF_LINK_CREATE's layout and holds no pointers.
-    unsafe { sys_bpf(LINK_CREATE, &attr) }.and_then(owned)
+    unsafe { sys_bpf(LINK_CREATE, &mut attr) }.and_then(owned)
+}
+
+#[repr(C, align(8))]
+struct TestRun {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    rest: [u8; 40],
+}
+
+/// Runs a loaded program once on `packet` (`BPF_PROG_TEST_RUN`); its
+/// return value.
+pub fn prog_test_run(prog: &OwnedFd, packet: &[u8]) -> io::Result<u32> {
+    let mut attr = TestRun {
+        prog_fd: prog.as_raw_fd() as u32,
+        retval: 0,
+        data_size_in: u32::try_from(packet.len()).map_err(io::Error::other)?,
+        data_size_out: 0,
+        data_in: packet.as_ptr() as u64,
+        data_out: 0,
+        repeat: 1,
+        duration: 0,
+        rest: [0; 40],
+    };
+    // SAFETY: `attr` is BPF_PROG_TEST_RUN's layout; `data_in` points at
+    // `packet`, alive and unchanged for the call (the kernel copies it);
+    // no output buffer is given. The kernel writes `retval` back into
+    // `attr`, through the exclusive reference.
+    unsafe { sys_bpf(PROG_TEST_RUN, &mut attr) }?;
+    Ok(attr.retval)
 }
 
 /// How many CPUs the kernel may ever run (the number of values a per-CPU
@@ -306,11 +342,17 @@ mod tests {
         assert_eq!(std::mem::offset_of!(MapCreate, map_name), 28);
         assert_eq!(std::mem::offset_of!(LinkCreate, flags), 12);
         assert_eq!(std::mem::offset_of!(MapElem, key), 8);
+        // test.retval at 4, data_in at 16, repeat at 32, batch_size at 76.
+        assert_eq!(std::mem::offset_of!(TestRun, retval), 4);
+        assert_eq!(std::mem::offset_of!(TestRun, data_in), 16);
+        assert_eq!(std::mem::offset_of!(TestRun, repeat), 32);
+        assert_eq!(std::mem::size_of::<TestRun>(), 80);
         for size in [
             std::mem::size_of::<ProgLoad>(),
             std::mem::size_of::<MapCreate>(),
             std::mem::size_of::<LinkCreate>(),
             std::mem::size_of::<MapElem>(),
+            std::mem::size_of::<TestRun>(),
         ] {
             assert_eq!(size % 8, 0);
             assert!(size < 4096);

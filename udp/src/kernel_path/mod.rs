@@ -178,6 +178,8 @@ struct Inner {
     last_error: Mutex<Option<String>>,
     /// Why the receive engine is not in use, said once.
     engine_error: Mutex<Option<String>>,
+    /// The kernel clears a super-packet's tunnel marks in tc: no engine.
+    decap_l4_udp: bool,
 }
 
 /// The running kernel data path; detached when dropped.
@@ -224,6 +226,9 @@ impl Inner {
     /// The receive engine, made if missing; `None` (said once) if it cannot
     /// be: the forwarder then takes the super-packets.
     fn engine(&self) -> Option<engine::Engine> {
+        if self.decap_l4_udp {
+            return None;
+        }
         let mut said = self
             .engine_error
             .lock()
@@ -260,6 +265,7 @@ impl Inner {
             tun,
             port: self.port,
             local: self.local,
+            decap_l4_udp: self.decap_l4_udp,
             engine: engine.map(|e| EngineParams {
                 port: e.port,
                 vni: engine::VNI,
@@ -349,6 +355,17 @@ impl Inner {
     }
 }
 
+/// Whether `bpf_skb_adjust_room` knows `BPF_F_ADJ_ROOM_DECAP_L4_UDP`
+/// (newer than 6.18): a probe program run once on a sample datagram.
+fn kernel_decaps_in_tc() -> bool {
+    let known = programs::decap_probe()
+        .ok()
+        .and_then(|insns| bpf::prog_load(ProgType::SchedCls, "weft_udp_probe", &insns).ok())
+        .and_then(|prog| bpf::prog_test_run(&prog, &programs::probe_packet()).ok());
+    tracing::debug!(?known, "BPF_F_ADJ_ROOM_DECAP_L4_UDP probed");
+    known == Some(0)
+}
+
 impl KernelPath {
     /// Makes the maps, loads and attaches the programs, in the calling
     /// thread's network namespace.
@@ -403,6 +420,7 @@ impl KernelPath {
             failed: std::sync::OnceLock::new(),
             last_error: Mutex::new(None),
             engine_error: Mutex::new(None),
+            decap_l4_udp: kernel_decaps_in_tc(),
         });
         let first = inner.attach(tun, underlay)?;
         *inner
@@ -461,9 +479,14 @@ impl KernelPath {
         r
     }
 
-    /// The receive engine the receive program reframes super-packets for
-    /// (its name and port), or why there is none.
-    pub(crate) fn receive_engine(&self) -> Result<String, String> {
+    /// How received TCP super-packets (what a veth underlay hands over
+    /// whole) are unframed: `Ok` where they stay in the kernel (in tc, or
+    /// by the receive engine), `Err` with the reason where the forwarder
+    /// takes them.
+    pub(crate) fn super_packets(&self) -> Result<String, String> {
+        if self.inner.decap_l4_udp {
+            return Ok("unframed in tc (BPF_F_ADJ_ROOM_DECAP_L4_UDP)".to_owned());
+        }
         let attached = self
             .inner
             .attached
@@ -471,17 +494,19 @@ impl KernelPath {
             .unwrap_or_else(PoisonError::into_inner);
         match attached.as_ref().map(|a| a.engine) {
             Some(Some(_)) => Ok(format!(
-                "{} (VXLAN, UDP port {})",
+                "unframed by {} (VXLAN, UDP port {})",
                 engine::NAME,
                 engine::port_for(self.inner.port)
             )),
-            Some(None) => Err(self
-                .inner
-                .engine_error
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone()
-                .unwrap_or_else(|| "not made".to_owned())),
+            Some(None) => Err(format!(
+                "no receive engine: {}",
+                self.inner
+                    .engine_error
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone()
+                    .unwrap_or_else(|| "not made".to_owned())
+            )),
             None => Err("the kernel path is not attached".to_owned()),
         }
     }

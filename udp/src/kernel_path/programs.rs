@@ -20,7 +20,10 @@
 //! write puts it. A TCP super-packet framed whole (a veth underlay passes
 //! them on as they were sent) is unframed whole only where the kernel can
 //! also clear its UDP tunnel marks (`BPF_F_ADJ_ROOM_DECAP_L4_UDP`, kernels
-//! after 6.18); elsewhere the forwarder takes it (see the receive program).
+//! after 6.18, probed once by [`decap_probe`]); elsewhere it is reframed
+//! as VXLAN for the receive engine (see the receive program and
+//! [`crate::kernel_path::engine`]), whose own ingress program
+//! ([`engine_ingress`]) hands the unframed packet to `flannel0`.
 //!
 //! Everything else goes on as if the programs were not there (`TCX_NEXT`):
 //! IPv6 inside, unknown subnets, unknown senders, TTL about to expire,
@@ -146,6 +149,9 @@ pub(crate) struct ReceiveParams {
     pub port: u16,
     /// This node's public IP: datagrams to other addresses are not ours.
     pub local: Ipv4Addr,
+    /// The kernel has `BPF_F_ADJ_ROOM_DECAP_L4_UDP` ([`decap_probe`]):
+    /// super-packets are unframed here, and no engine is needed.
+    pub decap_l4_udp: bool,
     /// The receive engine super-packets are reframed for, if there is one
     /// (see [`crate::kernel_path::engine`]).
     pub engine: Option<EngineParams>,
@@ -426,47 +432,50 @@ pub(crate) fn receive(p: ReceiveParams) -> Result<Vec<Insn>, AsmError> {
     // Off with the outer headers (the Ethernet header moves up), keeping
     // a super-packet's segment size (else it grows by the headers taken
     // off, and each segment would exceed the pods' MTU). Kernels that know
-    // `BPF_F_ADJ_ROOM_DECAP_L4_UDP` also forget that a super-packet was a
-    // UDP tunnel one. Older ones refuse the flag; there a super-packet
-    // would keep its tunnel marks, and every device on its way to a pod
-    // without offloads for tunnels (a bridge: `cni0`) would cut it up in
-    // software: it goes to the forwarder instead, which hands it to the
-    // TUN as the plain TCP super-packet it is. A single packet is
-    // unframed without the flag.
+    // `BPF_F_ADJ_ROOM_DECAP_L4_UDP` (probed once: [`decap_probe`]) also
+    // forget that a super-packet was a UDP tunnel one. Elsewhere a
+    // super-packet unframed here would keep its tunnel marks, and every
+    // device on its way to a pod without offloads for tunnels (a bridge:
+    // `cni0`) would cut it up in software: it is reframed for the receive
+    // engine, whose VXLAN code clears them (or, without an engine, left to
+    // the forwarder, which hands it to the TUN as the plain TCP
+    // super-packet it is). A single packet is unframed here.
     //
-    // The forwarder then carries a flow's super-packets, and its single
-    // packets must not overtake them on the kernel path: a flow that sent
-    // one in the last second (the `flows` LRU map) goes to the forwarder
-    // whole.
+    // A flow's single packets must not overtake its super-packets on the
+    // shorter way: a flow that sent one in the last second (the `flows`
+    // LRU map) goes the super-packets' way whole.
     let decapped = a.label();
-    let single = a.label();
-    let plain = a.label();
     let reframe = a.label();
-    let whole = if p.engine.is_some() { reframe } else { next };
-    adjust_room(&mut a, -OUTER, ADJ_FIXED_GSO | ADJ_DECAP_L4_UDP);
-    a.jump_imm(Cond::Eq, R0, 0, decapped);
-    a.load(Size::W, R2, R6, SKB_GSO_SIZE);
-    a.jump_imm(Cond::Eq, R2, 0, single);
-    a.call(KTIME_GET_NS);
-    a.store(Size::Dw, FP, TIME, R0);
-    a.load_map(R1, p.flows);
-    a.mov(R2, FP);
-    a.alu_imm(Alu::Add, R2, i32::from(FLOW));
-    a.mov(R3, FP);
-    a.alu_imm(Alu::Add, R3, i32::from(TIME));
-    a.mov_imm(R4, 0);
-    a.call(MAP_UPDATE_ELEM);
-    a.goto(whole);
-    a.bind(single)?;
-    lookup(&mut a, p.flows, FLOW);
-    a.jump_imm(Cond::Eq, R0, 0, plain);
-    a.load(Size::Dw, R7, R0, 0);
-    a.call(KTIME_GET_NS);
-    a.alu_reg(Alu::Sub, R0, R7);
-    a.jump_imm(Cond::Lt, R0, STICKY_NS, whole);
-    a.bind(plain)?;
-    adjust_room(&mut a, -OUTER, 0);
-    a.jump_imm(Cond::Ne, R0, 0, next);
+    if p.decap_l4_udp {
+        adjust_room(&mut a, -OUTER, ADJ_FIXED_GSO | ADJ_DECAP_L4_UDP);
+        a.jump_imm(Cond::Ne, R0, 0, next);
+    } else {
+        let single = a.label();
+        let plain = a.label();
+        let whole = if p.engine.is_some() { reframe } else { next };
+        a.load(Size::W, R2, R6, SKB_GSO_SIZE);
+        a.jump_imm(Cond::Eq, R2, 0, single);
+        a.call(KTIME_GET_NS);
+        a.store(Size::Dw, FP, TIME, R0);
+        a.load_map(R1, p.flows);
+        a.mov(R2, FP);
+        a.alu_imm(Alu::Add, R2, i32::from(FLOW));
+        a.mov(R3, FP);
+        a.alu_imm(Alu::Add, R3, i32::from(TIME));
+        a.mov_imm(R4, 0);
+        a.call(MAP_UPDATE_ELEM);
+        a.goto(whole);
+        a.bind(single)?;
+        lookup(&mut a, p.flows, FLOW);
+        a.jump_imm(Cond::Eq, R0, 0, plain);
+        a.load(Size::Dw, R7, R0, 0);
+        a.call(KTIME_GET_NS);
+        a.alu_reg(Alu::Sub, R0, R7);
+        a.jump_imm(Cond::Lt, R0, STICKY_NS, whole);
+        a.bind(plain)?;
+        adjust_room(&mut a, -OUTER, 0);
+        a.jump_imm(Cond::Ne, R0, 0, next);
+    }
     a.bind(decapped)?;
     decrement_ttl(&mut a, ETH, INNER + 8, drop);
     a.load(Size::W, R9, R6, SKB_LEN);
@@ -477,9 +486,12 @@ pub(crate) fn receive(p: ReceiveParams) -> Result<Vec<Insn>, AsmError> {
     a.call(REDIRECT);
     a.exit();
 
-    if let Some(engine) = p.engine {
-        a.bind(reframe)?;
-        reframe_for(&mut a, engine, p.stats, HDR, SKEY, drop, next)?;
+    match p.engine {
+        Some(engine) if !p.decap_l4_udp => {
+            a.bind(reframe)?;
+            reframe_for(&mut a, engine, p.stats, HDR, SKEY, drop, next)?;
+        }
+        _ => {}
     }
     finish(a, next, drop)
 }
@@ -584,6 +596,42 @@ fn wire_bytes2(b: [u8; 2]) -> i32 {
     i32::from(u16::from_ne_bytes(b))
 }
 
+/// A program that tries `bpf_skb_adjust_room` with
+/// `BPF_F_ADJ_ROOM_DECAP_L4_UDP` on the packet it is given and returns
+/// what the helper returned: 0 where the kernel knows the flag (run once
+/// with `BPF_PROG_TEST_RUN` on [`probe_packet`]).
+pub(crate) fn decap_probe() -> Result<Vec<Insn>, AsmError> {
+    let mut a = Asm::new();
+    a.mov(R6, R1);
+    adjust_room(&mut a, -OUTER, ADJ_FIXED_GSO | ADJ_DECAP_L4_UDP);
+    a.exit();
+    a.finish()
+}
+
+/// A datagram in flannel's framing for [`decap_probe`]: Ethernet, IPv4,
+/// UDP 8285 → 8285, an inner IPv4 header and 8 bytes.
+pub(crate) fn probe_packet() -> Vec<u8> {
+    let mut p = vec![0u8; ETH as usize];
+    p[..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 1]);
+    p[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 2]);
+    p[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let ip = |total: u16, proto: u8| {
+        let mut h = vec![
+            0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, proto, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+        ];
+        h[2..4].copy_from_slice(&total.to_be_bytes());
+        h
+    };
+    p.extend(ip(20 + 8 + 28, 17));
+    p.extend_from_slice(&8285u16.to_be_bytes());
+    p.extend_from_slice(&8285u16.to_be_bytes());
+    p.extend_from_slice(&(8u16 + 28).to_be_bytes());
+    p.extend_from_slice(&[0, 0]);
+    p.extend(ip(28, 17));
+    p.extend_from_slice(&[0x30, 0x39, 0x30, 0x39, 0, 8, 0, 0]);
+    p
+}
+
 /// The receive engine's ingress program: what the engine's VXLAN code
 /// unframed for its own MAC (`PACKET_HOST`) and is IPv4 enters the stack
 /// as received by `flannel0`, like every other received packet; anything
@@ -623,6 +671,7 @@ mod tests {
             tun: 7,
             port: 8285,
             local: Ipv4Addr::new(172, 18, 0, 2),
+            decap_l4_udp: true,
             engine: None,
         })
         .unwrap();
@@ -633,6 +682,7 @@ mod tests {
             tun: 7,
             port: 8285,
             local: Ipv4Addr::new(172, 18, 0, 2),
+            decap_l4_udp: false,
             engine: Some(EngineParams {
                 port: 8286,
                 vni: 1,
@@ -641,8 +691,9 @@ mod tests {
         })
         .unwrap();
         let guard = engine_ingress(7).unwrap();
+        let probe = decap_probe().unwrap();
         // All end in exit; every jump stays inside.
-        for p in [&s, &r, &with_engine, &guard] {
+        for p in [&s, &r, &with_engine, &guard, &probe] {
             assert_eq!(p.last().map(|i| i.code), Some(0x95));
             for (at, i) in p.iter().enumerate() {
                 let class = i.code & 0x07;
