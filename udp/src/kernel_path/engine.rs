@@ -17,7 +17,8 @@
 //! published: a frame for another MAC is not for this host and is dropped,
 //! also while no weftd runs. The device stays across restarts (a restart
 //! writes nothing), and is made anew when it is gone or not what it should
-//! be. Only this module speaks netlink for it.
+//! be. This is the kernel path's one netlink module: the engine's requests,
+//! and the link and address events its watcher waits for.
 
 use std::io;
 
@@ -107,6 +108,36 @@ pub(crate) fn ensure(port: u16) -> io::Result<Engine> {
         mac,
         port,
     })
+}
+
+/// `RTMGRP_LINK`: links made, changed, deleted.
+const GROUP_LINK: u32 = 1;
+/// `RTMGRP_IPV4_IFADDR`: IPv4 addresses added and removed.
+const GROUP_IPV4_ADDRESS: u32 = 0x10;
+
+/// A socket that receives an event whenever a link or an IPv4 address
+/// changes, in the calling thread's network namespace; non-blocking.
+pub(crate) fn link_events() -> io::Result<Socket> {
+    let mut sock = Socket::new(NETLINK_ROUTE)?;
+    sock.bind(&netlink_sys::SocketAddr::new(
+        0,
+        GROUP_LINK | GROUP_IPV4_ADDRESS,
+    ))?;
+    sock.set_non_blocking(true)?;
+    Ok(sock)
+}
+
+/// Reads every event waiting (or the overflow error that says some were
+/// lost: the watcher then looks anyway).
+pub(crate) fn drain(events: &Socket) {
+    let mut buf = Vec::with_capacity(64 * 1024);
+    loop {
+        buf.clear();
+        match events.recv(&mut buf, 0) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
 }
 
 fn socket() -> io::Result<Socket> {

@@ -12,8 +12,9 @@
 //! The programs are attached as links held by this process: they go when
 //! it stops or dies, and the device's packets fall back to the TUN queues
 //! (a successor's forwarder, or its own kernel path, takes them). A thread
-//! looks every 100 ms whether `flannel0` or the underlay was made again
-//! (new interface numbers) and attaches the programs anew.
+//! woken by the kernel's link and IPv4 address events (and every second
+//! anyway) looks whether `flannel0`, the underlay or the receive engine
+//! was made again (new interface numbers) and attaches the programs anew.
 
 pub(crate) mod engine;
 pub(crate) mod programs;
@@ -21,13 +22,15 @@ pub(crate) mod programs;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use ipnet::{IpNet, Ipv4Net};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use crate::bpf::{self, MapType, ProgType, TcxHook, NO_PREALLOC};
 use programs::{EngineParams, ReceiveParams, SendParams, STAT_RX, STAT_TX};
@@ -38,7 +41,10 @@ const MAX_PEERS: u32 = 65_536;
 /// forwarder (an LRU: the oldest is forgotten first).
 const MAX_FLOWS: u32 = 4096;
 /// How often the devices' numbers are checked.
-const WATCH: Duration = Duration::from_millis(100);
+/// How often the devices' numbers are checked without an event: a safety
+/// net (and a retry of an attach that failed); link and address events
+/// wake the watcher at once.
+const WATCH: Duration = Duration::from_secs(1);
 
 /// Why the kernel data path is not in use.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +82,9 @@ pub enum KernelPathError {
         /// The cause.
         source: io::Error,
     },
+    /// The watcher's wake-up could not be made.
+    #[error("cannot make the kernel path watcher's eventfd: {0}")]
+    Watcher(io::Error),
     /// A map update failed.
     #[error("cannot update eBPF map {name}: {source}")]
     Update {
@@ -171,10 +180,13 @@ struct Inner {
     installed: Mutex<Installed>,
     attached: Mutex<Option<Attached>>,
     stop: AtomicBool,
+    /// Wakes the watcher to stop.
+    wake: EventFd,
     /// Why the path was given up for good (its maps could not be written:
     /// they may hold a peer that is gone, so the programs went).
     failed: std::sync::OnceLock<String>,
-    /// The last attach error, said once (the watcher retries every 100 ms).
+    /// The last attach error, said once (the watcher retries on every
+    /// event, and every second).
     last_error: Mutex<Option<String>>,
     /// Why the receive engine is not in use, said once.
     engine_error: Mutex<Option<String>>,
@@ -346,7 +358,7 @@ impl Inner {
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner);
                     if last.as_deref() != Some(text.as_str()) {
-                        tracing::warn!(%error, "cannot attach the UDP kernel data path again (retrying every 100 ms)");
+                        tracing::warn!(%error, "cannot attach the UDP kernel data path again (retrying on every link event, and every second)");
                         *last = Some(text);
                     }
                 }
@@ -417,6 +429,8 @@ impl KernelPath {
             installed: Mutex::default(),
             attached: Mutex::new(None),
             stop: AtomicBool::new(false),
+            wake: EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
+                .map_err(|e| KernelPathError::Watcher(e.into()))?,
             failed: std::sync::OnceLock::new(),
             last_error: Mutex::new(None),
             engine_error: Mutex::new(None),
@@ -428,16 +442,12 @@ impl KernelPath {
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some(first);
         let watched = inner.clone();
+        let events = engine::link_events()
+            .map_err(|error| tracing::warn!(%error, "no link events: the kernel path looks at its devices every 100 ms"))
+            .ok();
         let watcher = std::thread::Builder::new()
             .name("weft-udp-kpath".into())
-            .spawn(move || {
-                while !watched.stop.load(Ordering::Relaxed) {
-                    std::thread::park_timeout(WATCH);
-                    if !watched.stop.load(Ordering::Relaxed) {
-                        watched.check();
-                    }
-                }
-            })
+            .spawn(move || watch(&watched, events.as_ref()))
             .ok();
         tracing::info!(device, %local, underlay, port, "UDP kernel data path attached");
         Ok(KernelPath {
@@ -563,10 +573,39 @@ impl KernelPath {
     }
 }
 
+/// The watcher: attaches anew when a device, the engine or the public
+/// address changed (a link or address event; every [`WATCH`] anyway, and
+/// every 100 ms without events), until stopped.
+fn watch(inner: &Inner, events: Option<&netlink_sys::Socket>) {
+    let every = if events.is_some() {
+        WATCH
+    } else {
+        Duration::from_millis(100)
+    };
+    let ms = u16::try_from(every.as_millis()).unwrap_or(u16::MAX);
+    while !inner.stop.load(Ordering::Relaxed) {
+        match events {
+            Some(events) => {
+                let mut fds = [
+                    PollFd::new(events.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(inner.wake.as_fd(), PollFlags::POLLIN),
+                ];
+                let _ = poll(&mut fds, PollTimeout::from(ms));
+                engine::drain(events);
+            }
+            None => std::thread::park_timeout(every),
+        }
+        if !inner.stop.load(Ordering::Relaxed) {
+            inner.check();
+        }
+    }
+}
+
 impl Drop for KernelPath {
     fn drop(&mut self) {
         self.inner.stop.store(true, Ordering::Relaxed);
         if let Some(w) = self.watcher.take() {
+            let _ = self.inner.wake.write(1);
             w.thread().unpark();
             let _ = w.join();
         }
