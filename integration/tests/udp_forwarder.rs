@@ -1088,8 +1088,8 @@ fn receive_engine_takes_only_frames_for_its_own_mac() {
 }
 
 /// The receive engine outlives its forwarder: a successor finds it as it
-/// was and uses it without writing (same device); deleted by hand, it is
-/// made again within a second and super-packets stay in the kernel.
+/// was and uses it without writing (same device); deleted or set down by
+/// hand, it is back within a second and super-packets stay in the kernel.
 #[test]
 fn receive_engine_is_kept_across_restarts_and_remade() {
     require_netns!();
@@ -1126,6 +1126,20 @@ fn receive_engine_is_kept_across_restarts_and_remade() {
     let took = t0.elapsed();
     eprintln!("receive engine made again after {took:?}");
     assert!(took < Duration::from_secs(1), "made again after {took:?}");
+    // Set down by hand (its VXLAN socket closes): up again.
+    let up = || {
+        p.b.ns
+            .ip(&["link", "show", ENGINE])
+            .unwrap_or_default()
+            .contains(",UP")
+    };
+    assert!(eventually(5, up), "the engine is not up");
+    p.b.ns.ip(&["link", "set", ENGINE, "down"]).unwrap();
+    let t0 = Instant::now();
+    assert!(eventually(5, up), "the engine was not set up again");
+    let took = t0.elapsed();
+    eprintln!("receive engine up again after {took:?}");
+    assert!(took < Duration::from_secs(1), "up again after {took:?}");
     // Once the programs point at the new engine, super-packets arrive
     // through it.
     assert!(eventually(5, || p.fb.super_packets().is_ok()));

@@ -40,7 +40,6 @@ const MAX_PEERS: u32 = 65_536;
 /// Flows the receive program remembers as sending super-packets to the
 /// forwarder (an LRU: the oldest is forgotten first).
 const MAX_FLOWS: u32 = 4096;
-/// How often the devices' numbers are checked.
 /// How often the devices' numbers are checked without an event: a safety
 /// net (and a retry of an attach that failed); link and address events
 /// wake the watcher at once.
@@ -234,6 +233,15 @@ fn index_of(device: &str) -> Option<u32> {
     nix::net::if_::if_nametoindex(device).ok()
 }
 
+/// `device` exists and is up.
+fn is_up(device: &str) -> bool {
+    nix::ifaddrs::getifaddrs().is_ok_and(|mut addrs| {
+        addrs.any(|a| {
+            a.interface_name == device && a.flags.contains(nix::net::if_::InterfaceFlags::IFF_UP)
+        })
+    })
+}
+
 impl Inner {
     /// The receive engine, made if missing; `None` (said once) if it cannot
     /// be: the forwarder then takes the super-packets.
@@ -331,11 +339,12 @@ impl Inner {
         let now = (index_of(&self.device), underlay_of(self.local));
         let mut attached = self.attached.lock().unwrap_or_else(PoisonError::into_inner);
         let current = attached.as_ref().map(|a| (Some(a.tun), Some(a.underlay)));
-        // An engine in use that is gone or was made again is made anew.
+        // An engine in use that is gone, was made again or was set down is
+        // made (or set up) anew.
         let engine_moved = attached
             .as_ref()
             .and_then(|a| a.engine)
-            .is_some_and(|e| index_of(engine::NAME) != Some(e));
+            .is_some_and(|e| index_of(engine::NAME) != Some(e) || !is_up(engine::NAME));
         if current == Some(now) && !engine_moved {
             return;
         }

@@ -76,8 +76,8 @@ const F_INGRESS: i32 = 1;
 /// checksum the device computed over all of it, `CHECKSUM_COMPLETE`).
 const F_RECOMPUTE_CSUM: i32 = 1;
 
-/// How long a flow whose super-packets the forwarder carries stays with
-/// it whole (1 s).
+/// How long a flow that sent a super-packet keeps all its packets on the
+/// super-packets' way (the receive engine, or the forwarder) (1 s).
 const STICKY_NS: i32 = 1_000_000_000;
 
 /// `TCX_NEXT`: not ours, on to the next program (or the stack).
@@ -444,7 +444,6 @@ pub(crate) fn receive(p: ReceiveParams) -> Result<Vec<Insn>, AsmError> {
     // A flow's single packets must not overtake its super-packets on the
     // shorter way: a flow that sent one in the last second (the `flows`
     // LRU map) goes the super-packets' way whole.
-    let decapped = a.label();
     let reframe = a.label();
     if p.decap_l4_udp {
         adjust_room(&mut a, -OUTER, ADJ_FIXED_GSO | ADJ_DECAP_L4_UDP);
@@ -476,7 +475,7 @@ pub(crate) fn receive(p: ReceiveParams) -> Result<Vec<Insn>, AsmError> {
         adjust_room(&mut a, -OUTER, 0);
         a.jump_imm(Cond::Ne, R0, 0, next);
     }
-    a.bind(decapped)?;
+    // Unframed: on into flannel0.
     decrement_ttl(&mut a, ETH, INNER + 8, drop);
     a.load(Size::W, R9, R6, SKB_LEN);
     a.alu_imm(Alu::Add, R9, -ETH);
