@@ -1371,6 +1371,18 @@ fn udp_repairs_itself_restarts_without_writes_and_follows_nodes() {
         std::thread::sleep(Duration::from_millis(20));
     }
 
+    // weft status names the data path: the kernel path, whose received
+    // super-packets stay in the kernel (by the receive engine on kernels
+    // up to 6.18), as weftd runs as root in the lab.
+    let weft = env!("CARGO_BIN_EXE_weft");
+    let text = ns.exec(&[weft, "status"]).unwrap();
+    assert!(text.contains("data path: kernel path: tc eBPF"), "{text}");
+    assert!(
+        text.contains("super-packets unframed by weft-udp-rx")
+            || text.contains("super-packets unframed in tc"),
+        "{text}"
+    );
+
     // A node joining: every forwarder learns its subnet.
     let worker3 = NodeSpec {
         name: "worker3".into(),
