@@ -1070,6 +1070,9 @@ fn receive_engine_takes_only_frames_for_its_own_mac() {
             })
             .unwrap();
     let mac = link_mac(&p.b.ns, ENGINE);
+    // No address at all: an IPv6 link-local one would spell out the MAC.
+    let addresses = p.b.ns.ip(&["addr", "show", ENGINE]).unwrap();
+    assert!(!addresses.contains("inet"), "{addresses}");
     let to = SocketAddr::from(([172, 18, 0, 3], ENGINE_PORT));
     let from: SocketAddr = "172.18.0.2:40003".parse().unwrap();
     for (dst, tag) in [

@@ -233,44 +233,45 @@ fn found(link: &LinkMessage) -> Found {
     f
 }
 
+/// Makes the engine: down first, so that it never gets an IPv6 link-local
+/// address (which would spell out its MAC), then up.
 fn create(sock: &Socket, port: u16) -> io::Result<()> {
-    let message = |no_ipv6_address: bool| {
-        let mut msg = LinkMessage::default();
-        msg.header.flags = LinkFlags::Up;
-        msg.header.change_mask = LinkFlags::Up;
-        msg.attributes.push(LinkAttribute::IfName(NAME.into()));
-        msg.attributes.push(LinkAttribute::LinkInfo(vec![
-            LinkInfo::Kind(InfoKind::Vxlan),
-            LinkInfo::Data(InfoData::Vxlan(vec![
-                InfoVxlan::Id(VNI),
-                InfoVxlan::Port(port),
-                InfoVxlan::Learning(false),
-            ])),
-        ]));
-        // It needs no address, not even an IPv6 link-local one.
-        if no_ipv6_address {
-            msg.attributes
-                .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
-                    vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)],
-                )]));
-        }
-        RouteNetlinkMessage::NewLink(msg)
-    };
-    let flags = NLM_F_CREATE | NLM_F_EXCL;
-    // A kernel without IPv6 knows no such setting.
-    match request(sock, message(true), flags) {
-        Err(e) if e.raw_os_error() == Some(nix::libc::EAFNOSUPPORT) => {
-            request(sock, message(false), flags)
-        }
-        r => r,
-    }
-    .map_err(|e| {
+    let what = |e: io::Error| {
         io::Error::new(
             e.kind(),
             format!("cannot make {NAME} (vxlan dstport {port}): {e}"),
         )
-    })?;
-    Ok(())
+    };
+    let mut msg = LinkMessage::default();
+    msg.attributes.push(LinkAttribute::IfName(NAME.into()));
+    msg.attributes.push(LinkAttribute::LinkInfo(vec![
+        LinkInfo::Kind(InfoKind::Vxlan),
+        LinkInfo::Data(InfoData::Vxlan(vec![
+            InfoVxlan::Id(VNI),
+            InfoVxlan::Port(port),
+            InfoVxlan::Learning(false),
+        ])),
+    ]));
+    request(
+        sock,
+        RouteNetlinkMessage::NewLink(msg),
+        NLM_F_CREATE | NLM_F_EXCL,
+    )
+    .map_err(what)?;
+    let index = find(sock)?
+        .map(|f| f.index)
+        .ok_or_else(|| what(io::Error::other("gone right after it was made")))?;
+    let mut msg = LinkMessage::default();
+    msg.header.index = index;
+    msg.attributes
+        .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
+            vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)],
+        )]));
+    // A kernel without IPv6 has nothing to turn off.
+    if let Err(error) = request(sock, RouteNetlinkMessage::SetLink(msg), 0) {
+        tracing::debug!(%error, "no IPv6 address generation setting on {NAME}");
+    }
+    set_up(sock, index).map_err(what)
 }
 
 fn set_up(sock: &Socket, index: u32) -> io::Result<()> {
