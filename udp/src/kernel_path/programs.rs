@@ -222,6 +222,19 @@ fn decrement_ttl(a: &mut Asm, at: i32, copy: i16, fail: Label) {
     a.jump_imm(Cond::Ne, R0, 0, fail);
 }
 
+/// The one's complement checksum of the 32-bit sum of 16-bit words in
+/// `sum` (any 32-bit sum): folded twice, complemented, in the
+/// low 16 bits of `sum`. Uses `scratch`.
+fn fold_and_complement(a: &mut Asm, sum: Reg, scratch: Reg) {
+    for _ in 0..2 {
+        a.mov(scratch, sum);
+        a.alu_imm(Alu::Rsh, scratch, 16);
+        a.alu_imm(Alu::And, sum, 0xffff);
+        a.alu_reg(Alu::Add, sum, scratch);
+    }
+    a.alu_imm(Alu::Xor, sum, 0xffff);
+}
+
 /// `r0 = bpf_map_lookup_elem(map, fp + key)` (null when absent).
 fn lookup(a: &mut Asm, map: i32, key: i16) {
     a.load_map(R1, map);
@@ -333,13 +346,7 @@ pub(crate) fn send(p: SendParams) -> Result<Vec<Insn>, AsmError> {
     // Checksum: the peer's constant words' sum plus the length, folded.
     a.load(Size::W, R2, R7, 8);
     a.alu_reg(Alu::Add, R2, R9);
-    for _ in 0..2 {
-        a.mov(R3, R2);
-        a.alu_imm(Alu::Rsh, R3, 16);
-        a.alu_imm(Alu::And, R2, 0xffff);
-        a.alu_reg(Alu::Add, R2, R3);
-    }
-    a.alu_imm(Alu::Xor, R2, 0xffff);
+    fold_and_complement(&mut a, R2, R3);
     a.be16(R2);
     a.store(Size::H, FP, HDR + 10, R2);
     a.load(Size::W, R2, R7, 4);
@@ -536,13 +543,7 @@ fn reframe_for(
     a.alu_imm(Alu::Xor, R4, 0xffff);
     a.alu_reg(Alu::Add, R3, R4);
     a.alu_reg(Alu::Add, R3, R2);
-    for _ in 0..2 {
-        a.mov(R5, R3);
-        a.alu_imm(Alu::Rsh, R5, 16);
-        a.alu_imm(Alu::And, R3, 0xffff);
-        a.alu_reg(Alu::Add, R3, R5);
-    }
-    a.alu_imm(Alu::Xor, R3, 0xffff);
+    fold_and_complement(a, R3, R5);
     a.store(Size::H, FP, NEW + 10, R3);
     // UDP: the same source port, the engine's port, longer, no checksum.
     a.load(Size::H, R2, FP, udp);
