@@ -961,33 +961,12 @@ fn kernel_path_carries_tcp_bulk() {
     );
 }
 
-/// `name`'s interface number in `ns`, if it exists.
-fn link_index(ns: &Netns, name: &str) -> Option<u32> {
-    let out = ns
-        .exec_status(&["ip", "-o", "link", "show", "dev", name])
-        .ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    String::from_utf8_lossy(&out.stdout)
-        .split(':')
-        .next()?
-        .trim()
-        .parse()
-        .ok()
-}
-
 /// `name`'s MAC address in `ns`.
 fn link_mac(ns: &Netns, name: &str) -> [u8; 6] {
-    let out = ns
-        .exec_status(&["ip", "-o", "link", "show", "dev", name])
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let mac = text
-        .split("link/ether ")
-        .nth(1)
-        .and_then(|t| t.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no MAC in {text}"));
+    let json = ns.ip_json(&["link", "show", "dev", name]).unwrap();
+    let mac = json[0]["address"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no MAC in {json}"));
     let bytes: Vec<u8> = mac
         .split(':')
         .map(|h| u8::from_str_radix(h, 16).unwrap())
@@ -1014,7 +993,7 @@ fn no_engine_needed(p: &Pair) -> bool {
             "the probe found the flag on {}",
             release.trim()
         );
-        assert_eq!(link_index(&p.b.ns, ENGINE), None, "an engine nobody needs");
+        assert_eq!(p.b.ns.ifindex(ENGINE).ok(), None, "an engine nobody needs");
         eprintln!("this kernel unframes super-packets in tc: no receive engine to test");
         return true;
     }
@@ -1102,10 +1081,10 @@ fn receive_engine_is_kept_across_restarts_and_remade() {
         return;
     }
     let Pair { fa, fb, a, b } = p;
-    let first = link_index(&b.ns, ENGINE).expect("no receive engine");
+    let first = b.ns.ifindex(ENGINE).expect("no receive engine");
     drop(fb);
     assert_eq!(
-        link_index(&b.ns, ENGINE),
+        b.ns.ifindex(ENGINE).ok(),
         Some(first),
         "the engine went with its forwarder"
     );
@@ -1114,7 +1093,7 @@ fn receive_engine_is_kept_across_restarts_and_remade() {
     assert_eq!(fb.kernel_path(), Ok(()));
     assert!(fb.super_packets().is_ok(), "{:?}", fb.super_packets());
     assert_eq!(
-        link_index(&b.ns, ENGINE),
+        b.ns.ifindex(ENGINE).ok(),
         Some(first),
         "the successor made the engine again"
     );
@@ -1123,7 +1102,7 @@ fn receive_engine_is_kept_across_restarts_and_remade() {
     p.b.ns.ip(&["link", "del", ENGINE]).unwrap();
     let t0 = Instant::now();
     assert!(
-        eventually(5, || link_index(&p.b.ns, ENGINE).is_some()),
+        eventually(5, || p.b.ns.ifindex(ENGINE).ok().is_some()),
         "the engine was not made again"
     );
     let took = t0.elapsed();
@@ -1137,7 +1116,7 @@ fn receive_engine_is_kept_across_restarts_and_remade() {
             .contains(",UP")
     };
     assert!(eventually(5, up), "the engine is not up");
-    p.b.ns.ip(&["link", "set", ENGINE, "down"]).unwrap();
+    p.b.ns.link_down(ENGINE).unwrap();
     let t0 = Instant::now();
     assert!(eventually(5, up), "the engine was not set up again");
     let took = t0.elapsed();
