@@ -29,6 +29,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use ipnet::{IpNet, Ipv4Net};
+use nix::ifaddrs::InterfaceAddress;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
@@ -209,9 +210,13 @@ impl std::fmt::Debug for KernelPath {
     }
 }
 
+/// The node's interfaces and their addresses (one `getifaddrs`).
+fn interfaces() -> Vec<InterfaceAddress> {
+    nix::ifaddrs::getifaddrs().map_or_else(|_| Vec::new(), Iterator::collect)
+}
+
 /// The Ethernet device holding `ip`, by interface number.
-fn underlay_of(ip: Ipv4Addr) -> Option<u32> {
-    let addrs: Vec<_> = nix::ifaddrs::getifaddrs().ok()?.collect();
+fn underlay_of(addrs: &[InterfaceAddress], ip: Ipv4Addr) -> Option<u32> {
     let name = addrs.iter().find_map(|a| {
         let sin = a.address.as_ref()?.as_sockaddr_in()?;
         (sin.ip() == ip).then(|| a.interface_name.clone())
@@ -234,11 +239,9 @@ fn index_of(device: &str) -> Option<u32> {
 }
 
 /// `device` exists and is up.
-fn is_up(device: &str) -> bool {
-    nix::ifaddrs::getifaddrs().is_ok_and(|mut addrs| {
-        addrs.any(|a| {
-            a.interface_name == device && a.flags.contains(nix::net::if_::InterfaceFlags::IFF_UP)
-        })
+fn is_up(addrs: &[InterfaceAddress], device: &str) -> bool {
+    addrs.iter().any(|a| {
+        a.interface_name == device && a.flags.contains(nix::net::if_::InterfaceFlags::IFF_UP)
     })
 }
 
@@ -336,7 +339,8 @@ impl Inner {
         if self.failed.get().is_some() {
             return;
         }
-        let now = (index_of(&self.device), underlay_of(self.local));
+        let addrs = interfaces();
+        let now = (index_of(&self.device), underlay_of(&addrs, self.local));
         let mut attached = self.attached.lock().unwrap_or_else(PoisonError::into_inner);
         let current = attached.as_ref().map(|a| (Some(a.tun), Some(a.underlay)));
         // An engine in use that is gone, was made again or was set down is
@@ -344,7 +348,7 @@ impl Inner {
         let engine_moved = attached
             .as_ref()
             .and_then(|a| a.engine)
-            .is_some_and(|e| index_of(engine::NAME) != Some(e) || !is_up(engine::NAME));
+            .is_some_and(|e| index_of(engine::NAME) != Some(e) || !is_up(&addrs, engine::NAME));
         if current == Some(now) && !engine_moved {
             return;
         }
@@ -399,7 +403,8 @@ impl KernelPath {
             IpAddr::V4(ip) if !ip.is_unspecified() => ip,
             _ => return Err(KernelPathError::NoAddress),
         };
-        let underlay = underlay_of(local).ok_or(KernelPathError::NoUnderlay(local))?;
+        let underlay =
+            underlay_of(&interfaces(), local).ok_or(KernelPathError::NoUnderlay(local))?;
         let tun = index_of(device).ok_or_else(|| KernelPathError::NoDevice(device.to_owned()))?;
         let map = |name: &'static str, kind, key, value, max, flags| {
             bpf::map_create(kind, name, key, value, max, flags)
